@@ -1,0 +1,321 @@
+"""Gates and routing: Eqs. 1 and 3, Algorithm 1, and per-input streaming routing.
+
+Shapes: ``M`` is the batch size, ``N`` the number of experts.
+
+* :func:`softmax_gates` -- Eq. 1, ``[M, N]``.
+* :func:`sparse_gates` -- Eq. 3, the softmax kept only at the argmax, ``[M, N]``.
+* :func:`expert_capacities` -- how many of M examples each expert gets under b.
+* :func:`enforce_bias` -- Algorithm 1 (batchwise bias enforcement), ``[M, N]``.
+* :func:`calibrate_offsets` / :func:`route` -- a sensor that sees one frame at a
+  time cannot enforce b over a batch; instead it adds fixed offsets to the logits
+  so that argmax reproduces the frequencies b.
+* :class:`SparseGate`, :class:`BatchwiseBiasEnforcement` -- thin Keras layers.
+
+The math is in pure functions; the layers only hold configuration.
+"""
+import numpy as np
+from scipy import optimize
+
+from bmoe_tf.assignment import capacity_assignment
+from bmoe_tf.backend import keras, tf
+from bmoe_tf.bias import validate_bias
+
+__all__ = [
+    "softmax_gates", "sparse_gates", "expert_capacities", "enforcement_mask",
+    "enforce_bias", "calibrate_offsets", "route", "SparseGate", "BatchwiseBiasEnforcement",
+]
+
+# |M*b_n - round(M*b_n)| below this (relative to M) counts as an exact integer, so that
+# e.g. 10 * 0.7 = 7.000000000000001 gives K = 7 and not a spurious fractional part.
+_INTEGER_SNAP = 1e-9
+
+
+def _check_finite(x, what):
+    """ValueError eagerly; an assertion op (InvalidArgumentError) inside graphs."""
+    if tf.executing_eagerly():
+        if not bool(tf.reduce_all(tf.math.is_finite(x))):
+            raise ValueError(f"{what} must be finite, got a NaN or an infinity")
+        return x
+    return tf.debugging.assert_all_finite(x, f"{what} must be finite")
+
+
+def softmax_gates(logits):
+    """Eq. 1 as a normal softmax over the N experts.
+
+    The printed denominator sums over ``m != n``; that does not give a
+    distribution (rows would not sum to 1 and the gate of the best expert could
+    exceed 1), so we use the ordinary softmax (see WORKSPACE.md, decision D1).
+
+    Args:
+      logits: ``float[M, N]``, the gating model's output f(x; W_g).
+    Returns:
+      ``float[M, N]``, rows summing to 1.
+    """
+    logits = tf.convert_to_tensor(logits)
+    logits = _check_finite(logits, "logits")
+    return tf.nn.softmax(logits, axis=-1)
+
+
+def sparse_gates(logits):
+    """Eq. 3: the softmax gate of the top expert, zero elsewhere.
+
+    Args:
+      logits: ``float[M, N]``.
+    Returns:
+      ``float[M, N]`` with exactly one non-zero per row (the argmax; ties go to the
+      lower expert index), equal to that expert's softmax value.
+    """
+    gates = softmax_gates(logits)
+    top = tf.argmax(logits, axis=-1, output_type=tf.int32)
+    one_hot = tf.one_hot(top, tf.shape(gates)[-1], dtype=gates.dtype)
+    return gates * one_hot
+
+
+def _capacities_tensor(batch_size, bias):
+    """Largest-remainder capacities as an ``int32[N]`` tensor (graph-safe)."""
+    b = tf.constant(bias, dtype=tf.float64)
+    m = tf.cast(batch_size, tf.float64)
+    exact = m * b
+    rounded = tf.round(exact)
+    snap = tf.abs(exact - rounded) <= _INTEGER_SNAP * tf.maximum(m, 1.0)
+    exact = tf.where(snap, rounded, exact)
+    floors = tf.floor(exact)
+    frac = exact - floors
+    leftover = tf.cast(m - tf.reduce_sum(floors), tf.int32)
+    # rank_n = #{m: frac_m > frac_n} + #{m < n: frac_m == frac_n}; the `leftover`
+    # best-ranked experts get one more slot (ties to the lower index).
+    n = len(bias)
+    greater = tf.cast(frac[None, :] > frac[:, None], tf.int32)
+    lower_tie = tf.cast(frac[None, :] == frac[:, None], tf.int32) * tf.constant(
+        np.tril(np.ones((n, n), dtype=np.int32), k=-1))
+    rank = tf.reduce_sum(greater + lower_tie, axis=1)
+    return tf.cast(floors, tf.int32) + tf.cast(rank < leftover, tf.int32)
+
+
+def expert_capacities(batch_size, bias):
+    """Examples per expert in a batch of M: ``K_n = floor(M b_n)`` plus leftovers.
+
+    The ``M - sum(K)`` leftover slots go one each to the largest fractional parts
+    ``M b_n - floor(M b_n)``, ties to the lower expert index, so ``sum(K) == M``
+    always.
+
+    Args:
+      batch_size: M, a Python int (eager result) or a scalar integer tensor
+        (graph-safe result, e.g. a dynamic batch size).
+      bias: ``float[N]``, validated by :func:`bmoe_tf.bias.validate_bias`.
+    Returns:
+      ``int64[N]`` numpy array for a Python int, else an ``int32[N]`` tensor.
+    """
+    b = validate_bias(bias)
+    if isinstance(batch_size, (int, np.integer)):
+        if batch_size < 0:
+            raise ValueError(f"batch_size must be >= 0, got {batch_size}")
+        with tf.init_scope():
+            return _capacities_tensor(int(batch_size), b).numpy().astype(np.int64)
+    return _capacities_tensor(batch_size, b)
+
+
+def _check_gates(gates, b):
+    gates = tf.convert_to_tensor(gates)
+    if gates.shape.rank != 2:
+        raise ValueError(f"gates must be [batch, num_experts], got shape {gates.shape}")
+    n = gates.shape[-1]
+    if n is not None and n != b.size:
+        raise ValueError(f"gates have {n} experts but bias has {b.size} entries")
+    gates = _check_finite(gates, "gates")
+    m = gates.shape[0]
+    if m is not None and m < b.size:
+        raise ValueError(
+            f"batch of {m} is smaller than the number of experts ({b.size}); batchwise "
+            f"enforcement needs at least one example per expert slot")
+    if m is None and not tf.executing_eagerly():
+        check = tf.debugging.assert_greater_equal(
+            tf.shape(gates)[0], b.size, message="batch smaller than the number of experts")
+        with tf.control_dependencies([check]):
+            gates = tf.identity(gates)
+    return gates
+
+
+def enforcement_mask(gates, bias):
+    """The expert selection of Algorithm 1 as a one-hot ``[M, N]`` (no gradient).
+
+    Experts are visited in order 1..N; expert n takes the ``K_n`` highest values of
+    its column among the rows not yet taken (stable: ties to the lower row index).
+    Rows taken by an earlier expert have had column n zeroed by Algorithm 1, so
+    they can only be picked again when gate values underflow to 0; we exclude them
+    explicitly, which keeps one expert per row in that corner (decision D2).
+
+    Graph- and XLA-safe: one sort per expert, no loop over rows; M may be dynamic.
+    """
+    b = validate_bias(bias)
+    gates = _check_gates(gates, b)
+    caps = _capacities_tensor(tf.shape(gates)[0], b)
+    taken = tf.zeros_like(gates[:, 0], dtype=tf.bool)
+    columns = []
+    neg_inf = tf.constant(-np.inf, dtype=gates.dtype)
+    for n in range(b.size):
+        column = tf.where(taken, neg_inf, gates[:, n])
+        order = tf.argsort(column, direction="DESCENDING", stable=True)
+        rank = tf.math.invert_permutation(order)
+        pick = tf.logical_and(rank < caps[n], tf.logical_not(taken))
+        columns.append(pick)
+        taken = tf.logical_or(taken, pick)
+    return tf.stop_gradient(tf.cast(tf.stack(columns, axis=1), gates.dtype))
+
+
+def enforce_bias(gates, bias):
+    """Algorithm 1: batchwise bias enforcement.
+
+    Args:
+      gates: ``float[M, N]`` soft gates (normally :func:`softmax_gates`).
+      bias: ``float[N]``.
+    Returns:
+      ``float[M, N]``: each row keeps exactly one entry, its original gate value,
+      and column n has exactly ``expert_capacities(M, bias)[n]`` of them.
+      Gradients flow to the kept gate values.
+    Raises:
+      ValueError: bad bias, non-2-D gates, a width that is not N, non-finite
+        values, or a static batch smaller than N.
+    """
+    gates = tf.convert_to_tensor(gates)
+    return gates * enforcement_mask(gates, bias)
+
+
+def calibrate_offsets(logits, bias):
+    """Per-expert offsets so that ``argmax(logits + offsets)`` has frequencies b.
+
+    The offsets are the dual variables of the capacity-constrained assignment on
+    the calibration set: first the exact optimal assignment with
+    ``expert_capacities(M, bias)`` examples per expert
+    (:func:`bmoe_tf.assignment.capacity_assignment`), then, among the offsets
+    that reproduce it, the ones with the largest margin to the nearest decision
+    boundary (a small LP), so that held-out inputs from the same distribution
+    land on either side as often as the calibration set did. An expert with
+    ``b_n = 0`` gets an offset below every logit range, so it is never chosen.
+
+    Args:
+      logits: ``float[M, N]`` gate logits on a calibration set (numpy or tensor).
+      bias: ``float[N]``.
+    Returns:
+      ``float32[N]`` offsets with mean zero over the used experts.
+    """
+    logits = np.asarray(logits, dtype=np.float64)
+    if logits.ndim != 2:
+        raise ValueError(f"logits must be [M, N], got shape {logits.shape}")
+    b = validate_bias(bias, logits.shape[1])
+    if not np.all(np.isfinite(logits)):
+        raise ValueError("logits must be finite, got a NaN or an infinity")
+    m, n = logits.shape
+    if m < n:
+        raise ValueError(f"calibration set of {m} inputs is smaller than the {n} experts")
+    caps = expert_capacities(m, b)
+    assignment = capacity_assignment(logits, caps)
+    used = np.flatnonzero(caps > 0)
+    # margin[p, q] = max over rows routed to p of (l_q - l_p): o_p - o_q must exceed it.
+    pairs, rhs = [], []
+    for p in used:
+        rows = logits[assignment == p]
+        for q in used:
+            if q != p:
+                pairs.append((p, q))
+                rhs.append(np.max(rows[:, q] - rows[:, p]))
+    k = used.size
+    index = {e: i for i, e in enumerate(used)}
+    offsets = np.zeros(n)
+    if k > 1:
+        # variables: o_used (k), t; maximise t s.t. o_q - o_p + t <= -margin[p, q].
+        a_ub = np.zeros((len(pairs), k + 1))
+        for row, (p, q) in enumerate(pairs):
+            a_ub[row, index[p]] -= 1.0
+            a_ub[row, index[q]] += 1.0
+            a_ub[row, k] = 1.0
+        a_eq = np.concatenate([np.ones((1, k)), np.zeros((1, 1))], axis=1)
+        c = np.zeros(k + 1)
+        c[k] = -1.0
+        res = optimize.linprog(c, A_ub=a_ub, b_ub=-np.asarray(rhs), A_eq=a_eq, b_eq=[0.0],
+                               bounds=[(None, None)] * k + [(None, 1e9)], method="highs")
+        if res.status != 0:  # pragma: no cover - always feasible for an optimal assignment
+            raise RuntimeError(f"offset LP failed: {res.message}")
+        offsets[used] = res.x[:k]
+    unused = np.flatnonzero(caps == 0)
+    if unused.size:
+        spread = float(logits.max() - logits.min())
+        offsets[unused] = offsets[used].min() - 2.0 * spread - 1.0
+    return offsets.astype(np.float32)
+
+
+def route(logits, offsets):
+    """Per-input routing: ``argmax(logits + offsets)``, ``int32[M]``.
+
+    Each row is decided on its own, so batching changes nothing: this is what a
+    sensor computes one frame at a time.
+    """
+    logits = tf.convert_to_tensor(logits)
+    offsets = tf.cast(tf.convert_to_tensor(offsets), logits.dtype)
+    if logits.shape.rank != 2:
+        raise ValueError(f"logits must be [M, N], got shape {logits.shape}")
+    if offsets.shape.rank != 1 or (logits.shape[-1] is not None
+                                   and offsets.shape[0] != logits.shape[-1]):
+        raise ValueError(
+            f"offsets must be [N] matching logits' {logits.shape[-1]} experts, "
+            f"got shape {offsets.shape}")
+    logits = _check_finite(logits, "logits")
+    return tf.argmax(logits + offsets, axis=-1, output_type=tf.int32)
+
+
+def _replica_context():
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None or ctx.num_replicas_in_sync <= 1:
+        return None
+    return ctx
+
+
+class SparseGate(keras.layers.Layer):
+    """Keras layer for Eq. 3: logits ``[M, N]`` -> sparse gates ``[M, N]``."""
+
+    def call(self, logits):
+        return sparse_gates(logits)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+class BatchwiseBiasEnforcement(keras.layers.Layer):
+    """Keras layer for Algorithm 1: soft gates ``[M, N]`` -> enforced gates ``[M, N]``.
+
+    Under a ``tf.distribute`` strategy with several replicas, the selection is made
+    over the *global* batch: every replica all-gathers the gate values, computes
+    the same mask for the whole batch, and keeps its own rows, so the capacities
+    hold for the global batch. Gradients only flow through each replica's own
+    gate values (the mask is piecewise constant).
+
+    Args:
+      bias: ``float[N]``.
+      global_batch: enforce over the global batch under a distribution strategy.
+    """
+
+    def __init__(self, bias, global_batch=True, **kwargs):
+        super().__init__(**kwargs)
+        self.bias = validate_bias(bias)
+        self.global_batch = bool(global_batch)
+
+    def call(self, gates):
+        ctx = _replica_context() if self.global_batch else None
+        if ctx is None:
+            return enforce_bias(gates, self.bias)
+        gates = tf.convert_to_tensor(gates)
+        local = tf.shape(gates)[0:1]
+        sizes = ctx.all_gather(local, axis=0)
+        everyone = ctx.all_gather(tf.stop_gradient(gates), axis=0)
+        replica = ctx.replica_id_in_sync_group
+        start = tf.reduce_sum(sizes[:replica])
+        mask = enforcement_mask(everyone, self.bias)
+        return gates * tf.slice(mask, [start, 0], [local[0], -1])
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(bias=self.bias.tolist(), global_batch=self.global_batch)
+        return config

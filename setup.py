@@ -1,0 +1,25 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="bmoe-tf",
+    version="0.1.0",
+    description="Biased Mixtures of Experts (Abbas & Andreopoulos) for TensorFlow 2 / tf-keras",
+    packages=find_packages(include=["bmoe_tf", "bmoe_tf.*", "experiments", "experiments.*",
+                                    "gating_tflite", "gating_tflite.*", "benchmarks", "benchmarks.*"]),
+    python_requires=">=3.10,<3.13",
+    install_requires=[
+        "tensorflow>=2.21,<2.22",
+        "tf-keras>=2.21,<2.22",
+        "tensorflow-hub>=0.16,<0.17",
+        "tensorflow-model-optimization>=0.8,<0.9",
+        "tensorflow-datasets>=4.9,<5",
+        "numpy>=1.26,<3",
+        "scipy>=1.11,<2",
+        "absl-py>=1.4,<3",
+        "matplotlib>=3.8,<4",
+        "scikit-image>=0.22,<1",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "hypothesis>=6.100"],
+    },
+)
