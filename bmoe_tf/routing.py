@@ -299,18 +299,22 @@ class BatchwiseBiasEnforcement(keras.layers.Layer):
         self.bias = validate_bias(bias)
         self.global_batch = bool(global_batch)
 
-    def call(self, gates):
+    def selection(self, gates):
+        """The one-hot expert selection ``[M, N]`` for this replica's rows."""
+        gates = tf.convert_to_tensor(gates)
         ctx = _replica_context() if self.global_batch else None
         if ctx is None:
-            return enforce_bias(gates, self.bias)
-        gates = tf.convert_to_tensor(gates)
+            return enforcement_mask(gates, self.bias)
         local = tf.shape(gates)[0:1]
         sizes = ctx.all_gather(local, axis=0)
         everyone = ctx.all_gather(tf.stop_gradient(gates), axis=0)
-        replica = ctx.replica_id_in_sync_group
-        start = tf.reduce_sum(sizes[:replica])
+        start = tf.reduce_sum(sizes[:ctx.replica_id_in_sync_group])
         mask = enforcement_mask(everyone, self.bias)
-        return gates * tf.slice(mask, [start, 0], [local[0], -1])
+        return tf.slice(mask, [start, 0], [local[0], -1])
+
+    def call(self, gates):
+        gates = tf.convert_to_tensor(gates)
+        return gates * self.selection(gates)
 
     def compute_output_shape(self, input_shape):
         return input_shape

@@ -1,0 +1,157 @@
+"""Frozen, pretrained experts E_n with their preprocessing P_n and data cost d_n.
+
+An :class:`Expert` wraps one of:
+
+* a TF2 SavedModel directory, or a TF Hub handle, loaded with
+  ``hub.KerasLayer(path_or_handle, trainable=False)``;
+* a Keras layer or model (its weights are frozen: ``trainable = False``).
+
+``expert(x)`` computes ``E_n(P_n(x))`` for a batch ``x`` of ``[M, ...]`` raw inputs.
+The data cost ``d_n`` is what the sensor must send for one example: by default
+the float32 bytes of ``P_n(x)`` (elements x K with K = 4, as the paper counts).
+"""
+import os
+
+import numpy as np
+
+from bmoe_tf.backend import keras, tf
+
+__all__ = ["Expert", "data_cost_bytes", "check_mixable", "BYTES_PER_FLOAT"]
+
+#: K in the paper: bytes needed to store one floating-point value.
+BYTES_PER_FLOAT = 4
+
+
+def data_cost_bytes(shape, bytes_per_element=BYTES_PER_FLOAT):
+    """Bytes of one example of the given per-example shape (no batch axis)."""
+    dims = [int(d) for d in shape]
+    if any(d <= 0 for d in dims):
+        raise ValueError(f"data cost needs a fully known, positive shape, got {tuple(shape)}")
+    return int(np.prod(dims, dtype=np.int64)) * int(bytes_per_element)
+
+
+def _load(model):
+    if isinstance(model, (str, os.PathLike)):
+        import tensorflow_hub as hub  # imported lazily: it pulls in a lot
+
+        path = os.fspath(model)
+        if "://" not in path and not os.path.exists(path):
+            raise ValueError(
+                f"expert model {path!r} is neither an existing SavedModel directory nor a "
+                f"TF Hub URL handle")
+        return hub.KerasLayer(path, trainable=False)
+    if isinstance(model, keras.layers.Layer):
+        model.trainable = False
+        return model
+    raise ValueError(
+        f"expert model must be a SavedModel directory, a TF Hub handle or a Keras "
+        f"layer/model, got {type(model).__name__}")
+
+
+class Expert:
+    """One frozen expert of the mixture.
+
+    Args:
+      model: SavedModel directory / TF Hub handle (str or path) or Keras layer/model.
+      preprocess: P_n, a callable ``[M, ...] -> [M, ...]`` applied before the model
+        (e.g. a downsample); None for the identity.
+      data_cost: d_n in bytes per example; None to use the float32 bytes of P_n(x),
+        which needs the raw input shape (see :meth:`resolve`).
+      name: a short name (used in metric names and reports).
+      input_shape: the raw per-example input shape; when given the expert is
+        resolved at once (output spec and data cost known).
+    """
+
+    def __init__(self, model, *, preprocess=None, data_cost=None, name=None, input_shape=None):
+        self.model = _load(model)
+        if preprocess is not None and not callable(preprocess):
+            raise ValueError(f"preprocess must be callable, got {type(preprocess).__name__}")
+        self.preprocess = preprocess
+        if data_cost is not None:
+            data_cost = float(data_cost)
+            if not np.isfinite(data_cost) or data_cost <= 0:
+                raise ValueError(f"data_cost must be a positive number of bytes, got {data_cost}")
+        self._data_cost = data_cost
+        self.name = name or getattr(self.model, "name", None) or "expert"
+        self.input_shape = None
+        self.output_shape = None
+        self.output_dtype = None
+        if input_shape is not None:
+            self.resolve(input_shape)
+
+    def _prepare(self, x):
+        return x if self.preprocess is None else self.preprocess(x)
+
+    def __call__(self, x):
+        """``E_n(P_n(x))`` for a batch ``x`` of raw inputs ``[M, ...]``."""
+        return self.model(self._prepare(x), training=False)
+
+    def resolve(self, input_shape):
+        """Learns the output spec and data cost for raw inputs of ``input_shape``.
+
+        Runs P_n and E_n once on a zero example. Returns self.
+        """
+        shape = tuple(int(d) for d in input_shape)
+        if self.input_shape == shape:
+            return self
+        probe = tf.zeros((1,) + shape, tf.float32)
+        prepared = self._prepare(probe)
+        out = self.model(prepared, training=False)
+        if not isinstance(out, tf.Tensor):
+            raise ValueError(
+                f"expert {self.name!r} returns {type(out).__name__}; a mixture needs one "
+                f"tensor per expert (wrap the model to return a single tensor)")
+        self.input_shape = shape
+        self.output_shape = tuple(out.shape[1:])
+        self.output_dtype = out.dtype
+        if self._data_cost is None:
+            self._data_cost = float(data_cost_bytes(prepared.shape[1:]))
+        return self
+
+    @property
+    def data_cost(self):
+        """d_n in bytes per example (needs :meth:`resolve` unless given)."""
+        if self._data_cost is None:
+            raise ValueError(
+                f"expert {self.name!r} has no data cost yet: pass data_cost=, or "
+                f"input_shape= / call resolve(input_shape) so it can measure P_n(x)")
+        return self._data_cost
+
+    @property
+    def variables(self):
+        return list(self.model.variables)
+
+    def __repr__(self):
+        cost = "?" if self._data_cost is None else f"{self._data_cost:g} B"
+        return f"Expert({self.name!r}, data_cost={cost}, output_shape={self.output_shape})"
+
+
+def check_mixable(experts, input_shape):
+    """Resolves every expert and checks that their outputs can be summed (Eq. 2).
+
+    Returns:
+      ``(output_shape, output_dtype)`` shared by all experts.
+    Raises:
+      ValueError: fewer than two experts, a non-Expert, duplicate names, or
+        outputs whose shape or dtype differ.
+    """
+    experts = list(experts)
+    if len(experts) < 2:
+        raise ValueError(f"a mixture needs at least 2 experts, got {len(experts)}")
+    for e in experts:
+        if not isinstance(e, Expert):
+            raise ValueError(f"experts must be bmoe_tf.Expert instances, got {type(e).__name__}")
+    names = [e.name for e in experts]
+    if len(set(names)) != len(names):
+        raise ValueError(f"expert names must be unique, got {names}")
+    for e in experts:
+        e.resolve(input_shape)
+    first = experts[0]
+    for e in experts[1:]:
+        if e.output_shape != first.output_shape or e.output_dtype != first.output_dtype:
+            raise ValueError(
+                "experts' outputs cannot be mixed: "
+                + ", ".join(f"{x.name} -> {x.output_shape} {x.output_dtype.name}" for x in experts)
+                + "; every expert must return the same shape and dtype (bring outputs to a "
+                "common size in the expert, e.g. resize SR outputs to the target size)")
+    return first.output_shape, first.output_dtype

@@ -1,0 +1,312 @@
+"""The biased mixture of experts as a Keras model (Section III).
+
+:class:`BiasedMixture` only wires the pieces together: the gating model
+(:mod:`bmoe_tf.gating`) gives logits, :mod:`bmoe_tf.routing` turns them into gates
+(Algorithm 1 or Eq. 3), each example goes to its one selected expert
+(:mod:`bmoe_tf.experts`), and the output is Eq. 2. Training updates the gate's
+weights only; the experts stay frozen, so training normally runs on an expert
+cache (:mod:`bmoe_tf.cache`) instead of the experts themselves.
+
+Inputs to ``fit``/``evaluate``/``predict`` are either raw inputs ``x`` (the
+experts run, each only on the examples routed to it) or a cache batch: a dict with
+``"gate_input"`` and the cache entries, as made by
+:func:`bmoe_tf.cache.cache_dataset`.
+"""
+import numpy as np
+
+from bmoe_tf import routing as routing_lib
+from bmoe_tf.backend import keras, tf
+from bmoe_tf.bias import validate_bias
+from bmoe_tf.cache import mse_from_statistics
+from bmoe_tf.experts import check_mixable
+from bmoe_tf.losses import bias_loss, expert_utility
+
+__all__ = ["BiasedMixture", "METHODS", "ROUTINGS", "COMBINES"]
+
+#: Training methods: Algorithm 1 ("enforce") or Eq. 3 + Eq. 5 ("soft").
+METHODS = ("enforce", "soft")
+#: Test-time routing: b enforced per batch, calibrated per-input offsets, or the
+#: plain argmax of Eq. 3 (no bias control at all).
+ROUTINGS = ("batch", "streaming", "argmax")
+#: How the selected expert's output is weighted: Eq. 2 literally ("gate": y = G_n E_n)
+#: or straight-through ("straight_through": y = E_n forward, dy/dG_n = E_n backward).
+COMBINES = ("gate", "straight_through")
+
+_MSE_NAMES = ("mse", "mean_squared_error", "MeanSquaredError")
+
+
+def _choice(value, allowed, what):
+    if value not in allowed:
+        raise ValueError(f"unknown {what} {value!r}; allowed: {', '.join(allowed)}")
+    return value
+
+
+def _is_mse(loss):
+    if isinstance(loss, str):
+        return loss in _MSE_NAMES
+    if isinstance(loss, keras.losses.MeanSquaredError):
+        return True
+    return getattr(loss, "__name__", None) in _MSE_NAMES
+
+
+def _per_example_loss_fn(loss):
+    """A function ``(y, y_pred) -> [M]``: the compiled loss, mean over non-batch axes."""
+    if loss is None:
+        raise ValueError("compile the mixture with a task loss first: mixture.compile(loss=...)")
+    if isinstance(loss, (list, tuple, dict)):
+        raise ValueError("a mixture has one output; compile it with a single loss")
+    obj = keras.losses.get(loss)
+    if isinstance(obj, keras.losses.Loss):
+        config = dict(obj.get_config(), reduction=keras.losses.Reduction.NONE)
+        obj = type(obj).from_config(config)
+
+    def per_example(y, y_pred):
+        value = tf.convert_to_tensor(obj(y, y_pred))
+        if value.shape.rank and value.shape.rank > 1:
+            value = tf.reduce_mean(value, axis=list(range(1, value.shape.rank)))
+        return value
+
+    return per_example
+
+
+def _is_cache_batch(x):
+    return isinstance(x, dict) and "gate_input" in x
+
+
+class BiasedMixture(keras.Model):
+    """A biased mixture of N frozen experts with a trainable gate.
+
+    Args:
+      gate: Keras model, raw input ``[M, ...]`` -> logits ``[M, N]``.
+      experts: list of N :class:`bmoe_tf.Expert` with mixable outputs.
+      bias: ``float[N]``, the frequencies of use b.
+      method: ``"enforce"`` (Algorithm 1 every training batch) or ``"soft"``
+        (Eq. 3 sparse gates + the Eq. 5 bias loss).
+      bias_weight: w_bias of Eq. 5 (soft method only).
+      routing: test-time routing, see :data:`ROUTINGS`. ``"batch"`` enforces b over
+        each evaluation batch (as in the paper); ``"streaming"`` routes one input
+        at a time with offsets from :meth:`calibrate`; ``"argmax"`` is Eq. 3 alone.
+      combine: see :data:`COMBINES`; ``"gate"`` is the paper's Eq. 2.
+      input_shape: per-example raw input shape; default: the gate's input shape.
+
+    Metrics (per epoch, over examples): ``loss``, ``task_loss``, ``bias_loss``,
+    ``data_cost`` (mean d_n of the selected experts, bytes per example), and per
+    expert ``utility_<name>`` (share of examples routed to it; Eq. 4 applied to
+    the selection) and ``gate_<name>`` (Eq. 4 on the gate values).
+    """
+
+    def __init__(self, gate, experts, bias, *, method="enforce", bias_weight=1.0,
+                 routing="batch", combine="gate", input_shape=None, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(gate, keras.layers.Layer):
+            raise ValueError(f"gate must be a Keras model or layer, got {type(gate).__name__}")
+        self.method = _choice(method, METHODS, "method")
+        self.routing = _choice(routing, ROUTINGS, "routing")
+        self.combine = _choice(combine, COMBINES, "combine")
+        experts = list(experts)
+        self.bias = validate_bias(bias, len(experts))
+        bias_weight = float(bias_weight)
+        if not np.isfinite(bias_weight) or bias_weight < 0:
+            raise ValueError(f"bias_weight must be a finite number >= 0, got {bias_weight}")
+        self.bias_weight = bias_weight
+        if input_shape is None:
+            shape = getattr(gate, "input_shape", None)
+            if shape is None or isinstance(shape, list) or any(d is None for d in shape[1:]):
+                raise ValueError(
+                    "cannot tell the raw input shape from the gate; pass input_shape=")
+            input_shape = shape[1:]
+        self.raw_input_shape = tuple(int(d) for d in input_shape)
+        self.output_spec_shape, self.output_dtype = check_mixable(experts, self.raw_input_shape)
+        self.gate = gate
+        self.experts = experts
+        self.expert_names = [e.name for e in experts]
+        self.data_costs = np.array([e.data_cost for e in experts], np.float64)
+        self._enforcer = routing_lib.BatchwiseBiasEnforcement(self.bias, name="bias_enforcement")
+        self.offsets = tf.Variable(np.full(len(experts), np.nan, np.float32), trainable=False,
+                                   name="routing_offsets")
+        self._loss_tracker = keras.metrics.Mean("loss")
+        self._task_tracker = keras.metrics.Mean("task_loss")
+        self._bias_tracker = keras.metrics.Mean("bias_loss")
+        self._cost_tracker = keras.metrics.Mean("data_cost")
+        self._utility_trackers = [keras.metrics.Mean(f"utility_{n}") for n in self.expert_names]
+        self._gate_trackers = [keras.metrics.Mean(f"gate_{n}") for n in self.expert_names]
+
+    @property
+    def num_experts(self):
+        return len(self.expert_names)
+
+    @property
+    def metrics(self):
+        return ([self._loss_tracker, self._task_tracker, self._bias_tracker, self._cost_tracker]
+                + self._utility_trackers + self._gate_trackers)
+
+    # ---- routing -----------------------------------------------------------------
+    def _mode(self, training):
+        if training:
+            return "enforce" if self.method == "enforce" else "argmax"
+        return "enforce" if self.routing == "batch" else self.routing
+
+    def select(self, logits, training=False):
+        """Gates for a batch of logits ``[M, N]``.
+
+        Returns:
+          ``(gates, scales, assignment)``: ``gates[M, N]`` with one non-zero per row
+          (the selected expert's softmax gate), ``scales[M, N]`` the factor on each
+          expert's output (see ``combine``), ``assignment int32[M]``.
+        """
+        probs = routing_lib.softmax_gates(logits)
+        mode = self._mode(training)
+        if mode == "enforce":
+            mask = self._enforcer.selection(probs)
+        elif mode == "argmax":
+            mask = tf.one_hot(tf.argmax(logits, axis=-1), self.num_experts, dtype=probs.dtype)
+        else:
+            offsets = tf.debugging.assert_all_finite(
+                self.offsets, "routing='streaming' needs mixture.calibrate(...) first")
+            mask = tf.one_hot(routing_lib.route(logits, offsets), self.num_experts, dtype=probs.dtype)
+        gates = probs * mask
+        if self.combine == "gate":
+            scales = gates
+        else:
+            scales = mask * (1.0 + probs - tf.stop_gradient(probs))
+        assignment = tf.argmax(mask, axis=-1, output_type=tf.int32)
+        return gates, scales, assignment
+
+    def _dispatch(self, x, scales, assignment):
+        """Eq. 2 with each example run only through its selected expert."""
+        n = self.num_experts
+        rows = tf.dynamic_partition(tf.range(tf.shape(assignment)[0]), assignment, n)
+        parts = tf.dynamic_partition(x, assignment, n)
+        outs = [tf.cast(e(p), self.output_dtype) for e, p in zip(self.experts, parts)]
+        stitched = tf.dynamic_stitch(rows, outs)
+        weight = tf.cast(tf.reduce_sum(scales, axis=1), self.output_dtype)
+        return stitched * tf.reshape(weight, [-1] + [1] * len(self.output_spec_shape))
+
+    def _combine_cached(self, outputs, scales):
+        outputs = tf.convert_to_tensor(outputs)
+        weight = tf.reshape(tf.cast(scales, outputs.dtype),
+                            [-1, self.num_experts] + [1] * (outputs.shape.rank - 2))
+        return tf.reduce_sum(outputs * weight, axis=1)
+
+    def _output(self, x, scales, assignment):
+        if not _is_cache_batch(x):
+            return self._dispatch(tf.convert_to_tensor(x, tf.float32), scales, assignment)
+        if "outputs" in x:
+            return self._combine_cached(x["outputs"], scales)
+        raise ValueError(
+            "an 'mse' statistics cache holds no expert outputs, so there is no mixture output "
+            "to predict; use raw inputs or an 'outputs' cache")
+
+    def call(self, inputs, training=None):
+        """Mixture output ``[M, ...]`` (Eq. 2) with the test-time routing."""
+        gate_input = inputs["gate_input"] if _is_cache_batch(inputs) else inputs
+        logits = self.gate(gate_input, training=False)
+        _, scales, assignment = self.select(logits, training=False)
+        return self._output(inputs, scales, assignment)
+
+    # ---- losses ------------------------------------------------------------------
+    def compute_gate_loss(self, x, y, training=True):
+        """Total loss of a batch and what it is made of.
+
+        Args:
+          x: raw inputs ``[M, ...]`` or a cache batch dict.
+          y: targets ``[M, ...]`` (ignored for an ``"mse"`` cache).
+          training: training routing (the method) or test-time routing.
+        Returns:
+          ``(total, parts)``: scalar mean loss over the batch, and a dict with
+          ``task_loss``, ``bias_loss``, ``per_example [M]``, ``gates [M, N]``,
+          ``assignment [M]``.
+        """
+        gate_input = x["gate_input"] if _is_cache_batch(x) else x
+        logits = self.gate(gate_input, training=training)
+        gates, scales, assignment = self.select(logits, training=training)
+        if _is_cache_batch(x) and "residual_gram" in x:
+            if not _is_mse(self.loss):
+                raise ValueError(
+                    f"an 'mse' statistics cache gives the mean squared error only, but the "
+                    f"mixture was compiled with loss={self.loss!r}; compile(loss='mse') or "
+                    f"build an 'outputs' cache")
+            per_example = mse_from_statistics(scales, x)
+        else:
+            per_example = self._per_example(y, self._output(x, scales, assignment))
+        task = tf.reduce_mean(per_example)
+        if self.method == "soft":
+            b_loss = tf.cast(bias_loss(expert_utility(gates), self.bias, self.bias_weight),
+                             task.dtype)
+        else:
+            b_loss = tf.zeros((), task.dtype)
+        parts = dict(task_loss=task, bias_loss=b_loss, per_example=per_example, gates=gates,
+                     assignment=assignment)
+        return task + b_loss, parts
+
+    @property
+    def _per_example(self):
+        return _per_example_loss_fn(self.loss)
+
+    def _update_metrics(self, total, parts):
+        m = tf.cast(tf.shape(parts["assignment"])[0], tf.float32)
+        self._loss_tracker.update_state(total, sample_weight=m)
+        self._task_tracker.update_state(parts["task_loss"], sample_weight=m)
+        self._bias_tracker.update_state(parts["bias_loss"], sample_weight=m)
+        costs = tf.gather(tf.constant(self.data_costs, tf.float32), parts["assignment"])
+        self._cost_tracker.update_state(tf.reduce_mean(costs), sample_weight=m)
+        share = expert_utility(tf.one_hot(parts["assignment"], self.num_experts))
+        mass = expert_utility(parts["gates"])
+        for n in range(self.num_experts):
+            self._utility_trackers[n].update_state(share[n], sample_weight=m)
+            self._gate_trackers[n].update_state(mass[n], sample_weight=m)
+        return {t.name: t.result() for t in self.metrics}
+
+    def train_step(self, data):
+        x, y = data[0], data[1]
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        with tf.GradientTape() as tape:
+            total, parts = self.compute_gate_loss(x, y, training=True)
+            scaled = total / tf.cast(replicas, total.dtype)
+        variables = self.gate.trainable_variables
+        grads = tape.gradient(scaled, variables)
+        self.optimizer.apply_gradients(zip(grads, variables))
+        return self._update_metrics(total, parts)
+
+    def test_step(self, data):
+        x, y = data[0], data[1]
+        total, parts = self.compute_gate_loss(x, y, training=False)
+        return self._update_metrics(total, parts)
+
+    # ---- streaming calibration and routing helpers ----------------------------------
+    def gate_logits(self, gate_inputs, batch_size=256):
+        """Gate logits ``float32[M, N]`` for raw gate inputs (numpy)."""
+        return self.gate.predict(np.asarray(gate_inputs, np.float32), batch_size=batch_size,
+                                 verbose=0)
+
+    def calibrate(self, gate_inputs, batch_size=256):
+        """Sets the streaming offsets from a calibration set; returns them ``[N]``."""
+        offsets = routing_lib.calibrate_offsets(self.gate_logits(gate_inputs, batch_size), self.bias)
+        self.offsets.assign(offsets)
+        return offsets
+
+    def select_experts(self, gate_inputs, batch_size=128):
+        """Expert index per input ``int64[M]`` with the test-time routing.
+
+        ``"batch"`` routing enforces b over consecutive chunks of ``batch_size``
+        (the last chunk with its own capacities).
+        """
+        self._check_routing_ready()
+        logits = self.gate_logits(gate_inputs)
+        chunks = [logits[i:i + batch_size] for i in range(0, len(logits), batch_size)]
+        picks = [self.select(tf.constant(c), training=False)[2].numpy() for c in chunks]
+        return np.concatenate(picks).astype(np.int64) if picks else np.zeros(0, np.int64)
+
+    def _check_routing_ready(self):
+        if self.routing == "streaming" and not np.all(np.isfinite(self.offsets.numpy())):
+            raise ValueError(
+                "routing='streaming' needs calibrated offsets: call "
+                "mixture.calibrate(calibration_gate_inputs) first")
+
+    def evaluate(self, *args, **kwargs):
+        self._check_routing_ready()
+        return super().evaluate(*args, **kwargs)
+
+    def predict(self, *args, **kwargs):
+        self._check_routing_ready()
+        return super().predict(*args, **kwargs)
