@@ -24,8 +24,8 @@ BYTES_PER_FLOAT = 4
 
 def data_cost_bytes(shape, bytes_per_element=BYTES_PER_FLOAT):
     """Bytes of one example of the given per-example shape (no batch axis)."""
-    dims = [int(d) for d in shape]
-    if any(d <= 0 for d in dims):
+    dims = [d if d is None else int(d) for d in shape]
+    if any(d is None or d <= 0 for d in dims):
         raise ValueError(f"data cost needs a fully known, positive shape, got {tuple(shape)}")
     return int(np.prod(dims, dtype=np.int64)) * int(bytes_per_element)
 

@@ -1,0 +1,116 @@
+"""Expert loading (SavedModel through hub.KerasLayer), data costs, Eq. 4 and Eq. 5."""
+import math
+import os
+
+import numpy as np
+import pytest
+
+from bmoe_tf import BiasedMixture, Expert
+from bmoe_tf.backend import keras, tf
+from bmoe_tf.experts import check_mixable, data_cost_bytes
+from bmoe_tf.losses import bias_loss, expert_utility
+
+
+def test_package_uses_keras_2():
+    assert os.environ["TF_USE_LEGACY_KERAS"] == "1"
+    assert keras.__name__.startswith("tf_keras")
+    assert keras.__version__.startswith("2.")
+
+
+def _upsampler(scale):
+    return keras.Sequential([keras.Input((8 // scale, 8 // scale, 1)),
+                             keras.layers.Conv2D(scale * scale, 3, padding="same"),
+                             keras.layers.Lambda(lambda t, s=scale: tf.nn.depth_to_space(t, s))])
+
+
+def _downsample(scale):
+    return lambda x, s=scale: tf.nn.avg_pool2d(x, s, s, "VALID")
+
+
+def test_saved_model_expert_loads_through_hub_keras_layer(tmp_path):
+    model = _upsampler(2)
+    path = str(tmp_path / "x2")
+    tf.saved_model.save(model, path)
+    expert = Expert(path, preprocess=_downsample(2), name="x2", input_shape=(8, 8, 1))
+    import tensorflow_hub as hub
+    assert isinstance(expert.model, hub.KerasLayer)
+    assert not expert.model.trainable
+    x = np.random.default_rng(0).normal(size=(5, 8, 8, 1)).astype(np.float32)
+    np.testing.assert_allclose(expert(x).numpy(), model(_downsample(2)(x)).numpy(), rtol=1e-5)
+    assert expert.output_shape == (8, 8, 1)
+    assert expert.data_cost == 4 * 4 * 1 * 4  # P_n(x) is 4x4x1 float32
+
+
+def test_saved_model_experts_train_a_mixture(tmp_path):
+    paths = []
+    for s in (4, 2):
+        paths.append(str(tmp_path / f"x{s}"))
+        tf.saved_model.save(_upsampler(s), paths[-1])
+    experts = [Expert(p, preprocess=_downsample(s), name=f"x{s}") for p, s in zip(paths, (4, 2))]
+    gate = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(2)])
+    mix = BiasedMixture(gate, experts, [0.5, 0.5])
+    np.testing.assert_array_equal(mix.data_costs, [2 * 2 * 4, 4 * 4 * 4])
+    mix.compile(optimizer="adam", loss="mse")
+    x = np.random.default_rng(1).normal(size=(16, 8, 8, 1)).astype(np.float32)
+    hist = mix.fit(x, x, batch_size=8, epochs=1, verbose=0)
+    assert hist.history["utility_x4"] == [0.5]
+    assert mix.predict(x, batch_size=8, verbose=0).shape == (16, 8, 8, 1)
+
+
+def test_keras_expert_is_frozen_and_explicit_data_cost_wins():
+    model = _upsampler(2)
+    expert = Expert(model, preprocess=_downsample(2), data_cost=123, name="a")
+    assert not model.trainable and model.trainable_weights == []
+    assert expert.data_cost == 123.0
+
+
+def test_expert_errors():
+    with pytest.raises(ValueError, match="neither an existing SavedModel"):
+        Expert("/no/such/dir")
+    with pytest.raises(ValueError, match="Keras layer"):
+        Expert(42)
+    with pytest.raises(ValueError, match="positive"):
+        Expert(_upsampler(2), data_cost=-1)
+    with pytest.raises(ValueError, match="no data cost yet"):
+        Expert(_upsampler(2)).data_cost
+    a = Expert(_upsampler(2), preprocess=_downsample(2), name="a")
+    b = Expert(keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(2, 1)]), name="b")
+    with pytest.raises(ValueError, match="cannot be mixed"):
+        check_mixable([a, b], (8, 8, 1))
+    with pytest.raises(ValueError, match="unique"):
+        check_mixable([a, a], (8, 8, 1))
+    with pytest.raises(ValueError, match="at least 2"):
+        check_mixable([a], (8, 8, 1))
+
+
+def test_data_cost_bytes_matches_the_paper():
+    # Table I: d_n = 3 x R_n x R_n x K gives exactly {120, 270, 1080} kB.
+    assert data_cost_bytes((100, 100, 3)) == 120_000
+    assert data_cost_bytes((150, 150, 3)) == 270_000
+    assert data_cost_bytes((300, 300, 3)) == 1_080_000
+    assert data_cost_bytes((32, 32, 3), bytes_per_element=1) == 3072
+    with pytest.raises(ValueError):
+        data_cost_bytes((None, 3))
+
+
+def test_expert_utility_is_eq4():
+    g = np.array([[0.7, 0, 0], [0, 0.6, 0], [0.9, 0, 0], [0, 0, 0.5]], np.float32)
+    np.testing.assert_allclose(expert_utility(g).numpy(), [0.4, 0.15, 0.125])
+
+
+def test_bias_loss_is_eq5():
+    u = np.array([0.5, 0.3, 0.2], np.float32)
+    b = [0.2, 0.3, 0.5]
+    want = -2.0 * math.log(1 - math.sqrt(0.09 + 0.09) / math.sqrt(2))
+    assert float(bias_loss(u, b, 2.0)) == pytest.approx(want, rel=1e-6)
+    assert float(bias_loss(np.array(b, np.float32), b, 2.0)) == 0.0
+    # orthogonal one-hots: 1 - sqrt(2)/sqrt(2) = 0, clipped to a finite loss
+    assert np.isfinite(float(bias_loss(np.array([1.0, 0, 0], np.float32), [0, 1, 0], 1.0)))
+    with tf.GradientTape() as tape:
+        uu = tf.Variable(b, dtype=tf.float32)
+        loss = bias_loss(uu, b, 1.0)
+    assert np.all(np.isfinite(tape.gradient(loss, uu).numpy()))  # no NaN at u == b
+    with pytest.raises(ValueError, match=">= 0"):
+        bias_loss(u, b, -1.0)
+    with pytest.raises(ValueError, match="sum to 1"):
+        bias_loss(u, [0.5, 0.5, 0.5], 1.0)

@@ -1,0 +1,245 @@
+"""BiasedMixture: training on tiny Keras experts, the cache, streaming, distribution."""
+import numpy as np
+import pytest
+
+from bmoe_tf import BiasedMixture, Expert
+from bmoe_tf.backend import keras, tf
+from bmoe_tf.cache import build_expert_cache, cache_dataset, load_cache, save_cache
+
+B = [0.5, 0.25, 0.25]
+
+
+def _data(m=64, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(m, 6)).astype(np.float32)
+    y = (x[:, :2] * 2.0 + x[:, 2:4] - 0.5 * x[:, 4:6]).astype(np.float32)
+    return x, y
+
+
+def _experts(seed=1):
+    experts = []
+    for i, k in enumerate((2, 4, 6)):
+        tf.random.set_seed(seed + i)
+        model = keras.Sequential([keras.Input((k,)), keras.layers.Dense(2)], name=f"dense{k}")
+        experts.append(Expert(model, preprocess=lambda x, k=k: x[:, :k], name=f"e{k}"))
+    return experts
+
+
+def _gate(seed=7, bias_init=None):
+    tf.random.set_seed(seed)
+    init = "zeros" if bias_init is None else keras.initializers.Constant(bias_init)
+    return keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="relu"),
+                             keras.layers.Dense(3, bias_initializer=init)])
+
+
+def _mixture(**kwargs):
+    mix = BiasedMixture(_gate(), _experts(), kwargs.pop("bias", B), **kwargs)
+    mix.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
+    return mix
+
+
+class _BatchLogs(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.logs = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.logs.append(dict(logs))
+
+
+def test_data_cost_defaults_to_float32_bytes_of_preprocessed_input():
+    mix = _mixture()
+    np.testing.assert_array_equal(mix.data_costs, [2 * 4, 4 * 4, 6 * 4])
+
+
+@pytest.mark.parametrize("through_cache", [False, True])
+def test_fit_trains_only_the_gate_and_enforces_b_every_batch(through_cache):
+    x, y = _data()
+    mix = _mixture()
+    expert_before = [[w.copy() for w in e.model.get_weights()] for e in mix.experts]
+    gate_before = [w.copy() for w in mix.gate.get_weights()]
+    logs = _BatchLogs()
+    if through_cache:
+        cache = build_expert_cache(mix.experts, x, y, kind="mse", verbose=0)
+        mix.fit(cache_dataset(x, cache, batch_size=8), epochs=2, verbose=0, callbacks=[logs])
+    else:
+        mix.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[logs])
+    for expert, before in zip(mix.experts, expert_before):
+        for w_after, w_before in zip(expert.model.get_weights(), before):
+            np.testing.assert_array_equal(w_after, w_before)  # bit-identical
+    changed = [not np.array_equal(a, b) for a, b in zip(mix.gate.get_weights(), gate_before)]
+    assert all(changed)
+    assert len(logs.logs) == 16
+    for entry in logs.logs:  # running means over batches that each hit b exactly
+        np.testing.assert_allclose(
+            [entry["utility_e2"], entry["utility_e4"], entry["utility_e6"]], B, atol=1e-7)
+        assert entry["data_cost"] == pytest.approx(0.5 * 8 + 0.25 * 16 + 0.25 * 24)
+
+
+def test_enforce_training_lowers_the_task_loss():
+    x, y = _data(256)
+    mix = _mixture()
+    cache = build_expert_cache(mix.experts, x, y, kind="mse", verbose=0)
+    ds = cache_dataset(x, cache, batch_size=32, seed=1)
+    before = mix.evaluate(ds, verbose=0, return_dict=True)["task_loss"]
+    mix.fit(ds, epochs=30, verbose=0)
+    after = mix.evaluate(ds, verbose=0, return_dict=True)["task_loss"]
+    assert after < 0.9 * before
+
+
+def _loss_and_grads(mix, inputs, y):
+    with tf.GradientTape() as tape:
+        total, _ = mix.compute_gate_loss(inputs, y, training=True)
+    return float(total), [g.numpy() for g in tape.gradient(total, mix.gate.trainable_variables)]
+
+
+@pytest.mark.parametrize("method", ["enforce", "soft"])
+@pytest.mark.parametrize("combine", ["gate", "straight_through"])
+def test_cache_gives_the_same_loss_and_gradients_as_the_experts(method, combine):
+    x, y = _data(32, seed=3)
+    mix = _mixture(method=method, combine=combine, bias_weight=0.3)
+    mse = build_expert_cache(mix.experts, x, y, kind="mse", verbose=0)
+    outs = build_expert_cache(mix.experts, x, y, kind="outputs", verbose=0)
+    ref_loss, ref_grads = _loss_and_grads(mix, x, y)
+    for cache in (mse, outs):
+        batch = {"gate_input": x, **{k: v for k, v in cache.items() if k != "kind"}}
+        loss, grads = _loss_and_grads(mix, batch, y)
+        assert loss == pytest.approx(ref_loss, rel=1e-5)
+        for g, r in zip(grads, ref_grads):
+            np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-6)
+
+
+def test_mse_statistics_are_exact_for_any_gate_values():
+    x, y = _data(16)
+    experts = _experts()
+    cache = build_expert_cache(experts, x, y, kind="mse", verbose=0)
+    outs = np.stack([e(x).numpy() for e in experts], axis=1)
+    g = np.random.default_rng(0).uniform(0, 1.3, size=(16, 3)).astype(np.float32)  # dense G
+    from bmoe_tf.cache import mse_from_statistics
+    got = mse_from_statistics(g, cache).numpy()
+    want = np.mean((np.einsum("mn,mnd->md", g, outs) - y) ** 2, axis=1)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def test_cache_round_trips_through_npz(tmp_path):
+    x, y = _data(8)
+    cache = build_expert_cache(_experts(), x, y, kind="mse", verbose=0)
+    save_cache(tmp_path / "c.npz", cache)
+    back = load_cache(tmp_path / "c.npz")
+    assert set(back) == set(cache)
+    for k in cache:
+        np.testing.assert_array_equal(back[k], cache[k])
+
+
+def test_soft_mode_moves_utility_toward_b():
+    x, y = _data(512, seed=5)
+    b = [0.2, 0.4, 0.4]
+    # The gate starts by sending (almost) everything to the first expert.
+    gate = _gate(bias_init=[3.0, 0.0, 0.0])
+    mix = BiasedMixture(gate, _experts(), b, method="soft", bias_weight=5.0, routing="argmax")
+    mix.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
+    cache = build_expert_cache(mix.experts, x, y, kind="mse", verbose=0)
+
+    def distance():
+        share = np.bincount(mix.select_experts(x), minlength=3) / len(x)
+        return np.linalg.norm(share - b)
+
+    before = distance()
+    mix.fit(cache_dataset(x, cache, batch_size=64), epochs=15, verbose=0)
+    after = distance()
+    assert before > 0.5
+    assert after < 0.5 * before
+
+
+def test_streaming_routing_meets_b_on_held_out_inputs():
+    x, y = _data(8000, seed=11)
+    mix = _mixture(routing="streaming", bias=[0.6, 0.3, 0.1])
+    with pytest.raises(ValueError, match="calibrate"):
+        mix.select_experts(x[:10])
+    mix.calibrate(x[:4000])
+    share = np.bincount(mix.select_experts(x[4000:]), minlength=3) / 4000
+    np.testing.assert_allclose(share, [0.6, 0.3, 0.1], atol=0.02)
+    # one input at a time gives the same picks as a batch
+    single = [int(mix.select_experts(x[i:i + 1])[0]) for i in range(4000, 4010)]
+    assert single == mix.select_experts(x[4000:4010]).tolist()
+
+
+def test_predict_dispatches_each_example_only_to_its_expert():
+    x, _ = _data(12)
+    mix = _mixture(combine="straight_through")
+    calls = []
+    for expert in mix.experts:
+        original = expert.model
+
+        def counting(inputs, training=None, original=original):
+            calls.append(int(inputs.shape[0]))
+            return original(inputs, training=training)
+
+        expert.model = counting
+    y = mix(tf.constant(x)).numpy()
+    assert sorted(calls) == sorted([6, 3, 3])  # capacities for M=12, b=[.5,.25,.25]
+    picks = mix.select_experts(x, batch_size=12)
+    for i in range(12):  # straight-through: the output is the selected expert's output
+        want = mix.experts[picks[i]].model(x[i:i + 1, :[2, 4, 6][picks[i]]]).numpy()[0]
+        np.testing.assert_allclose(y[i], want, rtol=1e-6)
+
+
+def test_gate_combine_multiplies_the_expert_output_by_its_gate():
+    x, _ = _data(8)
+    mix = _mixture()
+    logits = mix.gate(x)
+    gates, _, picks = mix.select(logits)
+    y = mix(tf.constant(x)).numpy()
+    for i in range(8):
+        e = mix.experts[int(picks[i])]
+        np.testing.assert_allclose(y[i], gates.numpy()[i].sum() * e(x[i:i + 1]).numpy()[0],
+                                   rtol=1e-6)
+
+
+def test_bad_arguments_raise_clear_errors():
+    gate, experts = _gate(), _experts()
+    with pytest.raises(ValueError, match="method"):
+        BiasedMixture(gate, experts, B, method="hard")
+    with pytest.raises(ValueError, match="routing"):
+        BiasedMixture(gate, experts, B, routing="random")
+    with pytest.raises(ValueError, match="3 experts"):
+        BiasedMixture(gate, experts, [0.5, 0.5])
+    with pytest.raises(ValueError, match="sum to 1"):
+        BiasedMixture(gate, experts, [0.5, 0.3, 0.3])
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        BiasedMixture(gate, experts, [1.2, -0.1, -0.1])
+    odd = Expert(keras.Sequential([keras.Input((6,)), keras.layers.Dense(3)]), name="odd")
+    with pytest.raises(ValueError, match="cannot be mixed"):
+        BiasedMixture(gate, experts[:2] + [odd], B)
+    mix = BiasedMixture(gate, experts, B, method="soft")
+    mix.compile(optimizer="adam", loss="mae")
+    x, y = _data(8)
+    cache = build_expert_cache(experts, x, y, kind="mse", verbose=0)
+    with pytest.raises(ValueError, match="mean squared error"):
+        mix.compute_gate_loss({"gate_input": x, **{k: v for k, v in cache.items()
+                                                   if k != "kind"}}, y)
+    with pytest.raises(ValueError, match="smaller than the number of experts"):
+        _mixture().compute_gate_loss(x[:2], y[:2])
+
+
+def test_mirrored_strategy_enforces_b_over_the_global_batch():
+    devices = ["/cpu:0", "/cpu:1"]
+    assert len(tf.config.list_logical_devices("CPU")) >= 2
+    strategy = tf.distribute.MirroredStrategy(devices)
+    # Global batch 8 over 2 replicas; capacities for the global batch are [6, 1, 1],
+    # while enforcing per replica of 4 would give [3, 1, 0] twice = [6, 2, 0].
+    b = [0.75, 0.125, 0.125]
+    x, y = _data(64)
+    with strategy.scope():
+        experts = _experts()
+        mix = BiasedMixture(_gate(), experts, b)
+        mix.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
+    cache = build_expert_cache(experts, x, y, kind="mse", verbose=0)
+    logs = _BatchLogs()
+    gate_before = [w.copy() for w in mix.gate.get_weights()]
+    mix.fit(cache_dataset(x, cache, batch_size=8), epochs=1, verbose=0, callbacks=[logs])
+    assert len(logs.logs) == 8
+    for entry in logs.logs:
+        np.testing.assert_allclose(
+            [entry["utility_e2"], entry["utility_e4"], entry["utility_e6"]], b, atol=1e-6)
+    assert any(not np.array_equal(a, c) for a, c in zip(mix.gate.get_weights(), gate_before))
