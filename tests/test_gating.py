@@ -1,0 +1,292 @@
+"""The gating model f(x; W_g) (Tables III, V, VII) and its MAC count C_g."""
+import numpy as np
+import pytest
+
+from bmoe_tf.backend import keras, tf
+from bmoe_tf.gating import (PAPER_GATES, PAPER_MAC_CAPS, build_gate, count_macs, mac_table,
+                            paper_gate)
+
+TASKS = ("detection", "super_resolution", "action")
+
+# task: (input HxWxC, VALID conv output side, flatten size, hidden units)
+PAPER_SHAPES = {
+    "detection": ((224, 224, 3), 111, 28224, 1024),
+    "super_resolution": ((64, 64, 3), 31, 6400, 512),
+    "action": ((24, 24, 320), 11, 7744, 1024),
+}
+
+# The printed Mult-Adds: (conv, first FC, last FC) for N = 3.
+PRINTED_MACS = {
+    "detection": (2_747_136, 28_901_376, 3_072),
+    "super_resolution": (224_256, 3_276_800, 1_536),
+    "action": (3_363_840, 7_929_856, 3_072),
+}
+
+
+@pytest.fixture(scope="module")
+def gates():
+    return {task: paper_gate(task) for task in TASKS}
+
+
+def _separable_macs(side_out, kernel, c_in, c_out):
+    """Depthwise (k*k*C_in per position) + pointwise (C_in*C_out per position)."""
+    return side_out * side_out * (kernel * kernel * c_in + c_in * c_out)
+
+
+def _layer(model, suffix):
+    return model.get_layer(f"{model.name}_{suffix}")
+
+
+# --------------------------------------------------------------------------- #
+# Architecture of the paper gates
+# --------------------------------------------------------------------------- #
+
+@pytest.mark.parametrize("task", TASKS)
+def test_paper_gate_shapes(gates, task):
+    model = gates[task]
+    (h, w, c), side, flat, hidden = PAPER_SHAPES[task]
+    assert model.input_shape == (None, h, w, c)
+    assert model.output_shape == (None, 3)
+    conv = _layer(model, "conv")
+    assert isinstance(conv, keras.layers.SeparableConv2D)
+    assert conv.output_shape == (None, side, side, 64)
+    assert tuple(conv.depthwise_kernel.shape) == (3, 3, c, 1)
+    assert tuple(conv.pointwise_kernel.shape) == (1, 1, c, 64)
+    assert conv.strides == (2, 2) and conv.activation is keras.activations.relu
+    assert _layer(model, "flatten").output_shape == (None, flat)
+    fc1, logits = _layer(model, "fc1"), _layer(model, "logits")
+    assert tuple(fc1.kernel.shape) == (flat, hidden)
+    assert fc1.activation is keras.activations.relu
+    assert tuple(logits.kernel.shape) == (hidden, 3)
+    assert logits.activation is keras.activations.linear
+    has_pool = task != "action"
+    assert any(isinstance(layer, keras.layers.AveragePooling2D) for layer in model.layers) == has_pool
+
+
+def test_paper_gate_pool_and_num_experts():
+    model = paper_gate("super_resolution", num_experts=5)
+    pool = _layer(model, "pool")
+    assert pool.pool_size == (3, 3) and pool.strides == (3, 3) and pool.padding == "valid"
+    assert pool.output_shape == (None, 10, 10, 64)
+    assert tuple(_layer(model, "logits").kernel.shape) == (512, 5)
+    assert model(tf.zeros((2, 64, 64, 3))).shape == (2, 5)
+
+
+def test_build_gate_custom_layout():
+    model = build_gate((32, 40, 5), 4, filters=8, kernel_size=(3, 5), strides=(1, 2),
+                       padding="same", pool_size=(2, 4), hidden_units=(16, 12), name="g")
+    assert [layer.name for layer in model.layers] == [
+        "g_input", "g_conv", "g_pool", "g_flatten", "g_fc1", "g_fc2", "g_logits"]
+    assert _layer(model, "conv").output_shape == (None, 32, 20, 8)
+    assert _layer(model, "pool").output_shape == (None, 16, 5, 8)  # strides default to pool
+    assert model.output_shape == (None, 4)
+    no_hidden = build_gate((8, 8, 1), 2, filters=2, hidden_units=())
+    assert tuple(_layer(no_hidden, "logits").kernel.shape) == (3 * 3 * 2, 2)
+
+
+# --------------------------------------------------------------------------- #
+# C_g of the paper gates
+# --------------------------------------------------------------------------- #
+
+@pytest.mark.parametrize("task", TASKS)
+def test_paper_gate_macs_valid(gates, task):
+    (_, _, c), side, flat, hidden = PAPER_SHAPES[task]
+    expected = _separable_macs(side, 3, c, 64) + flat * hidden + hidden * 3
+    assert count_macs(gates[task]) == expected
+    assert count_macs(gates[task]) == {"detection": 31_602_747, "super_resolution": 3_488_795,
+                                       "action": 10_759_488}[task]
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_paper_gate_mac_table_rows(gates, task):
+    rows = mac_table(gates[task])
+    (h, w, c), side, flat, hidden = PAPER_SHAPES[task]
+    assert rows[0] == {"layer": "gate_conv", "type": "SeparableConv2D", "input_shape": (h, w, c),
+                       "output_shape": (side, side, 64),
+                       "macs": _separable_macs(side, 3, c, 64)}
+    assert [row["type"] for row in rows if row["macs"] == 0] == (
+        ["AveragePooling2D", "Flatten"] if task != "action" else ["Flatten"])
+    assert rows[-2]["input_shape"] == (flat,) and rows[-1]["output_shape"] == (3,)
+    assert sum(row["macs"] for row in rows) == count_macs(gates[task])
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_paper_printed_figures(gates, task):
+    conv_printed, fc_printed, logits_printed = PRINTED_MACS[task]
+    # The printed convolution cost is that of a SAME-padded output.
+    same = paper_gate(task, padding="same", hidden_units=())
+    conv_row = mac_table(same)[0]
+    assert conv_row["type"] == "SeparableConv2D"
+    assert conv_row["macs"] == conv_printed
+    # The printed FC costs match the VALID build.
+    rows = {row["layer"]: row["macs"] for row in mac_table(gates[task])}
+    assert rows["gate_fc1"] == fc_printed
+    assert rows["gate_logits"] == logits_printed
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_paper_gates_below_caps(gates, task):
+    assert count_macs(gates[task]) < PAPER_MAC_CAPS[task]
+    assert PAPER_MAC_CAPS == {"detection": 1e8, "super_resolution": 1e7, "action": 1e8}
+
+
+# --------------------------------------------------------------------------- #
+# count_macs on other models
+# --------------------------------------------------------------------------- #
+
+def test_count_macs_conv_and_dense():
+    inputs = keras.Input((10, 12, 3))
+    x = keras.layers.Conv2D(8, (3, 5), strides=(1, 2), activation="relu")(inputs)  # 8x4x8
+    x = keras.layers.MaxPooling2D(2)(x)  # 4x2x8
+    x = keras.layers.Flatten()(x)
+    outputs = keras.layers.Dense(7)(x)
+    model = keras.Model(inputs, outputs)
+    conv = 8 * 4 * (3 * 5 * 3 * 8)
+    assert [row["macs"] for row in mac_table(model)] == [conv, 0, 0, 64 * 7]
+    assert count_macs(model) == conv + 64 * 7 == 11968
+
+    seq = keras.Sequential([keras.Input((5, 6)), keras.layers.Dense(4), keras.layers.Dense(2)])
+    assert count_macs(seq) == 5 * 6 * 4 + 5 * 4 * 2  # leading non-batch dim 5
+
+
+def test_count_macs_other_convolutions():
+    inputs = keras.Input((9, 9, 8))
+    x = keras.layers.Conv2D(16, 3, groups=4)(inputs)              # 7x7x16
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.DepthwiseConv2D(3, depth_multiplier=2)(x)    # 5x5x32
+    x = keras.layers.Conv2DTranspose(4, 2, strides=2)(x)          # 10x10x4
+    model = keras.Model(inputs, x)
+    assert [row["macs"] for row in mac_table(model)] == [
+        7 * 7 * 3 * 3 * 2 * 16, 0, 5 * 5 * 3 * 3 * 16 * 2, 5 * 5 * 2 * 2 * 4 * 32]
+    seq = keras.Sequential([keras.Input((10, 6)), keras.layers.Conv1D(5, 3, padding="causal")])
+    assert count_macs(seq) == 10 * 3 * 6 * 5
+
+
+def test_count_macs_recurses_into_nested_models_and_layers():
+    inner = keras.Sequential([keras.Input((10,)), keras.layers.Dense(6), keras.layers.Dense(2)],
+                             name="inner")
+    inputs = keras.Input((10,))
+    outer = keras.Model(inputs, inner(inputs) + inner(inputs))  # shared: counted per call
+    rows = [row for row in mac_table(outer) if row["type"] == "Dense"]
+    assert [row["layer"] for row in rows] == ["inner/" + layer.name for layer in inner.layers] * 2
+    assert count_macs(outer) == 2 * (10 * 6 + 6 * 2)
+
+    class Block(keras.layers.Layer):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.first = keras.layers.Dense(8)
+            self.second = keras.layers.Dense(4)
+
+        def call(self, x):
+            return self.second(tf.nn.relu(self.first(x)))
+
+    inputs = keras.Input((5, 16))
+    model = keras.Model(inputs, Block(name="block")(inputs))
+    rows = mac_table(model)
+    assert [(row["layer"], row["macs"]) for row in rows] == [
+        ("block/" + model.layers[1].first.name, 5 * 16 * 8),
+        ("block/" + model.layers[1].second.name, 5 * 8 * 4)]
+    assert "call" not in model.layers[1].first.__dict__  # the trace left no patch behind
+
+
+def test_count_macs_subclassed_model():
+    class Net(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.conv = keras.layers.Conv2D(4, 3)
+            self.flatten = keras.layers.Flatten()
+            self.head = keras.layers.Dense(2)
+
+        def call(self, x):
+            return self.head(self.flatten(self.conv(x)))
+
+    net = Net()
+    with pytest.raises(ValueError, match="not built"):
+        count_macs(net)
+    net(tf.zeros((2, 8, 8, 3)))
+    assert count_macs(net) == 6 * 6 * 3 * 3 * 3 * 4 + 144 * 2
+
+
+def test_count_macs_unknown_weighted_layer_raises():
+    class Scale(keras.layers.Layer):
+        def build(self, input_shape):
+            self.kernel = self.add_weight(name="kernel", shape=(input_shape[-1], 3))
+
+        def call(self, x):
+            return tf.matmul(x, self.kernel)
+
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, Scale(name="my_scale")(keras.layers.ReLU()(inputs)))
+    with pytest.raises(ValueError, match="my_scale"):
+        count_macs(model)
+
+
+def test_count_macs_refuses_what_it_cannot_count():
+    inputs = keras.Input((5, 3))
+    with pytest.raises(ValueError, match="control flow"):  # the cell runs in a while loop
+        count_macs(keras.Model(inputs, keras.layers.SimpleRNN(4)(inputs)))
+    with pytest.raises(ValueError, match="lstm"):  # fused kernel, the cell is never called
+        count_macs(keras.Model(inputs, keras.layers.LSTM(4, name="lstm")(inputs)))
+    inputs = keras.Input((None, 3))
+    with pytest.raises(ValueError, match="unknown dimension"):
+        count_macs(keras.Model(inputs, keras.layers.Dense(2)(inputs)))
+
+
+# --------------------------------------------------------------------------- #
+# Argument checking
+# --------------------------------------------------------------------------- #
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(num_experts=1), "num_experts"),
+    (dict(num_experts=2.0), "num_experts"),
+    (dict(num_experts=True), "num_experts"),
+    (dict(input_shape=(64, 64)), "input_shape"),
+    (dict(input_shape=(None, 64, 3)), "input_shape"),
+    (dict(input_shape=(64, 0, 3)), "input_shape"),
+    (dict(padding="full"), "padding"),
+    (dict(filters=0), "filters"),
+    (dict(kernel_size=(3, 3, 3)), "kernel_size"),
+    (dict(strides=0), "strides"),
+    (dict(kernel_size=9, input_shape=(8, 8, 3)), "larger than the input"),
+    (dict(pool_size=32), "pool_size .* larger than the convolution output 31x31"),
+    (dict(pool_strides=2), "without pool_size"),
+    (dict(pool_size=2, pool_strides=(1, 0)), "pool_strides"),
+    (dict(hidden_units=(512, 0)), r"hidden_units\[1\]"),
+    (dict(hidden_units=None), "hidden_units"),
+    (dict(name=""), "name"),
+])
+def test_build_gate_bad_arguments(kwargs, message):
+    arguments = dict(input_shape=(64, 64, 3), num_experts=3)
+    arguments.update(kwargs)
+    input_shape, num_experts = arguments.pop("input_shape"), arguments.pop("num_experts")
+    with pytest.raises(ValueError, match=message):
+        build_gate(input_shape, num_experts, **arguments)
+
+
+def test_paper_gate_bad_arguments():
+    with pytest.raises(ValueError, match="unknown task 'segmentation'.*action.*detection"
+                                          ".*super_resolution"):
+        paper_gate("segmentation")
+    with pytest.raises(ValueError, match="num_experts"):
+        paper_gate("action", num_experts=1)
+    with pytest.raises(TypeError, match="dropout"):
+        paper_gate("action", dropout=0.5)
+    assert set(PAPER_GATES) == set(TASKS)
+    with pytest.raises(TypeError):
+        count_macs("not a model")
+
+
+# --------------------------------------------------------------------------- #
+# Compilation
+# --------------------------------------------------------------------------- #
+
+@pytest.mark.parametrize("task", ["super_resolution", "action"])
+def test_gate_under_xla(gates, task):
+    model = gates[task]
+    shape = PAPER_SHAPES[task][0]
+    x = tf.random.stateless_normal((4,) + shape, seed=(1, 2))
+    logits = tf.function(lambda t: model(t, training=False), jit_compile=True)(x)
+    assert logits.shape == (4, 3) and logits.dtype == tf.float32
+    np.testing.assert_allclose(logits.numpy(), model(x, training=False).numpy(),
+                               rtol=1e-4, atol=1e-4)
+    assert np.all(np.isfinite(logits.numpy()))
