@@ -289,13 +289,15 @@ class BiasedMixture(keras.Model):
         """Expert index per input ``int64[M]`` with the test-time routing.
 
         ``"batch"`` routing enforces b over consecutive chunks of ``batch_size``
-        (the last chunk with its own capacities).
+        (:func:`bmoe_tf.routing.route_in_batches`).
         """
         self._check_routing_ready()
         logits = self.gate_logits(gate_inputs)
-        chunks = [logits[i:i + batch_size] for i in range(0, len(logits), batch_size)]
-        picks = [self.select(tf.constant(c), training=False)[2].numpy() for c in chunks]
-        return np.concatenate(picks).astype(np.int64) if picks else np.zeros(0, np.int64)
+        if self.routing == "batch":
+            return routing_lib.route_in_batches(logits, self.bias, batch_size)
+        if self.routing == "streaming":
+            return routing_lib.route(logits, self.offsets).numpy().astype(np.int64)
+        return np.argmax(logits, axis=1).astype(np.int64)
 
     def _check_routing_ready(self):
         if self.routing == "streaming" and not np.all(np.isfinite(self.offsets.numpy())):

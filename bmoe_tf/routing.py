@@ -22,7 +22,8 @@ from bmoe_tf.bias import validate_bias
 
 __all__ = [
     "softmax_gates", "sparse_gates", "expert_capacities", "enforcement_mask",
-    "enforce_bias", "calibrate_offsets", "route", "SparseGate", "BatchwiseBiasEnforcement",
+    "enforce_bias", "calibrate_offsets", "route", "route_in_batches", "SparseGate",
+    "BatchwiseBiasEnforcement",
 ]
 
 # |M*b_n - round(M*b_n)| below this (relative to M) counts as an exact integer, so that
@@ -80,7 +81,12 @@ def _capacities_tensor(batch_size, bias):
     snap = tf.abs(exact - rounded) <= _INTEGER_SNAP * tf.maximum(m, 1.0)
     exact = tf.where(snap, rounded, exact)
     floors = tf.floor(exact)
-    frac = exact - floors
+    # Fractional parts on a grid of _INTEGER_SNAP, so that parts equal in exact
+    # arithmetic but not in floating point (5 * 0.07 -> 0.35000000000000003 vs
+    # 5 * 0.27 - 1 -> 0.3500000000000001) tie, and the tie goes to the lower index.
+    # Rounding (unlike a tolerance in the comparison) keeps the ranking a total
+    # order, so the ranks stay a permutation and sum(K) == M.
+    frac = tf.round((exact - floors) / _INTEGER_SNAP)
     leftover = tf.cast(m - tf.reduce_sum(floors), tf.int32)
     # rank_n = #{m: frac_m > frac_n} + #{m < n: frac_m == frac_n}; the `leftover`
     # best-ranked experts get one more slot (ties to the lower index).
@@ -323,3 +329,32 @@ class BatchwiseBiasEnforcement(keras.layers.Layer):
         config = super().get_config()
         config.update(bias=self.bias.tolist(), global_batch=self.global_batch)
         return config
+
+
+def route_in_batches(logits, bias, batch_size):
+    """Algorithm 1 over consecutive batches of precomputed logits, ``int64[M]``.
+
+    What "batch" routing does at test time: each chunk of ``batch_size`` rows
+    (the last one with its own capacities) gets exactly
+    ``expert_capacities(len(chunk), bias)`` examples per expert.
+
+    Args:
+      logits: ``float[M, N]`` (numpy or tensor).
+      bias: ``float[N]``.
+      batch_size: rows per batch, >= N.
+    """
+    logits = np.asarray(logits, np.float32)
+    b = validate_bias(bias, logits.shape[1] if logits.ndim == 2 else None)
+    if logits.ndim != 2:
+        raise ValueError(f"logits must be [M, N], got shape {logits.shape}")
+    if int(batch_size) < b.size:
+        raise ValueError(f"batch_size {batch_size} is smaller than the {b.size} experts")
+    picks = []
+    for start in range(0, len(logits), int(batch_size)):
+        chunk = logits[start:start + int(batch_size)]
+        if len(chunk) < b.size:  # a tail smaller than N: per-row argmax, no capacities
+            picks.append(np.argmax(chunk, axis=1))
+            continue
+        mask = enforcement_mask(tf.nn.softmax(chunk, axis=-1), b)
+        picks.append(np.argmax(mask.numpy(), axis=1))
+    return np.concatenate(picks).astype(np.int64) if picks else np.zeros(0, np.int64)
