@@ -13,6 +13,7 @@ setup(
         "tensorflow-hub>=0.16,<0.17",
         "tensorflow-model-optimization>=0.8,<0.9",
         "tensorflow-datasets>=4.9,<5",
+        "tensorboard>=2.20,<3",  # TensorBoard logs of gate training
         "numpy>=1.26,<3",
         "scipy>=1.11,<2",
         "absl-py>=1.4,<3",

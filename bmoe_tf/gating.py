@@ -27,7 +27,8 @@ import numpy as np
 
 from bmoe_tf.backend import keras, tf
 
-__all__ = ["PAPER_GATES", "PAPER_MAC_CAPS", "build_gate", "paper_gate", "count_macs", "mac_table"]
+__all__ = ["PAPER_GATES", "PAPER_MAC_CAPS", "build_gate", "paper_gate", "compact_gate",
+           "count_macs", "mac_table"]
 
 #: ``build_gate`` arguments of the paper's gates (N is passed separately).
 #:
@@ -210,6 +211,63 @@ def paper_gate(task, num_experts=3, **overrides):
                         f"allowed: {sorted(allowed)}")
     config.update(overrides)
     return build_gate(num_experts=num_experts, **config)
+
+
+def compact_gate(input_shape, num_experts, *, filters=(16, 32, 32), hidden_units=32,
+                 name="compact_gate"):
+    """A gate small enough for a microcontroller (hundreds of kB, not MB).
+
+    The paper gates end in large fully connected layers (Table V's 6400x512 alone
+    is 3.3 M weights). The compact family keeps their depthwise-separable
+    convolutions but replaces flatten + FC by global average pooling and a small
+    head, which also suits the SR task: what a gate needs there is how much
+    high-frequency energy a part holds, not where.
+
+    Layers (``M`` batch, ``N = num_experts``)::
+
+        x                                     [M, H, W, C]
+        SeparableConv2D 3x3/2 + ReLU, each    [M, ~H/2^k, ~W/2^k, filters[k]]  VALID
+        GlobalAveragePooling2D                [M, filters[-1]]
+        Dense + ReLU                          [M, hidden_units]
+        Dense (linear)                        [M, N]
+
+    Args:
+      input_shape: ``(H, W, C)``.
+      num_experts: ``N >= 2``.
+      filters: channels of each stride-2 separable convolution (at least one).
+      hidden_units: size of the hidden layer (0 for none).
+    Returns:
+      A functional ``keras.Model``: ``float[M, H, W, C]`` -> ``float[M, N]`` logits.
+    """
+    try:
+        shape = tuple(int(d) for d in input_shape)
+    except (TypeError, ValueError):
+        shape = ()
+    if len(shape) != 3 or min(shape) < 1:
+        raise ValueError(f"input_shape must be (height, width, channels), got {input_shape!r}")
+    num_experts = _positive_int(num_experts, "num_experts", minimum=2)
+    if _is_int(filters):
+        filters = (filters,)
+    filters = tuple(_positive_int(f, f"filters[{i}]") for i, f in enumerate(filters))
+    if not filters:
+        raise ValueError("filters must name at least one convolution")
+    hidden_units = _positive_int(hidden_units, "hidden_units", minimum=0)
+    size = min(shape[:2])
+    for _ in filters:
+        size = _conv_output_length(size, 3, 2, "valid")
+    if size < 1:
+        raise ValueError(f"{len(filters)} stride-2 convolutions do not fit a "
+                         f"{shape[0]}x{shape[1]} input; use fewer filters")
+    inputs = keras.Input(shape=shape, name=f"{name}_input")
+    x = inputs
+    for i, f in enumerate(filters):
+        x = keras.layers.SeparableConv2D(f, 3, strides=2, padding="valid", activation="relu",
+                                         name=f"{name}_conv{i + 1}")(x)
+    x = keras.layers.GlobalAveragePooling2D(name=f"{name}_pool")(x)
+    if hidden_units:
+        x = keras.layers.Dense(hidden_units, activation="relu", name=f"{name}_fc1")(x)
+    logits = keras.layers.Dense(num_experts, name=f"{name}_logits")(x)
+    return keras.Model(inputs, logits, name=name)
 
 
 # --------------------------------------------------------------------------- #

@@ -130,6 +130,9 @@ class BiasedMixture(keras.Model):
         self._cost_tracker = keras.metrics.Mean("data_cost")
         self._utility_trackers = [keras.metrics.Mean(f"utility_{n}") for n in self.expert_names]
         self._gate_trackers = [keras.metrics.Mean(f"gate_{n}") for n in self.expert_names]
+        # Every weight lives in the (built) gate and the frozen experts, so the
+        # mixture is built once they are: callbacks such as BackupAndRestore need it.
+        self.built = bool(getattr(gate, "built", False))
 
     @property
     def num_experts(self):
