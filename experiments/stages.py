@@ -30,17 +30,17 @@ class Workdir:
     def path(self, *parts):
         return os.path.join(self.root, *parts)
 
-    def run(self, name, done, fn):
+    def run(self, name, done, fn, load=None):
         """Runs ``fn()`` unless every path in ``done`` exists; logs what it did.
 
-        Returns fn's result, or None when skipped.
+        Returns fn's result, or, when skipped, ``load()`` (None without one).
         """
         done = [done] if isinstance(done, str) else list(done)
         if done and all(os.path.exists(p) for p in done):
             logging.info("stage %s: done already (%s), skipped", name,
                          os.path.relpath(done[0], self.root))
             print(f"[{name}] skipped: already in {os.path.relpath(done[0], self.root)}")
-            return None
+            return None if load is None else load()
         print(f"[{name}] running ...", flush=True)
         start = time.time()
         result = fn()

@@ -23,7 +23,7 @@ from experiments.sr import models as sr_models
 from experiments.sr import report as sr_report
 from experiments.sr.evaluate import (assignment_psnr, evaluate_bias_point, gate_assignment,
                                      part_scores)
-from experiments.sr.gates import train_gate
+from experiments.sr.gates import gate_files, load_gate, train_gate
 from experiments.stages import Workdir, read_json, write_json
 
 FLAGS = flags.FLAGS
@@ -261,15 +261,17 @@ def stage_gates(wd, cfg, sets, experts, train_parts, caches, points):
                           combine=cfg["combine"], seed=cfg["seed"], verbose=FLAGS.verbose)
             if method == "enforce":
                 gates[method][index] = wd.run(
-                    f"gate enforce/{index}", [], lambda common=common, d=directory:
-                    train_gate(d, **common))[0]
+                    f"gate enforce/{index}", gate_files(directory),
+                    lambda common=common, d=directory: train_gate(d, **common),
+                    load=lambda d=directory: load_gate(d))[0]
                 continue
             best = None
             for weight in [float(w) for w in cfg["bias_weights"]]:
                 cand = os.path.join(directory, "candidates", f"w{weight:g}")
-                gate, _ = wd.run(f"gate soft/{index} w_bias={weight:g}", [],
+                gate, _ = wd.run(f"gate soft/{index} w_bias={weight:g}", gate_files(cand),
                                  lambda c=cand, w=weight, common=common:
-                                 train_gate(c, bias_weight=w, **common))
+                                 train_gate(c, bias_weight=w, **common),
+                                 load=lambda c=cand: load_gate(c))
                 logits = gate.predict(val_parts, batch_size=256, verbose=0)
                 picks = gate_assignment(logits, point["bias"], cfg["batch_size"])
                 score = assignment_psnr(sets["validation"], caches["validation"]["outputs"], picks)

@@ -13,12 +13,16 @@ from bmoe_tf import BiasedMixture
 from bmoe_tf.backend import keras
 from experiments.stages import atomic_dir, read_json, write_json
 
-__all__ = ["train_gate", "load_gate", "gate_done"]
+__all__ = ["train_gate", "load_gate", "gate_files", "gate_done"]
+
+
+def gate_files(directory):
+    """The artefacts whose presence means the gate in ``directory`` is done."""
+    return [os.path.join(directory, "gate"), os.path.join(directory, "gate.json")]
 
 
 def gate_done(directory):
-    return os.path.exists(os.path.join(directory, "gate")) and os.path.exists(
-        os.path.join(directory, "gate.json"))
+    return all(os.path.exists(p) for p in gate_files(directory))
 
 
 def load_gate(directory):

@@ -1,0 +1,72 @@
+"""Smoke run of `python -m experiments.super_resolution`: report schema and resuming."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(workdir, *extra):
+    cmd = [sys.executable, "-m", "experiments.super_resolution", f"--workdir={workdir}",
+           "--preset=smoke", "--verbose=0", *extra]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("sr") / "wd")
+    return workdir, _run(workdir)
+
+
+def test_smoke_run_writes_the_report(smoke):
+    workdir, stdout = smoke
+    with open(os.path.join(workdir, "report.json")) as f:
+        report = json.load(f)
+    assert report["task"] == "super_resolution"
+    assert [e["scale"] for e in report["experts"]] == [4, 3, 2]
+    for e in report["experts"]:
+        assert set(e) >= {"name", "scale", "data_cost", "psnr"}
+    assert [e["data_cost"] for e in report["experts"]] == [16 * 16 * 12, 21 * 21 * 12, 32 * 32 * 12]
+    assert set(report["curves"]) >= {"enforce", "soft", "random", "benchmark", "oracle"}
+    for method, curve in report["curves"].items():
+        assert all(len(point) == 2 for point in curve), method
+    assert set(report["rho"]) == {"enforce", "soft", "random", "benchmark", "oracle"}
+    assert set(report["at"]) == {"d_max", "d_max/2", "d_max/3"}
+    # at d_max every method is the x2 expert alone
+    assert len(set(round(v, 6) for v in report["at"]["d_max"].values())) == 1
+    # the oracle is an upper bound for every gate at every target
+    for method in ("enforce", "soft", "random"):
+        for (_, p), (_, q) in zip(report["curves"][method], report["curves"]["oracle"]):
+            assert p <= q + 1e-6
+    assert report["commands"] and "experiments.super_resolution" in report["commands"][0]
+    assert "eval_images" in report
+    for name in ("report.md", "reports/fig6_psnr_vs_cost.png", "reports/fig7_assignments.png",
+                 "experts/espcn_x2/saved_model.pb", "cache/train_mse.npz",
+                 "gates/enforce/1/gate/saved_model.pb", "gates/enforce/1/logs"):
+        assert os.path.exists(os.path.join(workdir, name)), name
+    assert "Proposed b enforcement" in stdout
+
+
+def test_every_stage_resumes(smoke):
+    workdir, _ = smoke
+    with open(os.path.join(workdir, "report.json")) as f:
+        before = json.load(f)
+    again = _run(workdir)
+    assert " running" not in again  # every stage skipped
+    assert again.count("skipped") >= 10
+    # lose one gate and the evaluation: only those are redone
+    shutil.rmtree(os.path.join(workdir, "gates", "enforce", "1"))
+    os.remove(os.path.join(workdir, "evaluation.json"))
+    third = _run(workdir)
+    running = [line for line in third.splitlines() if line.endswith("running ...")]
+    assert running == ["[gate enforce/1] running ...", "[evaluation] running ..."]
+    with open(os.path.join(workdir, "report.json")) as f:
+        after = json.load(f)
+    assert after["rho"]["random"] == before["rho"]["random"]
+    assert after["rho"]["oracle"] == before["rho"]["oracle"]
