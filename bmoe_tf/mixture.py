@@ -21,7 +21,7 @@ from bmoe_tf.cache import mse_from_statistics
 from bmoe_tf.experts import check_mixable
 from bmoe_tf.losses import bias_loss, expert_utility
 
-__all__ = ["BiasedMixture", "METHODS", "ROUTINGS", "COMBINES"]
+__all__ = ["BiasedMixture", "METHODS", "ROUTINGS", "COMBINES", "TRAINING_LOSSES"]
 
 #: Training methods: Algorithm 1 ("enforce") or Eq. 3 + Eq. 5 ("soft").
 METHODS = ("enforce", "soft")
@@ -31,6 +31,14 @@ ROUTINGS = ("batch", "streaming", "argmax")
 #: How the selected expert's output is weighted: Eq. 2 literally ("gate": y = G_n E_n)
 #: or straight-through ("straight_through": y = E_n forward, dy/dG_n = E_n backward).
 COMBINES = ("gate", "straight_through")
+#: What the gate is trained on: the task loss of the mixture output (Eq. 2) with the
+#: selected expert ("selected", the paper); the selected expert's own loss weighted
+#: by its gate, ``sum_n G_n loss(y, E_n)`` with the sparse / enforced G ("gated", the
+#: competitive loss of Jacobs et al. 1991); or the expected loss under the dense
+#: softmax over every expert ("expected"; needs an expert cache); or a regression of
+#: the centred logits onto the centred negative expert losses, in units of the
+#: batch's median loss gap ("relative"; needs an expert cache). See WORKSPACE.md.
+TRAINING_LOSSES = ("selected", "gated", "expected", "relative")
 
 _MSE_NAMES = ("mse", "mean_squared_error", "MeanSquaredError")
 
@@ -69,6 +77,22 @@ def _per_example_loss_fn(loss):
     return per_example
 
 
+def _relative_loss(logits, per_expert):
+    """Per-example ``mean_n (l_n - mean l - t_n)^2`` with ``t = -(L - mean L) / s``.
+
+    ``s`` is the batch's median absolute centred loss (no gradient), so the targets
+    are in units of a typical loss gap: the logits learn which expert does
+    relatively better on each input without saturating a softmax.
+    """
+    per_expert = tf.stop_gradient(tf.cast(per_expert, logits.dtype))
+    centred = per_expert - tf.reduce_mean(per_expert, axis=1, keepdims=True)
+    flat = tf.sort(tf.reshape(tf.abs(centred), [-1]))
+    scale = tf.maximum(flat[tf.size(flat) // 2], 1e-12)
+    target = -centred / scale
+    own = logits - tf.reduce_mean(logits, axis=1, keepdims=True)
+    return tf.reduce_mean(tf.square(own - target), axis=1)
+
+
 def _is_cache_batch(x):
     return isinstance(x, dict) and "gate_input" in x
 
@@ -87,6 +111,12 @@ class BiasedMixture(keras.Model):
         each evaluation batch (as in the paper); ``"streaming"`` routes one input
         at a time with offsets from :meth:`calibrate`; ``"argmax"`` is Eq. 3 alone.
       combine: see :data:`COMBINES`; ``"gate"`` is the paper's Eq. 2.
+      training_loss: see :data:`TRAINING_LOSSES`; ``"selected"`` is the paper's.
+        ``"gated"`` trains on ``G_a * loss(y, E_a)`` for the selected expert a;
+        ``"expected"`` on ``sum_n softmax_n * loss_n`` over every expert, and
+        ``"relative"`` regresses centred logits onto centred ``-loss_n``; both need
+        every expert's loss, which only an expert cache provides (the experts are
+        never all run on an input).
       input_shape: per-example raw input shape; default: the gate's input shape.
 
     Metrics (per epoch, over examples): ``loss``, ``task_loss``, ``bias_loss``,
@@ -96,13 +126,15 @@ class BiasedMixture(keras.Model):
     """
 
     def __init__(self, gate, experts, bias, *, method="enforce", bias_weight=1.0,
-                 routing="batch", combine="gate", input_shape=None, **kwargs):
+                 routing="batch", combine="gate", training_loss="selected", input_shape=None,
+                 **kwargs):
         super().__init__(**kwargs)
         if not isinstance(gate, keras.layers.Layer):
             raise ValueError(f"gate must be a Keras model or layer, got {type(gate).__name__}")
         self.method = _choice(method, METHODS, "method")
         self.routing = _choice(routing, ROUTINGS, "routing")
         self.combine = _choice(combine, COMBINES, "combine")
+        self.training_loss = _choice(training_loss, TRAINING_LOSSES, "training_loss")
         experts = list(experts)
         self.bias = validate_bias(bias, len(experts))
         bias_weight = float(bias_weight)
@@ -160,7 +192,9 @@ class BiasedMixture(keras.Model):
         probs = routing_lib.softmax_gates(logits)
         mode = self._mode(training)
         if mode == "enforce":
-            mask = self._enforcer.selection(probs)
+            # Algorithm 1 only compares values within a column, so ranking by log G
+            # (same order as G) keeps float32 resolution when the softmax saturates.
+            mask = self._enforcer.selection(tf.nn.log_softmax(logits, axis=-1))
         elif mode == "argmax":
             mask = tf.one_hot(tf.argmax(logits, axis=-1), self.num_experts, dtype=probs.dtype)
         else:
@@ -223,12 +257,22 @@ class BiasedMixture(keras.Model):
         gate_input = x["gate_input"] if _is_cache_batch(x) else x
         logits = self.gate(gate_input, training=training)
         gates, scales, assignment = self.select(logits, training=training)
-        if _is_cache_batch(x) and "residual_gram" in x:
-            if not _is_mse(self.loss):
-                raise ValueError(
-                    f"an 'mse' statistics cache gives the mean squared error only, but the "
-                    f"mixture was compiled with loss={self.loss!r}; compile(loss='mse') or "
-                    f"build an 'outputs' cache")
+        if training and self.training_loss == "expected":
+            per_expert = self._per_expert_losses(x, y)
+            per_example = tf.reduce_sum(
+                routing_lib.softmax_gates(logits) * tf.cast(per_expert, logits.dtype), axis=1)
+        elif training and self.training_loss == "relative":
+            per_example = _relative_loss(logits, self._per_expert_losses(x, y))
+        elif training and self.training_loss == "gated":
+            mask = tf.one_hot(assignment, self.num_experts, dtype=gates.dtype)
+            if _is_cache_batch(x):
+                own = tf.reduce_sum(mask * tf.cast(self._per_expert_losses(x, y), gates.dtype),
+                                    axis=1)
+            else:  # only the selected expert runs: its output unscaled, its loss
+                own = self._per_example(y, self._output(x, mask, assignment))
+            per_example = tf.reduce_sum(gates, axis=1) * tf.stop_gradient(own)
+        elif _is_cache_batch(x) and "residual_gram" in x:
+            self._check_mse()
             per_example = mse_from_statistics(scales, x)
         else:
             per_example = self._per_example(y, self._output(x, scales, assignment))
@@ -241,6 +285,28 @@ class BiasedMixture(keras.Model):
         parts = dict(task_loss=task, bias_loss=b_loss, per_example=per_example, gates=gates,
                      assignment=assignment)
         return task + b_loss, parts
+
+    def _check_mse(self):
+        if not _is_mse(self.loss):
+            raise ValueError(
+                f"an 'mse' statistics cache gives the mean squared error only, but the "
+                f"mixture was compiled with loss={self.loss!r}; compile(loss='mse') or "
+                f"build an 'outputs' cache")
+
+    def _per_expert_losses(self, x, y):
+        """``[M, N]``: each expert's task loss on each example, from a cache batch."""
+        if not _is_cache_batch(x):
+            raise ValueError(
+                f"training_loss={self.training_loss!r} needs every expert's output on every "
+                "example, "
+                "which only an expert cache holds; train on bmoe_tf.cache.cache_dataset(...)")
+        if "residual_gram" in x:
+            self._check_mse()
+            gram = tf.convert_to_tensor(x["residual_gram"])
+            return tf.linalg.diag_part(gram) / tf.convert_to_tensor(x["num_elements"])[:, None]
+        outputs = tf.convert_to_tensor(x["outputs"])
+        return tf.stack([self._per_example(y, outputs[:, n]) for n in range(self.num_experts)],
+                        axis=1)
 
     @property
     def _per_example(self):

@@ -151,6 +151,11 @@ def enforcement_mask(gates, bias):
     they can only be picked again when gate values underflow to 0; we exclude them
     explicitly, which keeps one expert per row in that corner (decision D2).
 
+    Only the order of values within each column matters, so any increasing
+    transform of the gates gives the same mask: callers that hold logits pass
+    ``log_softmax(logits)``, whose float32 values do not all round to 0 or 1 when
+    the softmax saturates (decision D20).
+
     Graph- and XLA-safe: one sort per expert, no loop over rows; M may be dynamic.
     """
     b = validate_bias(bias)
@@ -355,6 +360,6 @@ def route_in_batches(logits, bias, batch_size):
         if len(chunk) < b.size:  # a tail smaller than N: per-row argmax, no capacities
             picks.append(np.argmax(chunk, axis=1))
             continue
-        mask = enforcement_mask(tf.nn.softmax(chunk, axis=-1), b)
+        mask = enforcement_mask(tf.nn.log_softmax(chunk, axis=-1), b)  # same order as G
         picks.append(np.argmax(mask.numpy(), axis=1))
     return np.concatenate(picks).astype(np.int64) if picks else np.zeros(0, np.int64)

@@ -45,6 +45,11 @@ flags.DEFINE_list("bias_weights", None, "w_bias grid for the soft method, chosen
 flags.DEFINE_enum("gate", "paper", ["paper", "compact"], "Gating model: Table V or compact.")
 flags.DEFINE_enum("combine", "gate", ["gate", "straight_through"],
                   "Eq. 2 as printed (gate) or straight-through scaling of the selected output.")
+flags.DEFINE_enum("training_loss", None, ["selected", "gated", "expected", "relative"],
+                  "Gate training loss (bmoe_tf.mixture.TRAINING_LOSSES): 'selected' is the "
+                  "paper's Eq. 2 loss; 'relative' regresses the logits onto the experts' "
+                  "relative losses (see WORKSPACE.md for the side-by-side comparison). "
+                  "Default from --preset: relative.")
 flags.DEFINE_enum("preset", "full", ["full", "quick", "smoke"], "Size of the run.")
 flags.DEFINE_string("data", "bundled", "bundled | folder:PATH | tfds:NAME (never downloads).")
 flags.DEFINE_string("tfds_data_dir", None, "data_dir of prepared TFDS datasets.")
@@ -58,13 +63,19 @@ flags.DEFINE_integer("verbose", 1, "Keras verbosity (0 silent, 1 progress bars, 
 #: Preset defaults; an explicit flag always wins.
 PRESETS = {
     "full": dict(targets=["6"], batch_size=128, learning_rate=1e-4, epochs=20, expert_epochs=60,
+                 training_loss="relative",
                  bias_weights=["0.1", "0.3", "1", "3"], image_scale=1.0, max_train_parts=0),
-    "quick": dict(targets=["4"], batch_size=128, learning_rate=1e-3, epochs=10, expert_epochs=8,
+    "quick": dict(targets=["4"], batch_size=128, learning_rate=3e-3, epochs=20, expert_epochs=8,
+                  training_loss="relative",
                   bias_weights=["1"], image_scale=1.0, max_train_parts=0),
     "smoke": dict(targets=["3"], batch_size=16, learning_rate=1e-3, epochs=1, expert_epochs=1,
+                  training_loss="relative",
                   bias_weights=["1"], image_scale=0.5, max_train_parts=96),
 }
 PART = sr_data.PART_SIZE
+#: Training losses that never look at b (enforcement only acts at test time), so
+#: the enforce method trains one gate for all targets (gates/enforce/shared/).
+B_INDEPENDENT_LOSSES = ("expected", "relative")
 SPLITS = ("train", "validation", "test")
 
 
@@ -258,10 +269,16 @@ def stage_gates(wd, cfg, sets, experts, train_parts, caches, points):
             common = dict(build_gate=gate_builder(cfg, len(experts)), experts=experts,
                           bias=point["bias"], method=method, train_data=train_ds,
                           epochs=cfg["epochs"], learning_rate=cfg["learning_rate"],
-                          combine=cfg["combine"], seed=cfg["seed"], verbose=FLAGS.verbose)
+                          combine=cfg["combine"], training_loss=cfg["training_loss"],
+                          seed=cfg["seed"], verbose=FLAGS.verbose)
             if method == "enforce":
+                if cfg["training_loss"] in B_INDEPENDENT_LOSSES:
+                    # The loss does not involve b: one gate serves every target.
+                    directory, label = wd.path("gates", method, "shared"), "shared"
+                else:
+                    label = str(index)
                 gates[method][index] = wd.run(
-                    f"gate enforce/{index}", gate_files(directory),
+                    f"gate enforce/{label}", gate_files(directory),
                     lambda common=common, d=directory: train_gate(d, **common),
                     load=lambda d=directory: load_gate(d))[0]
                 continue

@@ -290,3 +290,18 @@ def test_gate_under_xla(gates, task):
     np.testing.assert_allclose(logits.numpy(), model(x, training=False).numpy(),
                                rtol=1e-4, atol=1e-4)
     assert np.all(np.isfinite(logits.numpy()))
+
+
+def test_compact_gate_is_small_and_xla_safe():
+    from bmoe_tf.gating import compact_gate
+
+    gate = compact_gate((64, 64, 3), 3)
+    assert gate.output_shape == (None, 3)
+    assert gate.count_params() < 10_000
+    # 31x31x(27 + 3*16) + 15x15x(16*9 + 16*32) + 7x7x(32*9 + 32*32) + 32*32 + 32*3
+    want = 31 * 31 * (27 + 48) + 15 * 15 * (144 + 512) + 7 * 7 * (288 + 1024) + 1024 + 96
+    assert count_macs(gate) == want
+    out = tf.function(gate, jit_compile=True)(tf.zeros((2, 64, 64, 3)))
+    assert out.shape == (2, 3)
+    with pytest.raises(ValueError, match="do not fit"):
+        compact_gate((8, 8, 3), 3, filters=(4, 4, 4))

@@ -244,3 +244,57 @@ def test_mirrored_strategy_enforces_b_over_the_global_batch():
         np.testing.assert_allclose(
             [entry["utility_e2"], entry["utility_e4"], entry["utility_e6"]], b, atol=1e-6)
     assert any(not np.array_equal(a, c) for a, c in zip(mix.gate.get_weights(), gate_before))
+
+
+def test_alternative_training_losses_match_their_formulas():
+    x, y = _data(16, seed=4)
+    experts = _experts()
+    cache = build_expert_cache(experts, x, y, kind="mse", verbose=0)
+    batch = {"gate_input": x, **{k: v for k, v in cache.items() if k != "kind"}}
+    losses = np.stack([np.mean((e(x).numpy() - y) ** 2, axis=1) for e in experts], axis=1)
+    for name in ("gated", "expected", "relative"):
+        mix = BiasedMixture(_gate(), experts, B, training_loss=name)
+        mix.compile(optimizer="adam", loss="mse")
+        logits = mix.gate(x).numpy().astype(np.float64)
+        probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+        total, parts = mix.compute_gate_loss(batch, y)
+        if name == "expected":
+            want = np.mean(np.sum(probs * losses, axis=1))
+        elif name == "gated":
+            a = parts["assignment"].numpy()
+            want = np.mean(probs[np.arange(16), a] * losses[np.arange(16), a])
+            # the same through the experts (only the selected expert runs)
+            total_raw, _ = mix.compute_gate_loss(x, y)
+            assert float(total_raw) == pytest.approx(want, rel=1e-5)
+        else:
+            centred = losses - losses.mean(1, keepdims=True)
+            target = -centred / np.sort(np.abs(centred).ravel())[centred.size // 2]
+            own = logits - logits.mean(1, keepdims=True)
+            want = np.mean((own - target) ** 2)
+        assert float(total) == pytest.approx(want, rel=1e-4), name
+    mix = BiasedMixture(_gate(), experts, B, training_loss="relative")
+    mix.compile(optimizer="adam", loss="mse")
+    with pytest.raises(ValueError, match="expert cache"):
+        mix.compute_gate_loss(x, y)
+    with pytest.raises(ValueError, match="training_loss"):
+        BiasedMixture(_gate(), experts, B, training_loss="other")
+
+
+def test_relative_loss_learns_which_expert_is_relatively_better():
+    # Expert e2 sees 2 features, e6 all 6. Where |x[2:]| is small e2 loses little.
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(1024, 6)).astype(np.float32)
+    x[:512, 2:] *= 0.05
+    experts = [Expert(keras.Sequential([keras.Input((k,)), keras.layers.Lambda(
+        lambda t: tf.reduce_sum(t, axis=1, keepdims=True) * tf.ones((1, 2)))]),
+        preprocess=lambda t, k=k: t[:, :k], name=f"sum{k}") for k in (2, 6)]
+    y = np.repeat(x.sum(axis=1, keepdims=True), 2, axis=1)
+    keras.utils.set_random_seed(0)
+    gate = keras.Sequential([keras.Input((6,)), keras.layers.Lambda(tf.abs),
+                             keras.layers.Dense(16, activation="relu"), keras.layers.Dense(2)])
+    mix = BiasedMixture(gate, experts, [0.5, 0.5], training_loss="relative")
+    mix.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
+    cache = build_expert_cache(experts, x, y, kind="mse", verbose=0)
+    mix.fit(cache_dataset(x, cache, batch_size=128), epochs=20, verbose=0)
+    picks = mix.select_experts(x, batch_size=1024)
+    assert np.mean(picks[:512] == 0) > 0.9  # the cheap expert gets the easy half

@@ -48,7 +48,8 @@ def test_smoke_run_writes_the_report(smoke):
     assert "eval_images" in report
     for name in ("report.md", "reports/fig6_psnr_vs_cost.png", "reports/fig7_assignments.png",
                  "experts/espcn_x2/saved_model.pb", "cache/train_mse.npz",
-                 "gates/enforce/1/gate/saved_model.pb", "gates/enforce/1/logs"):
+                 "gates/enforce/shared/gate/saved_model.pb", "gates/enforce/shared/logs",
+                 "gates/soft/1/candidates/w1/gate/saved_model.pb", "gates/soft/1/chosen.json"):
         assert os.path.exists(os.path.join(workdir, name)), name
     assert "Proposed b enforcement" in stdout
 
@@ -61,11 +62,11 @@ def test_every_stage_resumes(smoke):
     assert " running" not in again  # every stage skipped
     assert again.count("skipped") >= 10
     # lose one gate and the evaluation: only those are redone
-    shutil.rmtree(os.path.join(workdir, "gates", "enforce", "1"))
+    shutil.rmtree(os.path.join(workdir, "gates", "enforce", "shared"))
     os.remove(os.path.join(workdir, "evaluation.json"))
     third = _run(workdir)
     running = [line for line in third.splitlines() if line.endswith("running ...")]
-    assert running == ["[gate enforce/1] running ...", "[evaluation] running ..."]
+    assert running == ["[gate enforce/shared] running ...", "[evaluation] running ..."]
     with open(os.path.join(workdir, "report.json")) as f:
         after = json.load(f)
     assert after["rho"]["random"] == before["rho"]["random"]

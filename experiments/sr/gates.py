@@ -32,7 +32,8 @@ def load_gate(directory):
 
 
 def train_gate(directory, *, build_gate, experts, bias, method, train_data, validation_data=None,
-               epochs, learning_rate, bias_weight=1.0, combine="gate", seed=0, verbose=1):
+               epochs, learning_rate, bias_weight=1.0, combine="gate", training_loss="selected",
+               seed=0, verbose=1):
     """Trains a gate with the experts frozen and saves it; resumes if interrupted.
 
     Args:
@@ -51,7 +52,7 @@ def train_gate(directory, *, build_gate, experts, bias, method, train_data, vali
     os.makedirs(directory, exist_ok=True)
     keras.utils.set_random_seed(seed)
     mixture = BiasedMixture(build_gate(), experts, bias, method=method, bias_weight=bias_weight,
-                            combine=combine)
+                            combine=combine, training_loss=training_loss)
     mixture.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="mse")
     callbacks = [
         keras.callbacks.BackupAndRestore(os.path.join(directory, "backup")),
@@ -63,7 +64,8 @@ def train_gate(directory, *, build_gate, experts, bias, method, train_data, vali
     with atomic_dir(os.path.join(directory, "gate")) as tmp:
         mixture.gate.save(tmp, include_optimizer=False)
     info = dict(method=method, bias=[float(v) for v in np.asarray(bias)],
-                bias_weight=float(bias_weight), combine=combine, epochs=int(epochs),
+                bias_weight=float(bias_weight), combine=combine, training_loss=training_loss,
+                epochs=int(epochs),
                 learning_rate=float(learning_rate),
                 history={k: [float(x) for x in v] for k, v in history.history.items()})
     write_json(os.path.join(directory, "gate.json"), info)
