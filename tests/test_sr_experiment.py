@@ -20,8 +20,13 @@ def _run(workdir, *extra):
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
-    workdir = str(tmp_path_factory.mktemp("sr") / "wd")
-    return workdir, _run(workdir)
+    root = tmp_path_factory.mktemp("sr")
+    extra = root / "extra_images"
+    extra.mkdir()
+    from skimage import data, io
+    io.imsave(str(extra / "coffee_crop.png"), data.coffee()[:256, :256])
+    workdir = str(root / "wd")
+    return workdir, _run(workdir, f"--eval_image_dir={extra}")
 
 
 def test_smoke_run_writes_the_report(smoke):
@@ -45,7 +50,9 @@ def test_smoke_run_writes_the_report(smoke):
         for (_, p), (_, q) in zip(report["curves"][method], report["curves"]["oracle"]):
             assert p <= q + 1e-6
     assert report["commands"] and "experiments.super_resolution" in report["commands"][0]
-    assert "eval_images" in report
+    extra = report["eval_images"]  # --eval_image_dir, reported separately
+    assert set(extra) >= {"curves", "rho", "at"} and "enforce" in extra["rho"]
+    assert report["parts"]["eval"] == 4  # 256x256 at half size: 2x2 parts
     for name in ("report.md", "reports/fig6_psnr_vs_cost.png", "reports/fig7_assignments.png",
                  "experts/espcn_x2/saved_model.pb", "cache/train_mse.npz",
                  "gates/enforce/shared/gate/saved_model.pb", "gates/enforce/shared/logs",
@@ -58,13 +65,14 @@ def test_every_stage_resumes(smoke):
     workdir, _ = smoke
     with open(os.path.join(workdir, "report.json")) as f:
         before = json.load(f)
-    again = _run(workdir)
+    extra = os.path.join(os.path.dirname(workdir), "extra_images")
+    again = _run(workdir, f"--eval_image_dir={extra}")
     assert " running" not in again  # every stage skipped
     assert again.count("skipped") >= 10
     # lose one gate and the evaluation: only those are redone
     shutil.rmtree(os.path.join(workdir, "gates", "enforce", "shared"))
     os.remove(os.path.join(workdir, "evaluation.json"))
-    third = _run(workdir)
+    third = _run(workdir, f"--eval_image_dir={extra}")
     running = [line for line in third.splitlines() if line.endswith("running ...")]
     assert running == ["[gate enforce/shared] running ...", "[evaluation] running ..."]
     with open(os.path.join(workdir, "report.json")) as f:
