@@ -72,6 +72,7 @@ class Expert:
             if not np.isfinite(data_cost) or data_cost <= 0:
                 raise ValueError(f"data_cost must be a positive number of bytes, got {data_cost}")
         self._data_cost = data_cost
+        self._data_cost_given = data_cost is not None
         self.name = name or getattr(self.model, "name", None) or "expert"
         self.input_shape = None
         self.output_shape = None
@@ -104,7 +105,7 @@ class Expert:
         self.input_shape = shape
         self.output_shape = tuple(out.shape[1:])
         self.output_dtype = out.dtype
-        if self._data_cost is None:
+        if not self._data_cost_given:  # measured for this input shape
             self._data_cost = float(data_cost_bytes(prepared.shape[1:]))
         return self
 

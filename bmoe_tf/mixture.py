@@ -80,14 +80,17 @@ def _per_example_loss_fn(loss):
 def _relative_loss(logits, per_expert):
     """Per-example ``mean_n (l_n - mean l - t_n)^2`` with ``t = -(L - mean L) / s``.
 
-    ``s`` is the batch's median absolute centred loss (no gradient), so the targets
+    ``s`` is the batch's median absolute centred loss, at least a tenth of the
+    mean one (no gradient), so the targets
     are in units of a typical loss gap: the logits learn which expert does
     relatively better on each input without saturating a softmax.
     """
     per_expert = tf.stop_gradient(tf.cast(per_expert, logits.dtype))
     centred = per_expert - tf.reduce_mean(per_expert, axis=1, keepdims=True)
     flat = tf.sort(tf.reshape(tf.abs(centred), [-1]))
-    scale = tf.maximum(flat[tf.size(flat) // 2], 1e-12)
+    # the median, but never below a tenth of the mean: if most experts agree on
+    # most inputs the median gap is ~0 and would blow the targets up
+    scale = tf.maximum(flat[tf.size(flat) // 2], 0.1 * tf.reduce_mean(flat) + 1e-12)
     target = -centred / scale
     own = logits - tf.reduce_mean(logits, axis=1, keepdims=True)
     return tf.reduce_mean(tf.square(own - target), axis=1)
@@ -192,9 +195,7 @@ class BiasedMixture(keras.Model):
         probs = routing_lib.softmax_gates(logits)
         mode = self._mode(training)
         if mode == "enforce":
-            # Algorithm 1 only compares values within a column, so ranking by log G
-            # (same order as G) keeps float32 resolution when the softmax saturates.
-            mask = self._enforcer.selection(tf.nn.log_softmax(logits, axis=-1))
+            mask = self._enforced_mask(logits, probs, training)
         elif mode == "argmax":
             mask = tf.one_hot(tf.argmax(logits, axis=-1), self.num_experts, dtype=probs.dtype)
         else:
@@ -208,6 +209,24 @@ class BiasedMixture(keras.Model):
             scales = mask * (1.0 + probs - tf.stop_gradient(probs))
         assignment = tf.argmax(mask, axis=-1, output_type=tf.int32)
         return gates, scales, assignment
+
+    def _enforced_mask(self, logits, probs, training):
+        """Algorithm 1's selection; at test time a batch of fewer than N rows (the
+        tail of a dataset) falls back to the argmax, since no capacities can hold."""
+        # Algorithm 1 only compares values within a column, so ranking by log G
+        # (same order as G) keeps float32 resolution when the softmax saturates.
+        def enforce():
+            return self._enforcer.selection(tf.nn.log_softmax(logits, axis=-1))
+
+        def argmax():
+            return tf.one_hot(tf.argmax(logits, axis=-1), self.num_experts, dtype=probs.dtype)
+
+        if training:
+            return enforce()
+        rows = logits.shape[0]
+        if rows is not None:
+            return enforce() if rows >= self.num_experts else argmax()
+        return tf.cond(tf.shape(logits)[0] >= self.num_experts, enforce, argmax)
 
     def _dispatch(self, x, scales, assignment):
         """Eq. 2 with each example run only through its selected expert."""
@@ -326,8 +345,21 @@ class BiasedMixture(keras.Model):
             self._gate_trackers[n].update_state(mass[n], sample_weight=m)
         return {t.name: t.result() for t in self.metrics}
 
+    def fit(self, *args, **kwargs):
+        """Keras ``fit``; streaming offsets are reset, since they belong to the old gate."""
+        self.offsets.assign(np.full(self.num_experts, np.nan, np.float32))
+        return super().fit(*args, **kwargs)
+
+    @staticmethod
+    def _unpack(data):
+        if isinstance(data, (tuple, list)) and len(data) == 2:
+            return data[0], data[1]
+        raise ValueError(
+            "a BiasedMixture trains and evaluates on (inputs, targets) pairs; sample "
+            "weights and input-only batches are not supported")
+
     def train_step(self, data):
-        x, y = data[0], data[1]
+        x, y = self._unpack(data)
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         with tf.GradientTape() as tape:
             total, parts = self.compute_gate_loss(x, y, training=True)
@@ -338,7 +370,7 @@ class BiasedMixture(keras.Model):
         return self._update_metrics(total, parts)
 
     def test_step(self, data):
-        x, y = data[0], data[1]
+        x, y = self._unpack(data)
         total, parts = self.compute_gate_loss(x, y, training=False)
         return self._update_metrics(total, parts)
 

@@ -133,10 +133,13 @@ def _check_gates(gates, b):
     if m is not None and m < b.size:
         raise ValueError(
             f"batch of {m} is smaller than the number of experts ({b.size}); batchwise "
-            f"enforcement needs at least one example per expert slot")
+            f"enforcement needs at least N examples: use batches of at least {b.size} "
+            f"(e.g. drop_remainder=True for a dataset's last batch)")
     if m is None and not tf.executing_eagerly():
         check = tf.debugging.assert_greater_equal(
-            tf.shape(gates)[0], b.size, message="batch smaller than the number of experts")
+            tf.shape(gates)[0], b.size, message=(
+                f"batch smaller than the number of experts ({b.size}): use batches of at "
+                f"least {b.size} (e.g. drop_remainder=True for a dataset's last batch)"))
         with tf.control_dependencies([check]):
             gates = tf.identity(gates)
     return gates
@@ -354,12 +357,16 @@ def route_in_batches(logits, bias, batch_size):
         raise ValueError(f"logits must be [M, N], got shape {logits.shape}")
     if int(batch_size) < b.size:
         raise ValueError(f"batch_size {batch_size} is smaller than the {b.size} experts")
+    @tf.function(input_signature=[tf.TensorSpec([None, b.size], tf.float32)])
+    def pick(chunk):  # traced once for every chunk size
+        mask = enforcement_mask(tf.nn.log_softmax(chunk, axis=-1), b)  # same order as G
+        return tf.argmax(mask, axis=1)
+
     picks = []
     for start in range(0, len(logits), int(batch_size)):
         chunk = logits[start:start + int(batch_size)]
         if len(chunk) < b.size:  # a tail smaller than N: per-row argmax, no capacities
             picks.append(np.argmax(chunk, axis=1))
             continue
-        mask = enforcement_mask(tf.nn.log_softmax(chunk, axis=-1), b)  # same order as G
-        picks.append(np.argmax(mask.numpy(), axis=1))
+        picks.append(pick(chunk).numpy())
     return np.concatenate(picks).astype(np.int64) if picks else np.zeros(0, np.int64)

@@ -57,6 +57,14 @@ def test_saved_model_experts_train_a_mixture(tmp_path):
     assert mix.predict(x, batch_size=8, verbose=0).shape == (16, 8, 8, 1)
 
 
+def test_data_cost_follows_the_input_shape_it_was_resolved_for():
+    expert = Expert(_upsampler(2), preprocess=_downsample(2), name="a", input_shape=(8, 8, 1))
+    assert expert.data_cost == 4 * 4 * 4
+    flat = Expert(keras.Sequential([keras.layers.Lambda(lambda t: 2.0 * t)]), name="f")
+    assert flat.resolve((4,)).data_cost == 16
+    assert flat.resolve((8,)).data_cost == 32
+
+
 def test_keras_expert_is_frozen_and_explicit_data_cost_wins():
     model = _upsampler(2)
     expert = Expert(model, preprocess=_downsample(2), data_cost=123, name="a")

@@ -79,3 +79,19 @@ def test_every_stage_resumes(smoke):
         after = json.load(f)
     assert after["rho"]["random"] == before["rho"]["random"]
     assert after["rho"]["oracle"] == before["rho"]["oracle"]
+
+
+@pytest.mark.slow
+def test_quick_preset_meets_the_bar(tmp_path):
+    """The demo's claim (about 3 minutes): `pytest -m slow tests/test_sr_experiment.py`."""
+    workdir = str(tmp_path / "quick")
+    cmd = [sys.executable, "-m", "experiments.super_resolution", f"--workdir={workdir}",
+           "--preset=quick", "--verbose=0"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(os.path.join(workdir, "report.json")) as f:
+        report = json.load(f)
+    rho = report["rho"]
+    assert rho["enforce"] > rho["random"]
+    assert rho["enforce"] > rho["benchmark"]
+    assert report["oracle_gain_share"]["enforce"] >= 0.4
