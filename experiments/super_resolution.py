@@ -18,6 +18,7 @@ from bmoe_tf.backend import keras, tf
 from bmoe_tf.bias import select_bias, upper_hull, validate_bias
 from bmoe_tf.cache import build_expert_cache, cache_dataset, load_cache, save_cache
 from bmoe_tf.gating import compact_gate, count_macs, paper_gate
+from bmoe_tf.mixture import COMBINES, METHODS, TRAINING_LOSSES
 from experiments.sr import data as sr_data
 from experiments.sr import models as sr_models
 from experiments.sr import report as sr_report
@@ -43,9 +44,9 @@ flags.DEFINE_integer("epochs", None, "Gate training epochs (paper: 20). Default 
 flags.DEFINE_integer("expert_epochs", None, "Expert training epochs. Default from --preset.")
 flags.DEFINE_list("bias_weights", None, "w_bias grid for the soft method, chosen on validation.")
 flags.DEFINE_enum("gate", "paper", ["paper", "compact"], "Gating model: Table V or compact.")
-flags.DEFINE_enum("combine", "gate", ["gate", "straight_through"],
+flags.DEFINE_enum("combine", "gate", list(COMBINES),
                   "Eq. 2 as printed (gate) or straight-through scaling of the selected output.")
-flags.DEFINE_enum("training_loss", None, ["selected", "gated", "expected", "relative"],
+flags.DEFINE_enum("training_loss", None, list(TRAINING_LOSSES),
                   "Gate training loss (bmoe_tf.mixture.TRAINING_LOSSES): 'selected' is the "
                   "paper's Eq. 2 loss; 'relative' regresses the logits onto the experts' "
                   "relative losses (see WORKSPACE.md for the side-by-side comparison). "
@@ -95,12 +96,56 @@ def config():
     bad = sorted(set(cfg["scales"]) - set(sr_models.SCALES))
     if bad or len(cfg["scales"]) < 2:
         raise app.UsageError(f"--scales takes at least two of {sr_models.SCALES}, got {FLAGS.scales}")
-    allowed = {"enforce", "soft", "random", "benchmark", "oracle"}
+    allowed = set(METHODS) | {"random", "benchmark", "oracle"}
     if not set(cfg["methods"]) <= allowed:
         raise app.UsageError(f"--methods takes {sorted(allowed)}, got {cfg['methods']}")
     if cfg["batch_size"] < len(cfg["scales"]):
-        raise app.UsageError("--batch_size must be at least the number of experts")
+        raise app.UsageError(f"--batch_size {cfg['batch_size']} is smaller than the "
+                             f"{len(cfg['scales'])} experts; batches need at least one per expert")
+    try:
+        weights = [float(w) for w in cfg["bias_weights"]]
+    except ValueError:
+        raise app.UsageError(f"--bias_weights must be numbers, got {cfg['bias_weights']}") from None
+    if not weights or min(weights) < 0:
+        raise app.UsageError(f"--bias_weights needs at least one weight >= 0, got {weights}")
+    if cfg["bias"]:
+        try:
+            validate_bias([float(v) for v in cfg["bias"]], len(cfg["scales"]), name="--bias")
+        except ValueError as err:
+            raise app.UsageError(str(err)) from None
+    parse_targets(cfg["targets"])
     return cfg
+
+
+def parse_targets(values):
+    """``("count", K)`` for one integer below 100, else ``("costs", [floats])``."""
+    try:
+        if len(values) == 1 and values[0].strip().isdigit() and int(values[0]) < 100:
+            if int(values[0]) < 2:
+                raise app.UsageError("--targets as a count needs at least 2 grid points")
+            return "count", int(values[0])
+        return "costs", sorted(float(v) for v in values)
+    except ValueError:
+        raise app.UsageError(
+            f"--targets takes a number of grid points (2-99) or data costs in bytes, "
+            f"got {values}") from None
+
+
+def check_workdir_config(wd, cfg):
+    """Refuses to resume a workdir made with other settings (its artefacts would lie)."""
+    path = wd.path("config.json")
+    current = json.loads(json.dumps(cfg))
+    if not os.path.exists(path):
+        write_json(path, current)
+        return
+    previous = read_json(path)
+    changed = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
+    if changed:
+        raise app.UsageError(
+            f"{wd.root} was made with other settings (" + "; ".join(
+                f"{k}: {previous.get(k)!r} -> {current.get(k)!r}" for k in changed)
+            + "); its stages would be reused as they are. Use another --workdir, or the "
+            "same flags as before.")
 
 
 # ---- stage 1: data -------------------------------------------------------------------
@@ -226,14 +271,11 @@ def stage_bias(wd, cfg, table):
 
 def targets(cfg, d):
     d_min, d_max = float(d.min()), float(d.max())
-    if len(cfg["targets"]) == 1 and "." not in cfg["targets"][0] and int(cfg["targets"][0]) < 100:
-        count = int(cfg["targets"][0])
-        if count < 2:
-            raise app.UsageError("--targets as a count needs at least 2 grid points")
-        grid = set(np.linspace(d_min, d_max, count).tolist())
+    kind, values = parse_targets(cfg["targets"])
+    if kind == "count":
+        grid = set(np.linspace(d_min, d_max, values).tolist())
         grid |= {t for t in (d_max / 2, d_max / 3) if d_min <= t <= d_max}
         return sorted(grid)
-    values = sorted(float(t) for t in cfg["targets"])
     for t in values:
         if not d_min <= t <= d_max:
             raise app.UsageError(f"target {t} is outside [{d_min}, {d_max}] (expert data costs)")
@@ -381,6 +423,7 @@ def main(argv):
     tf.get_logger().setLevel("ERROR")
     cfg = config()
     wd = Workdir(FLAGS.workdir)
+    check_workdir_config(wd, cfg)
     command = " ".join(["python -m experiments.super_resolution"] + sys.argv[1:])
     print(f"bmoe-tf super-resolution: preset={cfg['preset']} experts={cfg['experts']} "
           f"scales={cfg['scales']} workdir={wd.root}")

@@ -95,3 +95,12 @@ def test_quick_preset_meets_the_bar(tmp_path):
     assert rho["enforce"] > rho["random"]
     assert rho["enforce"] > rho["benchmark"]
     assert report["oracle_gain_share"]["enforce"] >= 0.4
+
+
+def test_a_workdir_made_with_other_settings_is_refused(smoke):
+    workdir, _ = smoke
+    cmd = [sys.executable, "-m", "experiments.super_resolution", f"--workdir={workdir}",
+           "--preset=smoke", "--verbose=0", "--seed=7"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "seed: 0 -> 7" in proc.stdout + proc.stderr

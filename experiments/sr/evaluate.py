@@ -50,29 +50,21 @@ def gate_assignment(logits, bias, batch_size, *, seed=EVAL_BATCH_SEED):
     return picks
 
 
-def evaluate_bias_point(part_set, outputs, data_costs, bias, *, batch_size, logits=None,
+def evaluate_bias_point(part_set, outputs, data_costs, bias, *, batch_size,
                         random_seeds=(0, 1, 2), scores=None):
-    """PSNR and mean data cost for one b: the gate (if logits), random, oracle.
+    """Mean data cost and PSNR for one b of random selection and the oracle.
 
-    Returns a dict ``{method: (mean_data_cost, psnr)}`` for ``"gate"`` (when logits
-    are given), ``"random"`` (mean over seeds) and ``"oracle"``, plus
-    ``"assignments"`` with the gate's and the oracle's assignments.
+    Returns ``{"random": (cost, psnr), "oracle": (cost, psnr)}``; random is averaged
+    over ``random_seeds`` (exact capacities per batch of ``batch_size``).
     """
     costs = np.asarray(data_costs, np.float64)
-    result, assignments = {}, {}
     m = len(part_set.parts)
-    if logits is not None:
-        a = gate_assignment(logits, bias, batch_size)
-        assignments["gate"] = a
-        result["gate"] = (float(costs[a].mean()), assignment_psnr(part_set, outputs, a))
     rand = [evaluation.random_selection(m, bias, seed=s, batch_size=batch_size)
             for s in random_seeds]
-    result["random"] = (float(np.mean([costs[a].mean() for a in rand])),
-                        float(np.mean([assignment_psnr(part_set, outputs, a) for a in rand])))
+    result = {"random": (float(np.mean([costs[a].mean() for a in rand])),
+                         float(np.mean([assignment_psnr(part_set, outputs, a) for a in rand])))}
     if scores is None:
         scores = part_scores(part_set, outputs)[0]
     oracle = evaluation.oracle_assignment(scores, bias)
-    assignments["oracle"] = oracle
     result["oracle"] = (float(costs[oracle].mean()), assignment_psnr(part_set, outputs, oracle))
-    result["assignments"] = assignments
     return result

@@ -61,12 +61,12 @@ def train_gate(directory, *, build_gate, experts, bias, method, train_data, vali
     ]
     history = mixture.fit(train_data, validation_data=validation_data, epochs=epochs,
                           callbacks=callbacks, verbose=verbose)
-    with atomic_dir(os.path.join(directory, "gate")) as tmp:
-        mixture.gate.save(tmp, include_optimizer=False)
     info = dict(method=method, bias=[float(v) for v in np.asarray(bias)],
                 bias_weight=float(bias_weight), combine=combine, training_loss=training_loss,
                 epochs=int(epochs),
                 learning_rate=float(learning_rate),
                 history={k: [float(x) for x in v] for k, v in history.history.items()})
     write_json(os.path.join(directory, "gate.json"), info)
+    with atomic_dir(os.path.join(directory, "gate")) as tmp:  # last: its presence means done
+        mixture.gate.save(tmp, include_optimizer=False)
     return load_gate(directory)

@@ -70,9 +70,9 @@ def format_table(report):
     lines = [f"{'method':<24} {'d_max':>7} {'d_max/2':>8} {'d_max/3':>8} {'rho':>7}   "
              f"paper (d_max, /2, /3, rho)"]
     for method in _ORDER:
-        if method not in report["rho"]:
+        if method not in report["curves"]:
             continue
-        vals = [report["at"][a].get(method) for a in _AT] + [report["rho"][method]]
+        vals = [report["at"][a].get(method) for a in _AT] + [report["rho"].get(method)]
         cells = " ".join(f"{v:>{w}.2f}" if v is not None else f"{'-':>{w}}"
                          for v, w in zip(vals, (7, 8, 8, 7)))
         ref = paper.get(method)
