@@ -302,6 +302,7 @@ def stage_gates(wd, cfg, sets, experts, train_parts, caches, points):
     train_ds = cache_dataset(train_parts, caches["train"], batch_size=cfg["batch_size"],
                              seed=cfg["seed"], drop_remainder=True)
     val_parts = sets["validation"].parts
+    loaded = {}  # gate directory -> gate, so a shared gate is loaded once
     for method in [m for m in ("enforce", "soft") if m in cfg["methods"]]:
         gates[method] = {}
         for index, point in enumerate(points):
@@ -319,10 +320,12 @@ def stage_gates(wd, cfg, sets, experts, train_parts, caches, points):
                     directory, label = wd.path("gates", method, "shared"), "shared"
                 else:
                     label = str(index)
-                gates[method][index] = wd.run(
-                    f"gate enforce/{label}", gate_files(directory),
-                    lambda common=common, d=directory: train_gate(d, **common),
-                    load=lambda d=directory: load_gate(d))[0]
+                if directory not in loaded:
+                    loaded[directory] = wd.run(
+                        f"gate enforce/{label}", gate_files(directory),
+                        lambda common=common, d=directory: train_gate(d, **common),
+                        load=lambda d=directory: load_gate(d))[0]
+                gates[method][index] = loaded[directory]
                 continue
             best = None
             for weight in [float(w) for w in cfg["bias_weights"]]:
@@ -363,7 +366,7 @@ def evaluate_split(cfg, part_set, cache, table, points, gates, split):
     p = np.array([r[f"psnr_{split}"] for r in table])
     scores, part_psnr = part_scores(part_set, outputs)
     curves = {m: [] for m in cfg["methods"]}
-    subsets = {}
+    subsets, logits_of = {}, {}
     for index, point in enumerate(points):
         b = np.asarray(point["bias"])
         base = evaluate_bias_point(part_set, outputs, d, b, batch_size=cfg["batch_size"],
@@ -378,7 +381,10 @@ def evaluate_split(cfg, part_set, cache, table, points, gates, split):
                 n = int(np.argmax(b))
                 curves[method].append([float(d[n]), float(p[n])])
                 continue
-            logits = gates[method][index].predict(part_set.parts, batch_size=256, verbose=0)
+            gate = gates[method][index]
+            if id(gate) not in logits_of:  # a shared gate is run once
+                logits_of[id(gate)] = gate.predict(part_set.parts, batch_size=256, verbose=0)
+            logits = logits_of[id(gate)]
             picks = gate_assignment(logits, b, cfg["batch_size"])
             curves[method].append([float(d[picks].mean()),
                                    assignment_psnr(part_set, outputs, picks)])

@@ -28,12 +28,12 @@ clip when computing PSNR.
 """
 import functools
 import os
-import shutil
 
 import numpy as np
 
 from bmoe_tf.backend import keras, tf
 from bmoe_tf.experts import Expert
+from experiments.stages import atomic_dir
 
 __all__ = [
     "SCALES", "FAMILIES", "low_resolution_size", "downsample", "upsample",
@@ -302,17 +302,13 @@ def export_expert(model, path):
 
     ``hub.KerasLayer(path, trainable=False)`` (hence :class:`bmoe_tf.Expert`) loads
     it and calls it on ``[B, low, low, 3]`` float32 with any batch size. Written to
-    ``path + ".tmp"`` and renamed, so ``path`` never holds a partial model.
+    a temporary folder and renamed (:class:`experiments.stages.atomic_dir`), so ``path``
+    never holds a partial model.
     Returns ``path``.
     """
     path = os.path.normpath(os.fspath(path))
-    tmp = path + ".tmp"
-    if os.path.exists(tmp):
-        shutil.rmtree(tmp)
-    model.save(tmp, save_format="tf", include_optimizer=False)
-    if os.path.exists(path):
-        shutil.rmtree(path)
-    os.rename(tmp, path)
+    with atomic_dir(path) as tmp:
+        model.save(tmp, save_format="tf", include_optimizer=False)
     return path
 
 
