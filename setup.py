@@ -20,6 +20,12 @@ setup(
         "matplotlib>=3.8,<4",
         "scikit-image>=0.22,<1",
     ],
+    entry_points={
+        "console_scripts": [
+            "bmoe-super-resolution = experiments.super_resolution:run",
+            "bmoe-benchmark = benchmarks.core:main",
+        ],
+    },
     extras_require={
         "test": ["pytest>=8", "hypothesis>=6.100"],
     },

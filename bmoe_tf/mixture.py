@@ -169,6 +169,14 @@ class BiasedMixture(keras.Model):
         # mixture is built once they are: callbacks such as BackupAndRestore need it.
         self.built = bool(getattr(gate, "built", False))
 
+    def compile(self, *args, metrics=None, weighted_metrics=None, **kwargs):
+        """Keras ``compile``; the mixture reports its own metrics (see the class doc)."""
+        if metrics or weighted_metrics:
+            raise ValueError(
+                "BiasedMixture reports loss, task_loss, bias_loss, data_cost, utility_<expert> "
+                "and gate_<expert> itself; compile(metrics=...) is not supported")
+        return super().compile(*args, **kwargs)
+
     @property
     def num_experts(self):
         return len(self.expert_names)

@@ -327,6 +327,14 @@ def stage_gates(wd, cfg, sets, experts, train_parts, caches, points):
                         load=lambda d=directory: load_gate(d))[0]
                 gates[method][index] = loaded[directory]
                 continue
+            chosen = os.path.join(directory, "chosen.json")
+            if os.path.exists(chosen):  # the w_bias choice is made: load only the winner
+                weight = read_json(chosen)["bias_weight"]
+                cand = os.path.join(directory, "candidates", f"w{weight:g}")
+                print(f"[gate soft/{index}] skipped: w_bias={weight:g} chosen in "
+                      f"{os.path.relpath(chosen, wd.root)}")
+                gates[method][index] = load_gate(cand)[0]
+                continue
             best = None
             for weight in [float(w) for w in cfg["bias_weights"]]:
                 cand = os.path.join(directory, "candidates", f"w{weight:g}")
@@ -339,8 +347,7 @@ def stage_gates(wd, cfg, sets, experts, train_parts, caches, points):
                 score = assignment_psnr(sets["validation"], caches["validation"]["outputs"], picks)
                 if best is None or score > best[0]:
                     best = (score, weight, gate)
-            write_json(os.path.join(directory, "chosen.json"),
-                       dict(bias_weight=best[1], validation_psnr=best[0]))
+            write_json(chosen, dict(bias_weight=best[1], validation_psnr=best[0]))
             gates[method][index] = best[2]
     return gates
 
@@ -451,6 +458,11 @@ def main(argv):
     print(f"\nreport: {wd.path('report.md')}\nfigures: {wd.path('reports')}")
 
 
-if __name__ == "__main__":
+def run():
+    """Console script ``bmoe-super-resolution``."""
     flags.mark_flag_as_required("workdir")
     app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -310,6 +310,8 @@ def test_test_time_tail_smaller_than_n_falls_back_to_argmax():
     assert out.shape == (65, 2)
     logs = mix.evaluate(x, y, batch_size=32, verbose=0, return_dict=True)
     assert np.isfinite(logs["loss"])
+    with pytest.raises(ValueError, match="metrics"):
+        mix.compile(optimizer="adam", loss="mse", metrics=["mae"])
     with pytest.raises(ValueError, match="sample weights"):
         mix.fit(x, y, sample_weight=np.ones(65), batch_size=32, epochs=1, verbose=0)
 
