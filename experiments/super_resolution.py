@@ -39,8 +39,10 @@ flags.DEFINE_list("targets", None, "Data-cost targets: one integer = number of g
 flags.DEFINE_list("bias", None, "An explicit bias vector b (instead of the LP), e.g. 0.5,0.3,0.2.")
 flags.DEFINE_integer("batch_size", None, "Gate training and test-time routing batch size "
                      "(paper: 128). Default from --preset.")
-flags.DEFINE_float("learning_rate", None, "Gate learning rate (paper: 1e-4). Default from --preset.")
-flags.DEFINE_integer("epochs", None, "Gate training epochs (paper: 20). Default from --preset.")
+flags.DEFINE_float("learning_rate", None, "Gate learning rate (paper: 1e-4; quick and full use "
+                   "3e-3, see WORKSPACE.md). Default from --preset.")
+flags.DEFINE_integer("epochs", None, "Gate training epochs (paper: 20; full preset: 40). "
+                     "Default from --preset.")
 flags.DEFINE_integer("expert_epochs", None, "Expert training epochs. Default from --preset.")
 flags.DEFINE_list("bias_weights", None, "w_bias grid for the soft method, chosen on validation.")
 flags.DEFINE_enum("gate", "paper", ["paper", "compact"], "Gating model: Table V or compact.")
@@ -63,7 +65,7 @@ flags.DEFINE_integer("verbose", 1, "Keras verbosity (0 silent, 1 progress bars, 
 
 #: Preset defaults; an explicit flag always wins.
 PRESETS = {
-    "full": dict(targets=["6"], batch_size=128, learning_rate=1e-4, epochs=20, expert_epochs=60,
+    "full": dict(targets=["6"], batch_size=128, learning_rate=3e-3, epochs=40, expert_epochs=60,
                  training_loss="relative",
                  bias_weights=["0.1", "0.3", "1", "3"], image_scale=1.0, max_train_parts=0),
     "quick": dict(targets=["4"], batch_size=128, learning_rate=3e-3, epochs=20, expert_epochs=8,
