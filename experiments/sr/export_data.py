@@ -1,0 +1,88 @@
+"""The SR workdir as inputs for an int8 gate export (``gating_tflite.export --task=super_resolution``).
+
+Sets (parts ``float32[M, 64, 64, 3]``, RGB in [0, 1], exactly as the experiment
+feeds its gates):
+
+* representative: a seeded sample of 300 training parts;
+* calibration (offsets): the training and validation images cut on the grids shifted
+  by a quarter and three quarters of a part ((16, 16) and (48, 48));
+* heldout: the same images cut on the grid shifted by half a part (32, 32) --
+  windows neither the offsets nor the quantization saw, from the calibration
+  distribution;
+
+Why shifted windows: the gate was trained on the experiment's (0, 0) grid of the
+training images, and its logits there are not those of unseen inputs -- offsets
+calibrated on them missed b by 3.5 points on every shifted grid, while offsets from
+the (16, 16) + (48, 48) windows land within 1 point on the others (WORKSPACE.md).
+* test: the test parts; the metric is the experiment's test PSNR-Y of the stitched
+  images when each part is reconstructed by the expert the gate picks (from the
+  ``cache/test_outputs.npz`` expert outputs).
+"""
+import os
+
+import numpy as np
+
+from experiments.sr import data as sr_data
+from experiments.sr.evaluate import assignment_psnr
+from experiments.stages import read_json
+from gating_tflite.calibration import ExportData
+
+__all__ = ["export_data", "shifted_parts", "REPRESENTATIVE_PARTS"]
+
+REPRESENTATIVE_PARTS = 300
+
+
+def shifted_parts(part_set, shift):
+    """``float32[P', s, s, 3]``: every image of ``part_set`` cut on a grid offset by ``shift``."""
+    out = []
+    for image in part_set.images_from_parts(part_set.parts):
+        window = image[shift:, shift:]
+        if min(window.shape[:2]) >= part_set.size:
+            out.append(sr_data.cut_parts(window, part_set.size)[0])
+    if not out:
+        return np.zeros((0, part_set.size, part_set.size, 3), np.float32)
+    return np.concatenate(out).astype(np.float32)
+
+
+def export_data(workdir):
+    """:class:`gating_tflite.calibration.ExportData` of an SR experiment workdir."""
+    def path(*parts):
+        return os.path.join(workdir, *parts)
+
+    needed = [path("data", f"{s}.npz") for s in ("train", "validation", "test")]
+    needed += [path("cache", "test_outputs.npz"), path("experts.json")]
+    missing = [p for p in needed if not os.path.exists(p)]
+    if missing:
+        raise ValueError(f"{workdir} is not a finished super-resolution workdir: missing "
+                         f"{missing}; run python -m experiments.super_resolution first")
+    sets = {s: sr_data.PartSet.load(path("data", f"{s}.npz"))
+            for s in ("train", "validation", "test")}
+    with np.load(path("cache", "test_outputs.npz")) as f:
+        outputs = f["outputs"]
+    experts = read_json(path("experts.json"))
+    train = sets["train"].parts
+    pick = np.sort(np.random.default_rng(0).choice(
+        len(train), min(REPRESENTATIVE_PARTS, len(train)), replace=False))
+    test_set = sets["test"]
+    half = test_set.size // 2
+
+    def test_psnr(assignment):
+        return assignment_psnr(test_set, outputs, np.asarray(assignment, np.int64))
+
+    return ExportData(
+        representative=train[pick],
+        calibration=np.concatenate([shifted_parts(sets[s], shift)
+                                    for shift in (half // 2, half + half // 2)
+                                    for s in ("train", "validation")]),
+        heldout=np.concatenate([shifted_parts(sets[s], half) for s in ("train", "validation")]),
+        test=test_set.parts,
+        test_metric=test_psnr,
+        metric_name="test PSNR-Y (dB)",
+        data_costs=np.array([e["data_cost"] for e in experts], np.float64),
+        expert_names=tuple(e["name"] for e in experts),
+        input_description="RGB in [0, 1]",
+        notes={"representative": f"{len(pick)} training parts (seed 0)",
+               "calibration": f"training + validation images on the grids shifted by "
+                              f"{half // 2} and {half + half // 2} px",
+               "heldout": f"training + validation images on the grid shifted by {half} px",
+               "test": f"test parts ({', '.join(test_set.names)})"})

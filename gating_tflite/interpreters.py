@@ -1,0 +1,180 @@
+"""Running an int8 gate in LiteRT (``ai-edge-litert``) and in TFLite Micro (``tflite-micro``).
+
+Both take float inputs ``[M, H, W, C]``, quantize them with the model's input scale
+and zero point (what the sensor does), and invoke the batch-1 model once per input:
+``outputs[M, ...]`` in the model's output type (int8 logits or int32 expert index).
+
+TFLite Micro allocates every tensor in one caller-provided arena;
+:func:`smallest_arena` finds the smallest arena that still allocates and runs, which
+is the RAM figure a firmware engineer reserves.
+"""
+import contextlib
+import os
+import re
+import tempfile
+
+import numpy as np
+
+from gating_tflite.model_file import model_io, model_ops
+
+__all__ = ["TFLMError", "UnsupportedOpError", "run_litert", "run_tflm", "smallest_arena",
+           "check_tflm_support", "quantized_inputs"]
+
+_MISSING_OP = re.compile(r"Didn't find op for builtin opcode '([A-Z0-9_]+)'")
+
+
+class TFLMError(ValueError):
+    """TFLite Micro refused the model; ``log`` holds what it printed."""
+
+    def __init__(self, message, log=""):
+        super().__init__(message + (f"\nTFLite Micro said:\n{log.strip()}" if log.strip() else ""))
+        self.log = log
+
+
+class UnsupportedOpError(TFLMError):
+    """The model uses an op that TFLite Micro has no (int8) kernel for."""
+
+
+@contextlib.contextmanager
+def _captured_stderr():
+    """Captures what C++ code writes to file descriptor 2 (TFLM's MicroPrintf)."""
+    log = {"text": ""}
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        saved = os.dup(2)
+        try:
+            os.dup2(sink.fileno(), 2)
+            yield log
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            log["text"] = sink.read().decode(errors="replace")
+
+
+def quantized_inputs(model_bytes, inputs):
+    """float ``[M, ...]`` -> the model input's int8 ``[M, ...]`` (shape-checked)."""
+    (info,), _ = model_io(model_bytes)
+    inputs = np.asarray(inputs)
+    if inputs.ndim != len(info.shape) or tuple(inputs.shape[1:]) != tuple(info.shape[1:]):
+        raise ValueError(f"inputs of shape {inputs.shape} do not match the model input "
+                         f"[M, {', '.join(str(d) for d in info.shape[1:])}]")
+    if inputs.dtype == info.numpy_dtype:
+        return inputs
+    return info.quantize(inputs)
+
+
+def run_litert(model_bytes, inputs):
+    """Invokes the model in LiteRT once per input; returns ``[M, *output_shape[1:]]``."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    q = quantized_inputs(model_bytes, inputs)
+    interpreter = Interpreter(model_content=bytes(model_bytes))
+    interpreter.allocate_tensors()
+    input_index = interpreter.get_input_details()[0]["index"]
+    output_index = interpreter.get_output_details()[0]["index"]
+    outputs = []
+    for row in q:
+        interpreter.set_tensor(input_index, row[None])
+        interpreter.invoke()
+        outputs.append(np.array(interpreter.get_tensor(output_index)[0]))
+    return np.stack(outputs) if outputs else np.zeros((0,))
+
+
+def _tflm_interpreter(model_bytes, arena_size):
+    from tflite_micro.python.tflite_micro import runtime
+
+    return runtime.Interpreter.from_bytes(bytes(model_bytes), arena_size=int(arena_size))
+
+
+def _tflm_failure(model_bytes, log, what):
+    missing = _MISSING_OP.findall(log)
+    if missing:
+        raise UnsupportedOpError(
+            f"TFLite Micro has no kernel for op(s) {sorted(set(missing))} used by this gate "
+            f"(ops: {model_ops(model_bytes)}); rebuild the gate without them", log)
+    raise TFLMError(f"TFLite Micro could not {what} the model", log)
+
+
+def run_tflm(model_bytes, inputs, arena_size):
+    """Invokes the model in TFLite Micro once per input; returns ``[M, *output_shape[1:]]``.
+
+    Raises:
+      UnsupportedOpError / TFLMError (both ValueErrors) when TFLM refuses the model,
+      with what TFLM printed.
+    """
+    q = quantized_inputs(model_bytes, inputs)
+    with _captured_stderr() as log:
+        try:
+            interpreter = _tflm_interpreter(model_bytes, arena_size)
+            outputs = []
+            for row in q:
+                interpreter.set_input(row[None], 0)
+                interpreter.invoke()
+                outputs.append(np.array(interpreter.get_output(0)[0]))
+        except RuntimeError:
+            failed = True
+        else:
+            failed = False
+    if failed:
+        _tflm_failure(model_bytes, log["text"], f"run (arena {arena_size} B) with")
+    return np.stack(outputs) if outputs else np.zeros((0,))
+
+
+def _runs(model_bytes, sample, arena_size):
+    with _captured_stderr() as log:
+        try:
+            interpreter = _tflm_interpreter(model_bytes, arena_size)
+            interpreter.set_input(sample, 0)
+            interpreter.invoke()
+            return True, log
+        except RuntimeError:
+            return False, log
+
+
+def check_tflm_support(model_bytes, max_arena=64 << 20):
+    """Raises UnsupportedOpError if TFLM lacks a kernel the model needs (else returns None).
+
+    Allocation and one invoke on a zero input with a generous arena: that is where
+    TFLM resolves every op and checks each kernel's input types.
+    """
+    (info,), _ = model_io(model_bytes)
+    sample = np.zeros((1,) + tuple(info.shape[1:]), info.numpy_dtype)
+    ok, log = _runs(model_bytes, sample, max_arena)
+    if not ok:
+        _tflm_failure(model_bytes, log["text"], f"allocate (arena {max_arena} B) or run")
+
+
+def smallest_arena(model_bytes, sample=None, *, granularity=16, max_arena=64 << 20):
+    """The smallest TFLM arena (bytes, a multiple of ``granularity``) that allocates and runs.
+
+    Args:
+      model_bytes: the int8 ``.tflite``.
+      sample: one input ``[1, ...]`` (int8 or float); zeros when None.
+      granularity: resolution of the search in bytes.
+      max_arena: give up above this size.
+    Returns:
+      ``int`` bytes; a bisection between a failing and a working size (TFLM's
+      allocation is monotone in the arena size).
+    """
+    (info,), _ = model_io(model_bytes)
+    if sample is None:
+        sample = np.zeros((1,) + tuple(info.shape[1:]), info.numpy_dtype)
+    sample = quantized_inputs(model_bytes, np.asarray(sample)[:1])
+    high = 16 * 1024
+    while True:
+        ok, log = _runs(model_bytes, sample, high)
+        if ok:
+            break
+        if _MISSING_OP.search(log["text"]) or high >= max_arena:
+            _tflm_failure(model_bytes, log["text"], f"allocate (arena {high} B) or run")
+        high = min(2 * high, max_arena)
+    low = 0  # known to fail (or trivially too small)
+    while high - low > granularity:
+        mid = (low + high) // 2 // granularity * granularity
+        if mid <= low:
+            break
+        if _runs(model_bytes, sample, mid)[0]:
+            high = mid
+        else:
+            low = mid
+    return int(high)
