@@ -2,9 +2,9 @@
 
 An export uses four sets of gate inputs ``float[M, H, W, C]``:
 
-* ``representative`` -- activation ranges for post-training quantization and the
-  QAT fine-tuning inputs;
-* ``calibration`` -- the routing offsets (:func:`bmoe_tf.routing.calibrate_offsets`);
+* ``representative`` -- activation ranges for post-training quantization;
+* ``calibration`` -- the routing offsets (:func:`bmoe_tf.routing.calibrate_offsets`)
+  and the QAT fine-tuning inputs;
 * ``heldout`` -- inputs from the calibration distribution that neither the offsets
   nor the quantization saw: the per-expert frequencies of the int8 gate are
   checked against b here;

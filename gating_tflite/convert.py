@@ -18,11 +18,14 @@ Two modes (``mode=``):
   reproduce the float gate's logits (distillation, MSE; no labels needed, and the
   routing the gate learned is the target), then converted.
 """
+import re
+
 import numpy as np
 
 from bmoe_tf.backend import keras, tf
 
-__all__ = ["OUTPUTS", "MODES", "fold_offsets", "add_argmax", "qat_finetune", "convert_int8",
+__all__ = ["OUTPUTS", "MODES", "fold_offsets", "add_argmax", "initialize_ranges", "qat_finetune",
+           "convert_int8",
            "float_decisions"]
 
 OUTPUTS = ("logits", "index")
@@ -84,6 +87,45 @@ def add_argmax(gate):
     return keras.Model(inputs, index, name=f"{gate.name}_index")
 
 
+#: Activation-range variables of tfmot's MovingAverageQuantizer and their EMA decay.
+_RANGE_VARIABLE = re.compile(r"/(post_activation|output)_(min|max):0$")
+#: The input range of the QuantizeLayer (an all-values quantizer: running min/max).
+_INPUT_RANGE_VARIABLE = re.compile(r"quantize_layer_(min|max):0$")
+_EMA_DECAY = 0.999
+
+
+def initialize_ranges(model, inputs, passes=3):
+    """Sets the activation ranges of a tfmot QAT model to those of ``inputs``.
+
+    tfmot starts every activation range at [-6, 6] and moves it by an EMA with decay
+    0.999 per training step, so a short fine-tuning keeps ranges near [-6, 6] and
+    quantizes small activations coarsely. One training-mode forward pass updates
+    each range to ``0.999 v0 + 0.001 m``; solving for the batch range ``m`` and
+    assigning it, layer ranges converge in a few passes (each pass quantizes with
+    the previous pass's ranges upstream).
+    """
+    variables = [w for layer in model.layers for w in layer.non_trainable_weights
+                 if _RANGE_VARIABLE.search(w.name)]
+    batch = np.asarray(inputs[:512], np.float32)
+    for layer in model.layers:
+        for w in layer.non_trainable_weights:
+            match = _INPUT_RANGE_VARIABLE.search(w.name)
+            if match:
+                w.assign(min(0.0, float(batch.min())) if match.group(1) == "min"
+                         else max(0.0, float(batch.max())))
+    batch = tf.constant(batch)
+    for _ in range(passes):
+        before = [v.numpy().astype(np.float64) for v in variables]
+        model(batch, training=True)
+        for v, v0 in zip(variables, before):
+            v.assign(((v.numpy() - _EMA_DECAY * v0) / (1.0 - _EMA_DECAY)).astype(np.float32))
+    # A range of (almost) zero width (e.g. a ReLU that is never active on these
+    # inputs) would give a zero quantization scale, which TFLite kernels refuse.
+    for low, high in zip(variables[0::2], variables[1::2]):
+        if float(high.numpy() - low.numpy()) < 1e-3:
+            high.assign(low + 1e-3)
+
+
 def qat_finetune(gate, inputs, *, epochs=3, learning_rate=1e-5, batch_size=32, seed=0,
                  verbose=0):
     """Quantization-aware fine-tuning of ``gate`` to reproduce its own float logits.
@@ -109,6 +151,7 @@ def qat_finetune(gate, inputs, *, epochs=3, learning_rate=1e-5, batch_size=32, s
     except (ValueError, RuntimeError, TypeError) as err:
         raise ValueError(f"tfmot cannot make this gate quantization-aware ({err}); "
                          "use --mode=ptq") from err
+    initialize_ranges(model, inputs)
     keras.utils.set_random_seed(seed)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="mse")
     if epochs:

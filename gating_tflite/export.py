@@ -129,8 +129,8 @@ def export_gate(gate, data, bias, *, out, mode="ptq", output="index", target=Non
     model = convert.fold_offsets(gate, offsets) if output == "index" else gate
     if mode == "qat":
         _log(f"quantization-aware fine-tuning, {qat_epochs} epochs on "
-             f"{len(data.representative)} inputs")
-        model = convert.qat_finetune(model, data.representative, epochs=qat_epochs,
+             f"{len(data.calibration)} calibration inputs")
+        model = convert.qat_finetune(model, data.calibration, epochs=qat_epochs,
                                      learning_rate=qat_learning_rate, seed=seed)
     _log(f"int8 conversion ({mode}, output={output})")
     tflite = convert.convert_int8(model, data.representative, output=output)
