@@ -19,11 +19,16 @@ setup(
         "absl-py>=1.4,<3",
         "matplotlib>=3.8,<4",
         "scikit-image>=0.22,<1",
+        # int8 gate export (gating_tflite): LiteRT and the TFLite Micro Python interpreter.
+        # tflite-micro is published only as dated dev builds: pinned exactly.
+        "ai-edge-litert>=2.3,<2.4",
+        "tflite-micro==0.dev20261023182759",
     ],
     entry_points={
         "console_scripts": [
             "bmoe-super-resolution = experiments.super_resolution:run",
             "bmoe-benchmark = benchmarks.core:main",
+            "bmoe-export-gate = gating_tflite.export:run",
         ],
     },
     extras_require={

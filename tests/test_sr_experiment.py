@@ -104,3 +104,31 @@ def test_a_workdir_made_with_other_settings_is_refused(smoke):
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     assert "seed: 0 -> 7" in proc.stdout + proc.stderr
+
+
+def test_export_cli_on_the_smoke_gate(smoke, tmp_path):
+    """The paper SR gate (3.3 M weights) is exported, checked, and refused by the budget."""
+    workdir, _ = smoke
+    out = tmp_path / "paper" / "gate.tflite"
+    cmd = [sys.executable, "-m", "gating_tflite.export",
+           f"--gate={workdir}/gates/enforce/shared", f"--calibration={workdir}",
+           f"--out={out}", "--target=stm32h743", "--emit_c"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "does not fit the target" in proc.stderr and "flash" in proc.stderr
+    with open(tmp_path / "paper" / "export_report.json") as f:
+        report = json.load(f)
+    assert report["flash_bytes"] > 2048 * 1024 and report["target"]["fits"] is False
+    assert report["ops"][-1] == "ARG_MAX"
+    assert report["agreement"]["inputs"] > 0 and 0 <= report["agreement"]["tflm"] <= 1
+    assert len(report["frequencies"]) == 3 and report["metric"]["name"].startswith("test PSNR")
+    assert os.path.exists(tmp_path / "paper" / "gate_model.cc")
+    assert "flash" in proc.stdout and "agreement" in proc.stdout
+    # a roomy custom budget: it fits and exits 0
+    ok = subprocess.run(cmd[:-2] + ["--flash_kib=8192", "--ram_kib=512"], cwd=ROOT,
+                        capture_output=True, text=True, timeout=600)
+    assert ok.returncode == 0, ok.stdout[-3000:] + ok.stderr[-3000:]
+    # bad flags fail clearly before any work
+    bad = subprocess.run(cmd[:-2] + ["--target=esp32"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=600)
+    assert bad.returncode == 2 and "known targets" in bad.stderr
