@@ -24,7 +24,7 @@ import numpy as np
 
 from bmoe_tf.backend import keras, tf
 
-__all__ = ["OUTPUTS", "MODES", "fold_offsets", "add_argmax", "initialize_ranges", "qat_finetune",
+__all__ = ["OUTPUTS", "MODES", "routing_clip", "fold_offsets", "shift_last_bias", "add_argmax", "initialize_ranges", "qat_finetune",
            "convert_int8",
            "float_decisions"]
 
@@ -48,15 +48,48 @@ def _num_experts(gate):
     return int(shape[-1])
 
 
-def fold_offsets(gate, offsets):
-    """A copy of ``gate`` whose logits are ``gate(x) + offsets``.
+def routing_clip(logits, offsets, used):
+    """Half-width C of the window of centred shifted logits the int8 index head keeps.
 
-    If the last layer is a linear Dense with a bias, the offsets go into its bias
-    (same ops, same size). Otherwise a constant add is appended.
+    With ``y = l + o - mean_used(l + o)`` on the calibration set, C is the largest
+    of: 1.25 x the largest runner-up ``y`` (so a runner-up never saturates, and the
+    top two never tie at +C), and the median gap between winner and runner-up
+    (so the window is not needlessly narrow when only two experts are used).
+    """
+    logits = np.asarray(logits, np.float64)
+    used = np.asarray(used, bool)
+    shifted = logits[:, used] + np.asarray(offsets, np.float64)[used]
+    if used.sum() < 2:
+        return 1.0
+    centred = np.sort(shifted - shifted.mean(axis=1, keepdims=True), axis=1)
+    return float(max(1.25 * centred[:, -2].max(), np.median(centred[:, -1] - centred[:, -2]),
+                     1e-3))
+
+
+def fold_offsets(gate, offsets, *, used=None, clip=None):
+    """A copy of ``gate`` whose outputs pick ``argmax(gate(x) + offsets)`` over ``used``.
+
+    Without ``clip`` the outputs are the shifted logits ``gate(x) + offsets``. With
+    ``clip = C`` they are the *routing scores* of the int8 index head::
+
+        y = (l + o - mean_used(l + o)) / C,  clipped to [-1, 1];  y_n = -1 if not used
+
+    Centring (a per-input constant) and scaling by 1/C keep the argmax; the clip
+    is fused into the last FULLY_CONNECTED (RELU_N1_TO_1, no extra op) and sets its
+    int8 output scale to 2/255. Why: gate logits can span hundreds (SR gates
+    trained with the relative loss reach -500), and an int8 output over that range
+    has steps of ~2 logits, so the experts near the decision boundary tie and
+    ARG_MAX hands the ties to the lower index (4 points off b on the SR compact
+    gate; within 0.1 point with the clipped head -- WORKSPACE.md).
+
+    If the last layer is a linear Dense with a bias, everything is folded into it
+    (same ops, same size); otherwise the shift is appended as a Lambda layer.
 
     Args:
       gate: a Keras model ``[M, H, W, C] -> [M, N]`` logits.
       offsets: ``float[N]`` (e.g. :func:`bmoe_tf.routing.calibrate_offsets`).
+      used: ``bool[N]``, experts that may be chosen (default all); the others never are.
+      clip: C > 0 (see :func:`routing_clip`) or None.
     Returns:
       a new functional model with the same input; ``gate`` is unchanged.
     """
@@ -64,19 +97,67 @@ def fold_offsets(gate, offsets):
     offsets = np.asarray(offsets, np.float32)
     if offsets.shape != (n,) or not np.all(np.isfinite(offsets)):
         raise ValueError(f"offsets must be {n} finite numbers (one per expert), got {offsets}")
+    used = np.ones(n, bool) if used is None else np.asarray(used, bool)
+    if used.shape != (n,) or not used.any():
+        raise ValueError(f"used must be {n} booleans with at least one True, got {used}")
+    if clip is not None and not (np.isfinite(clip) and clip > 0):
+        raise ValueError(f"clip must be a positive number, got {clip}")
+    scale = 1.0 if clip is None else 1.0 / float(clip)
+    activation = None if clip is None else _clip_unit
     last = gate.layers[-1]
     if (isinstance(last, keras.layers.Dense) and last.use_bias
             and last.activation in (None, keras.activations.linear)
             and isinstance(gate, keras.Model) and getattr(gate, "_is_graph_network", False)):
-        clone = keras.models.clone_model(gate)
+        kernel, bias = last.get_weights()
+        bias = bias + offsets
+        if clip is not None:
+            kernel = kernel - kernel[:, used].mean(axis=1, keepdims=True)
+            bias = bias - bias[used].mean()
+        kernel, bias = kernel * scale, bias * scale
+        kernel[:, ~used] = 0.0
+        bias[~used] = -1.0 if clip is not None else np.min(bias[used]) - 1e3
+        clone = keras.models.clone_model(gate)  # flat, so that tfmot can quantize it
         clone.set_weights(gate.get_weights())
-        kernel, bias = clone.layers[-1].get_weights()
-        clone.layers[-1].set_weights([kernel, bias + offsets])
-        return clone
+        head = keras.layers.Dense(n, activation=activation, name="routing")
+        outputs = head(clone.layers[-2].output)
+        head.set_weights([kernel, bias.astype(np.float32)])
+        return keras.Model(clone.inputs, outputs, name=f"{gate.name}_routing")
+    mask = used.astype(np.float32)
+
+    def shift(z):
+        z = z + offsets
+        if clip is not None:
+            z = z - tf.reduce_sum(z * mask, -1, keepdims=True) / mask.sum()
+        z = z * scale * mask + (1.0 - mask) * (-1.0 if clip is not None else -1e3)
+        return z if clip is None else _clip_unit(z)
+
     inputs = keras.Input(gate.input_shape[1:], name="frame")
-    constant = tf.constant(offsets)
-    shifted = keras.layers.Lambda(lambda z: z + constant, name="offsets")(gate(inputs))
-    return keras.Model(inputs, shifted, name=f"{gate.name}_offset")
+    return keras.Model(inputs, keras.layers.Lambda(shift, name="routing")(gate(inputs)),
+                       name=f"{gate.name}_routing")
+
+
+def _clip_unit(x):
+    return tf.clip_by_value(x, -1.0, 1.0)
+
+
+def shift_last_bias(model, delta):
+    """Adds ``delta[N]`` to the bias of the last Dense layer of ``model``, in place.
+
+    Works on a float model and on a tfmot QAT model (whose last layer is a
+    ``QuantizeWrapperV2`` around the Dense; its output range moves with the bias).
+    """
+    delta = np.asarray(delta, np.float32)
+    last = model.layers[-1]
+    dense = getattr(last, "layer", last)
+    if not isinstance(dense, keras.layers.Dense) or not dense.use_bias:
+        raise ValueError(f"the last layer {last.name!r} is not a Dense layer with a bias")
+    dense.bias.assign(dense.bias.numpy() + delta)
+    if dense is not last:  # QAT: move the output range along
+        for w in last.non_trainable_weights:
+            if w.name.endswith("post_activation_min:0"):
+                w.assign(w + min(0.0, float(delta.min())))
+            elif w.name.endswith("post_activation_max:0"):
+                w.assign(w + max(0.0, float(delta.max())))
 
 
 def add_argmax(gate):
@@ -126,6 +207,42 @@ def initialize_ranges(model, inputs, passes=3):
             high.assign(low + 1e-3)
 
 
+_HEAD_CONFIG = []
+
+
+def _routing_head_config():
+    """tfmot QuantizeConfig of the clipped routing head: int8 kernel, one output
+    quantizer after the clip (tfmot has no config for a custom activation)."""
+    if not _HEAD_CONFIG:
+        import tensorflow_model_optimization as tfmot
+
+        qk = tfmot.quantization.keras
+
+        class RoutingHeadQuantizeConfig(qk.QuantizeConfig):
+            def get_weights_and_quantizers(self, layer):
+                return [(layer.kernel, qk.quantizers.LastValueQuantizer(
+                    num_bits=8, symmetric=True, narrow_range=False, per_axis=False))]
+
+            def get_activations_and_quantizers(self, layer):
+                return []
+
+            def set_quantize_weights(self, layer, quantize_weights):
+                layer.kernel = quantize_weights[0]
+
+            def set_quantize_activations(self, layer, quantize_activations):
+                pass
+
+            def get_output_quantizers(self, layer):
+                return [qk.quantizers.MovingAverageQuantizer(
+                    num_bits=8, per_axis=False, symmetric=False, narrow_range=False)]
+
+            def get_config(self):
+                return {}
+
+        _HEAD_CONFIG.append(RoutingHeadQuantizeConfig())
+    return _HEAD_CONFIG[0]
+
+
 def qat_finetune(gate, inputs, *, epochs=3, learning_rate=1e-5, batch_size=32, seed=0,
                  verbose=0):
     """Quantization-aware fine-tuning of ``gate`` to reproduce its own float logits.
@@ -146,8 +263,21 @@ def qat_finetune(gate, inputs, *, epochs=3, learning_rate=1e-5, batch_size=32, s
         raise ValueError(f"need epochs >= 0, learning_rate > 0, batch_size >= 1; got "
                          f"{epochs}, {learning_rate}, {batch_size}")
     targets = gate.predict(inputs, batch_size=256, verbose=0)
+    qk = tfmot.quantization.keras
+    head_config = _routing_head_config()
+
+    def annotate(layer):
+        if isinstance(layer, keras.layers.InputLayer):
+            return layer
+        if layer.name == "routing" and layer.activation is _clip_unit:
+            return qk.quantize_annotate_layer(layer, quantize_config=head_config)
+        return qk.quantize_annotate_layer(layer)
+
     try:
-        model = tfmot.quantization.keras.quantize_model(gate)
+        annotated = keras.models.clone_model(gate, clone_function=annotate)
+        with qk.quantize_scope({type(head_config).__name__: type(head_config),
+                                "_clip_unit": _clip_unit}):
+            model = qk.quantize_apply(annotated)
     except (ValueError, RuntimeError, TypeError) as err:
         raise ValueError(f"tfmot cannot make this gate quantization-aware ({err}); "
                          "use --mode=ptq") from err

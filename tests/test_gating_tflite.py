@@ -66,7 +66,7 @@ def test_index_export_matches_the_float_gate(gate, data, exported):
     (inp,), (outp,) = model_file.model_io(tflite)
     assert inp.dtype == "INT8" and inp.shape == (1,) + SHAPE and outp.dtype == "INT32"
     # fixed inputs: TFLM and LiteRT choose what the float gate chooses
-    offsets = np.asarray(report["offsets"], np.float32)
+    offsets = np.asarray(report["offsets_float"], np.float32)
     reference = convert.float_decisions(gate, data.test, offsets)
     tflm = interpreters.run_tflm(tflite, data.test, report["arena_bytes"]).reshape(-1)
     litert = interpreters.run_litert(tflite, data.test).reshape(-1)
