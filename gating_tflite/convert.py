@@ -49,41 +49,43 @@ def _num_experts(gate):
 
 
 def routing_clip(logits, offsets, used):
-    """Half-width C of the window of centred shifted logits the int8 index head keeps.
+    """The scale C of the int8 index head: the median gap between the best and the
+    second-best shifted logit of the used experts on the calibration set.
 
-    With ``y = l + o - mean_used(l + o)`` on the calibration set, C is the largest
-    of: 1.25 x the largest runner-up ``y`` (so a runner-up never saturates, and the
-    top two never tie at +C), and the median gap between winner and runner-up
-    (so the window is not needlessly narrow when only two experts are used).
+    Any C > 0 keeps the argmax (see :func:`fold_offsets`); a smaller C gives the
+    decisions near a boundary finer int8 steps (2C/255 in logits).
     """
     logits = np.asarray(logits, np.float64)
     used = np.asarray(used, bool)
-    shifted = logits[:, used] + np.asarray(offsets, np.float64)[used]
     if used.sum() < 2:
         return 1.0
-    centred = np.sort(shifted - shifted.mean(axis=1, keepdims=True), axis=1)
-    return float(max(1.25 * centred[:, -2].max(), np.median(centred[:, -1] - centred[:, -2]),
-                     1e-3))
+    shifted = np.sort(logits[:, used] + np.asarray(offsets, np.float64)[used], axis=1)
+    return float(max(np.median(shifted[:, -1] - shifted[:, -2]), 1e-3))
 
 
 def fold_offsets(gate, offsets, *, used=None, clip=None):
     """A copy of ``gate`` whose outputs pick ``argmax(gate(x) + offsets)`` over ``used``.
 
-    Without ``clip`` the outputs are the shifted logits ``gate(x) + offsets``. With
-    ``clip = C`` they are the *routing scores* of the int8 index head::
+    Without ``clip`` the outputs are the shifted logits ``z = gate(x) + offsets``
+    (experts not ``used`` get a logit 1000 below the used ones' bias).
 
-        y = (l + o - mean_used(l + o)) / C,  clipped to [-1, 1];  y_n = -1 if not used
+    With ``clip = C`` they are the *routing scores* of the int8 index head, two
+    fully connected layers on the gate's last features ``h`` (``K`` used experts)::
 
-    Centring (a per-input constant) and scaling by 1/C keep the argmax; the clip
-    is fused into the last FULLY_CONNECTED (RELU_N1_TO_1, no extra op) and sets its
-    int8 output scale to 2/255. Why: gate logits can span hundreds (SR gates
-    trained with the relative loss reach -500), and an int8 output over that range
-    has steps of ~2 logits, so the experts near the decision boundary tie and
-    ARG_MAX hands the ties to the lower index (4 points off b on the SR compact
-    gate; within 0.1 point with the clipped head -- WORKSPACE.md).
+        d_ij = clip((z_i - z_j) / C, -1, 1)      for used i < j   [M, K(K-1)/2]
+        s_i  = sum_j d_ij - sum_j d_ji            (s = -K for unused experts)  [M, N]
 
-    If the last layer is a linear Dense with a bias, everything is folded into it
-    (same ops, same size); otherwise the shift is appended as a Lambda layer.
+    ``s_a - s_b >= 2 d_ab > 0`` whenever ``z_a > z_b``, so ``argmax s = argmax z``
+    exactly, for any C. Each ``d_ij`` is one linear map of ``h`` (W_i - W_j) whose
+    clip is fused into the FULLY_CONNECTED (no new op), so its int8 output steps are
+    2C/255 in logits whatever the range of the logits themselves. Why: gate logits
+    can span hundreds (SR gates trained with the relative loss reach -500), and an
+    int8 logit tensor over that range has steps of ~2 logits, so near a boundary
+    the experts tie and ARG_MAX hands every tie to the lower index (4 points off b
+    on the SR compact gate with one int8 logits layer; see WORKSPACE.md).
+
+    If the last layer is a linear Dense with a bias, it is replaced (same input
+    features); otherwise the head is appended to the gate's logits.
 
     Args:
       gate: a Keras model ``[M, H, W, C] -> [M, N]`` logits.
@@ -102,38 +104,44 @@ def fold_offsets(gate, offsets, *, used=None, clip=None):
         raise ValueError(f"used must be {n} booleans with at least one True, got {used}")
     if clip is not None and not (np.isfinite(clip) and clip > 0):
         raise ValueError(f"clip must be a positive number, got {clip}")
-    scale = 1.0 if clip is None else 1.0 / float(clip)
-    activation = None if clip is None else _clip_unit
     last = gate.layers[-1]
-    if (isinstance(last, keras.layers.Dense) and last.use_bias
-            and last.activation in (None, keras.activations.linear)
-            and isinstance(gate, keras.Model) and getattr(gate, "_is_graph_network", False)):
-        kernel, bias = last.get_weights()
-        bias = bias + offsets
-        if clip is not None:
-            kernel = kernel - kernel[:, used].mean(axis=1, keepdims=True)
-            bias = bias - bias[used].mean()
-        kernel, bias = kernel * scale, bias * scale
-        kernel[:, ~used] = 0.0
-        bias[~used] = -1.0 if clip is not None else np.min(bias[used]) - 1e3
+    foldable = (isinstance(last, keras.layers.Dense) and last.use_bias
+                and last.activation in (None, keras.activations.linear)
+                and isinstance(gate, keras.Model) and getattr(gate, "_is_graph_network", False))
+    if foldable:
         clone = keras.models.clone_model(gate)  # flat, so that tfmot can quantize it
         clone.set_weights(gate.get_weights())
-        head = keras.layers.Dense(n, activation=activation, name="routing")
-        outputs = head(clone.layers[-2].output)
+        inputs, features = clone.inputs, clone.layers[-2].output
+        kernel, bias = last.get_weights()
+    else:
+        inputs = keras.Input(gate.input_shape[1:], name="frame")
+        features = gate(inputs)
+        kernel, bias = np.eye(n, dtype=np.float32), np.zeros(n, np.float32)
+    bias = bias + offsets
+    index = np.flatnonzero(used)
+    if clip is None or index.size < 2:
+        kernel, bias = kernel.copy(), bias.copy()
+        kernel[:, ~used] = 0.0
+        bias[~used] = np.min(bias[used]) - 1e3
+        if clip is not None:  # one used expert: a constant choice
+            kernel[:] = 0.0
+            bias = np.where(used, 1.0, -1.0).astype(np.float32)
+        head = keras.layers.Dense(n, name="routing")
+        outputs = head(features)
         head.set_weights([kernel, bias.astype(np.float32)])
-        return keras.Model(clone.inputs, outputs, name=f"{gate.name}_routing")
-    mask = used.astype(np.float32)
-
-    def shift(z):
-        z = z + offsets
-        if clip is not None:
-            z = z - tf.reduce_sum(z * mask, -1, keepdims=True) / mask.sum()
-        z = z * scale * mask + (1.0 - mask) * (-1.0 if clip is not None else -1e3)
-        return z if clip is None else _clip_unit(z)
-
-    inputs = keras.Input(gate.input_shape[1:], name="frame")
-    return keras.Model(inputs, keras.layers.Lambda(shift, name="routing")(gate(inputs)),
-                       name=f"{gate.name}_routing")
+        return keras.Model(inputs, outputs, name=f"{gate.name}_routing")
+    pairs = [(i, j) for a, i in enumerate(index) for j in index[a + 1:]]
+    pair_kernel = np.stack([kernel[:, i] - kernel[:, j] for i, j in pairs], axis=1) / clip
+    pair_bias = np.array([bias[i] - bias[j] for i, j in pairs]) / clip
+    combine = np.zeros((len(pairs), n), np.float32)
+    for p, (i, j) in enumerate(pairs):
+        combine[p, i], combine[p, j] = 1.0, -1.0
+    pair_layer = keras.layers.Dense(len(pairs), activation=_clip_unit, name="routing_pairs")
+    score_layer = keras.layers.Dense(n, name="routing")
+    outputs = score_layer(pair_layer(features))
+    pair_layer.set_weights([pair_kernel.astype(np.float32), pair_bias.astype(np.float32)])
+    score_layer.set_weights([combine, np.where(used, 0.0, -float(index.size)).astype(np.float32)])
+    return keras.Model(inputs, outputs, name=f"{gate.name}_routing")
 
 
 def _clip_unit(x):
@@ -269,7 +277,7 @@ def qat_finetune(gate, inputs, *, epochs=3, learning_rate=1e-5, batch_size=32, s
     def annotate(layer):
         if isinstance(layer, keras.layers.InputLayer):
             return layer
-        if layer.name == "routing" and layer.activation is _clip_unit:
+        if getattr(layer, "activation", None) is _clip_unit:
             return qk.quantize_annotate_layer(layer, quantize_config=head_config)
         return qk.quantize_annotate_layer(layer)
 

@@ -112,6 +112,7 @@ def _calibrate_int8(model, data, b, offsets, output, rounds):
     used = b > 0
     best = None
     total = np.zeros(n, np.float32)
+    base = model.get_weights()  # every round shifts from these (QAT ranges move with the bias)
     for round_ in range(rounds + 1):
         freq = _frequencies(np.argmax(int8_logits, axis=-1), n)
         error = _frequency_error(freq, b)
@@ -120,15 +121,17 @@ def _calibrate_int8(model, data, b, offsets, output, rounds):
         if error <= 0.25 / 100 or round_ == rounds:
             break
         delta = np.where(used, calibrate_offsets(int8_logits, b), 0.0).astype(np.float32)
-        convert.shift_last_bias(model, delta)
         total += delta
+        model.set_weights(base)
+        convert.shift_last_bias(model, total)
         _log(f"int8 calibration frequencies {np.round(freq, 3).tolist()} (error {error:.3f}); "
              "offsets recalibrated on the int8 logits")
         logits_model = convert.convert_int8(model, data.representative, output="logits")
         (_,), (out_info,) = model_file.model_io(logits_model)
         int8_logits = out_info.dequantize(interpreters.run_litert(logits_model, data.calibration))
     error, round_, chosen = best
-    convert.shift_last_bias(model, chosen - total)
+    model.set_weights(base)
+    convert.shift_last_bias(model, chosen)
     tflite = convert.convert_int8(model, data.representative, output="index")
     freq = _frequencies(interpreters.run_litert(tflite, data.calibration).reshape(-1), n)
     return tflite, offsets, freq, chosen
