@@ -290,10 +290,12 @@ def summary(report):
     if "latency_ms_estimate" in report:
         lines.append(f"latency      ~{report['latency_ms_estimate']:.2f} ms "
                      f"(assumes {report['latency_assumption']})")
-    if "agreement" in report:
-        a = report["agreement"]
+    a = report.get("agreement", {})
+    if "inputs" in a:
         lines.append(f"agreement    LiteRT {a['litert']:.2%}, TFLM {a['tflm']:.2%} with the float "
                      f"gate on {a['inputs']} test inputs")
+    if "heldout_tflm" in a:
+        lines.append(f"             TFLM {a['heldout_tflm']:.2%} on the held-out inputs")
     if "frequencies" in report:
         lines.append(f"frequencies  int8 {np.round(report['frequencies'], 3).tolist()} vs b "
                      f"{np.round(report['bias'], 3).tolist()} on {report['heldout_inputs']} "

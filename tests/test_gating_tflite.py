@@ -270,3 +270,21 @@ def test_routing_clip_is_the_median_top_two_gap():
     logits = np.array([[3.0, 1.0, 0.0], [0.0, 0.5, -9.0], [1.0, 0.0, 4.0]])
     assert convert.routing_clip(logits, np.zeros(3), [True, True, True]) == pytest.approx(2.0)
     assert convert.routing_clip(logits, np.zeros(3), [True, True, False]) == pytest.approx(1.0)
+
+
+def test_the_compact_sr_gate_fits_a_cortex_m7(tmp_path):
+    """The issue's budget for the compact SR gate: <= 256 KiB flash, 128 KiB arena, 5 M MACs."""
+    from bmoe_tf.gating import count_macs
+    keras.utils.set_random_seed(0)
+    gate = compact_gate((64, 64, 3), 3)
+    rng = np.random.default_rng(0)
+    frames = rng.uniform(0, 1, (64, 64, 64, 3)).astype(np.float32)
+    sr = ExportData(representative=frames[:32], calibration=frames, test=frames[:8])
+    report, problems = export_gate(gate, sr, [0.5, 0.5, 0.0], out=str(tmp_path / "c.tflite"),
+                                   target=resolve_target(None, flash_kib=256, ram_kib=128))
+    assert problems == [] and report["target"]["fits"]
+    assert report["flash_bytes"] <= 256 * 1024 and report["arena_bytes"] <= 128 * 1024
+    assert report["macs"] == count_macs(gate) <= 5_000_000
+    assert "frequencies" not in report  # no held-out set given
+    from gating_tflite.export import summary
+    assert "flash" in summary(report) and "fits: True" in summary(report)
