@@ -1,45 +1,75 @@
-"""Resumable experiment stages: data -> experts -> cache -> gates -> evaluation -> report.
+"""Resumable experiment stages on a workdir: data -> experts -> cache -> bias -> gates ->
+evaluation -> report.
 
-Each stage writes its artefacts into the workdir and is skipped when they are
-already there, so an interrupted run resumes where it stopped. Artefacts are
-written to a temporary name and renamed, so a half-written file never looks done.
+* Each stage writes its artefacts into the workdir and is skipped when they are
+  already there, so an interrupted run resumes where it stopped. Artefacts are
+  written to a temporary name and renamed, so a half-written file never looks done.
+* Each stage is keyed by the settings it depends on (:class:`StageKey`, a
+  fingerprint written next to its artefacts, chained to the stages before it).
+  A changed key of a *protected* stage (data, experts, caches: hours of work) is
+  refused before anything runs (:class:`StageMismatch`); the artefacts of any
+  other stage are moved to ``superseded/`` and rebuilt.
+* One run per workdir (:class:`WorkdirLock`).
+* A corrupt or truncated artefact is reported in one line naming the file
+  (:func:`load_artefact` raises :class:`ArtefactError`).
 """
+import errno
+import fcntl
+import hashlib
 import json
 import os
 import shutil
+import sys
 import time
+import zipfile
 
 from absl import logging
 
-__all__ = ["Workdir", "write_json", "read_json", "atomic_dir"]
+__all__ = ["Workdir", "write_json", "read_json", "atomic_dir", "WorkdirLock", "WorkdirBusy",
+           "StageKey", "StageMismatch", "ArtefactError", "load_artefact", "fingerprint"]
+
+
+class ArtefactError(RuntimeError):
+    """An artefact of the workdir cannot be read (corrupt or truncated)."""
+
+
+class WorkdirBusy(RuntimeError):
+    """Another live process runs on the same workdir."""
+
+
+class StageMismatch(RuntimeError):
+    """The settings of a protected stage differ from those its artefacts were made with."""
 
 
 class Workdir:
     """The layout of one experiment's workdir (see WORKSPACE.md).
 
-    ``data/`` splits and parts, ``experts/`` SavedModels, ``cache/`` expert caches,
-    ``gates/<method>/<target index>/`` gates, ``reports/`` figures,
-    ``report.json`` / ``report.md``.
+    ``data/`` splits and inputs, ``experts/`` SavedModels, ``cache/`` expert caches,
+    ``gates/<method>/<target index or shared>/`` gates, ``reports/`` figures,
+    ``report.json`` / ``report.md``; ``stages/`` holds one fingerprint per stage,
+    ``superseded/`` artefacts replaced after a setting changed.
     """
 
     def __init__(self, root):
         self.root = os.path.abspath(os.fspath(root))
-        for sub in ("data", "experts", "cache", "gates", "reports"):
+        for sub in ("data", "experts", "cache", "gates", "reports", "stages"):
             os.makedirs(os.path.join(self.root, sub), exist_ok=True)
 
     def path(self, *parts):
         return os.path.join(self.root, *parts)
 
+    def rel(self, path):
+        return os.path.relpath(path, self.root)
+
     def run(self, name, done, fn, load=None):
-        """Runs ``fn()`` unless every path in ``done`` exists; logs what it did.
+        """Runs ``fn()`` unless every path in ``done`` exists; prints what it did.
 
         Returns fn's result, or, when skipped, ``load()`` (None without one).
         """
         done = [done] if isinstance(done, str) else list(done)
         if done and all(os.path.exists(p) for p in done):
-            logging.info("stage %s: done already (%s), skipped", name,
-                         os.path.relpath(done[0], self.root))
-            print(f"[{name}] skipped: already in {os.path.relpath(done[0], self.root)}")
+            logging.info("stage %s: done already (%s), skipped", name, self.rel(done[0]))
+            print(f"[{name}] skipped: already in {self.rel(done[0])}", flush=True)
             return None if load is None else load()
         print(f"[{name}] running ...", flush=True)
         start = time.time()
@@ -48,6 +78,7 @@ class Workdir:
         return result
 
 
+# ---- files --------------------------------------------------------------------------
 def write_json(path, obj):
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
@@ -57,8 +88,44 @@ def write_json(path, obj):
 
 
 def read_json(path):
+    return load_artefact(path, _read_json)
+
+
+def _read_json(path):
     with open(path) as f:
         return json.load(f)
+
+
+def load_artefact(path, loader, *, rebuild=None):
+    """``loader(path)``, with a corrupt or truncated file reported in one line.
+
+    Args:
+      path: the artefact (file or SavedModel directory).
+      loader: ``path -> object``.
+      rebuild: what to delete to rebuild it (default: ``path`` itself).
+    Raises:
+      ArtefactError: naming the file and how to recover.
+      FileNotFoundError: ``path`` does not exist (not a corruption).
+    """
+    if not os.path.exists(path):
+        raise FileNotFoundError(path)
+    try:
+        return loader(path)
+    except (zipfile.BadZipFile, EOFError, json.JSONDecodeError, UnicodeDecodeError, KeyError,
+            ValueError, OSError, RuntimeError) as err:
+        if isinstance(err, (ArtefactError, StageMismatch)):
+            raise
+        target = rebuild or path
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ArtefactError(
+            f"{path} is corrupt or truncated ({type(err).__name__}: {first[:160]}); delete "
+            f"{target} and run the same command again to rebuild it") from err
+    except Exception as err:  # TensorFlow's own errors (e.g. a truncated SavedModel)
+        if type(err).__module__.startswith("tensorflow"):
+            raise ArtefactError(
+                f"{path} is corrupt or truncated ({type(err).__name__}); delete "
+                f"{rebuild or path} and run the same command again to rebuild it") from err
+        raise
 
 
 class atomic_dir:
@@ -78,3 +145,139 @@ class atomic_dir:
             shutil.rmtree(self.path, ignore_errors=True)
             os.replace(self.tmp, self.path)
         return False
+
+
+# ---- one run per workdir ---------------------------------------------------------------
+class WorkdirLock:
+    """``with WorkdirLock(root):`` -- one run per workdir.
+
+    An exclusive ``flock`` on ``<root>/.lock``, which also records the holder's pid
+    and command line. The kernel drops the lock when its process dies (even by
+    SIGKILL), so a stale lock file from a dead process is simply taken over.
+
+    Raises:
+      WorkdirBusy: another live process holds the lock (the message names it).
+    """
+
+    def __init__(self, root):
+        self.root = os.path.abspath(os.fspath(root))
+        self.path = os.path.join(self.root, ".lock")
+        self._file = None
+
+    def __enter__(self):
+        os.makedirs(self.root, exist_ok=True)
+        f = open(self.path, "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno not in (errno.EAGAIN, errno.EACCES):
+                f.close()
+                raise
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            f.close()
+            raise WorkdirBusy(
+                f"{self.root} is in use by another run ({holder}); wait for it to finish, "
+                "stop it, or use another --workdir") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()}: {' '.join(sys.argv)}")
+        f.flush()
+        self._file = f
+        return self
+
+    def __exit__(self, *exc):
+        if self._file is not None:
+            self._file.seek(0)
+            self._file.truncate()
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None
+        return False
+
+
+# ---- stage fingerprints --------------------------------------------------------------
+def fingerprint(obj):
+    """16 hex digits of the SHA-256 of ``obj`` as canonical JSON."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class StageKey:
+    """The settings one stage's artefacts depend on, chained to the stages before it.
+
+    Args:
+      wd: the :class:`Workdir`.
+      name: the stage (``data``, ``experts``, ...); its key is ``stages/<name>.json``.
+      settings: a JSON-able dict of the settings this stage reads itself.
+      parent: the :class:`StageKey` it builds on (its fingerprint enters this one).
+      artefacts: the workdir paths this stage writes (moved to ``superseded/`` when
+        the stage is rebuilt with other settings).
+      protected: refuse a changed key instead of rebuilding (data, experts, caches).
+    """
+
+    def __init__(self, wd, name, settings, *, parent=None, artefacts=(), protected=False):
+        self.wd, self.name, self.settings = wd, name, dict(settings)
+        self.parent, self.protected = parent, protected
+        self.artefacts = [wd.path(a) for a in artefacts]
+        chain = dict(settings=self.settings, parent=parent.fingerprint if parent else None)
+        self.fingerprint = fingerprint(chain)
+        self.path = wd.path("stages", f"{name}.json")
+
+    def stored(self):
+        """The stored key dict, or None when the stage never started here."""
+        if not os.path.exists(self.path):
+            return None
+        return read_json(self.path)
+
+    def has_artefacts(self):
+        """True when any artefact exists (a directory counts when it is not empty)."""
+        return any(os.path.isfile(p) or (os.path.isdir(p) and os.listdir(p))
+                   for p in self.artefacts)
+
+    def changes(self):
+        """``[(setting, before, now)]`` of this stage and the stages it builds on."""
+        stored = self.stored()
+        if stored is None or stored.get("fingerprint") == self.fingerprint:
+            return []
+        before = stored.get("settings", {})
+        out = [(k, before.get(k), self.settings.get(k))
+               for k in sorted(set(before) | set(self.settings))
+               if before.get(k) != self.settings.get(k)]
+        if not out and self.parent is not None:
+            out = self.parent.changes()
+        return out or [("(settings of an earlier stage)", stored.get("parent"),
+                        self.parent.fingerprint if self.parent else None)]
+
+    def is_current(self):
+        stored = self.stored()
+        return stored is not None and stored.get("fingerprint") == self.fingerprint
+
+    def claim(self):
+        """Makes this key the stage's key; artefacts made with another key are moved to
+        ``superseded/<stage>-<old fingerprint>/`` (nothing is deleted)."""
+        stored = self.stored()
+        if stored is not None and stored.get("fingerprint") != self.fingerprint:
+            old = stored.get("fingerprint", "unknown")
+            dest = self.wd.path("superseded", f"{self.name}-{old}")
+            moved = []
+            for p in self.artefacts:
+                if os.path.exists(p):
+                    target = os.path.join(dest, self.wd.rel(p))
+                    os.makedirs(os.path.dirname(target), exist_ok=True)
+                    shutil.rmtree(target, ignore_errors=True)
+                    os.replace(p, target)
+                    moved.append(self.wd.rel(p))
+            if moved:
+                print(f"[{self.name}] settings changed ("
+                      + "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in self.changes())
+                      + f"): moved {', '.join(moved)} to {self.wd.rel(dest)}/", flush=True)
+        elif stored is None and self.has_artefacts():
+            raise StageMismatch(
+                f"{self.wd.root} holds {self.name} artefacts without a stage key (made by an "
+                "older bmoe-tf or copied in part); use a new --workdir")
+        write_json(self.path, dict(stage=self.name, fingerprint=self.fingerprint,
+                                   parent=self.parent.fingerprint if self.parent else None,
+                                   settings=self.settings))
+        for d in ("data", "experts", "cache", "gates", "reports"):
+            os.makedirs(self.wd.path(d), exist_ok=True)

@@ -125,7 +125,12 @@ def _load_folder(path: str, max_images: int | None) -> list[tuple[str, np.ndarra
     out = []
     for fpath in files[:max_images]:
         name = os.path.relpath(fpath, path)
-        out.append((name, _to_rgb_float(skimage.io.imread(fpath), name)))
+        try:
+            raw = skimage.io.imread(fpath)
+        except Exception as err:  # imageio/PIL raise many types for a bad file
+            raise ValueError(f"cannot read image {fpath}: it is corrupt or not an image "
+                             f"({type(err).__name__}); fix or remove it") from None
+        out.append((name, _to_rgb_float(raw, name)))
     return out
 
 

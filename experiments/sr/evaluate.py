@@ -5,16 +5,9 @@ the ``"outputs"`` expert cache of a split.
 """
 import numpy as np
 
-from bmoe_tf import evaluation
-from bmoe_tf.routing import route_in_batches
 from experiments.sr.metrics import mean_psnr_y, rgb_to_y
 
-__all__ = ["assignment_psnr", "part_scores", "gate_assignment", "evaluate_bias_point",
-           "EVAL_BATCH_SEED"]
-
-#: Test-time batches for "batch" routing are a seeded permutation of the parts
-#: (a shuffled loader), so each batch mixes parts of several images (WORKSPACE.md).
-EVAL_BATCH_SEED = 1234
+__all__ = ["assignment_psnr", "part_scores", "chosen_outputs"]
 
 
 def chosen_outputs(outputs, assignment):
@@ -40,31 +33,3 @@ def part_scores(part_set, outputs):
     mse = np.mean((y_pred - y_true) ** 2, axis=(2, 3))
     psnr = 10.0 * np.log10(255.0 ** 2 / np.maximum(mse, 1e-12))
     return -mse * y_true[0].size, psnr
-
-
-def gate_assignment(logits, bias, batch_size, *, seed=EVAL_BATCH_SEED):
-    """Batch routing of precomputed gate logits over shuffled test batches."""
-    order = np.random.default_rng(seed).permutation(len(logits))
-    picks = np.empty(len(logits), np.int64)
-    picks[order] = route_in_batches(logits[order], bias, batch_size)
-    return picks
-
-
-def evaluate_bias_point(part_set, outputs, data_costs, bias, *, batch_size,
-                        random_seeds=(0, 1, 2), scores=None):
-    """Mean data cost and PSNR for one b of random selection and the oracle.
-
-    Returns ``{"random": (cost, psnr), "oracle": (cost, psnr)}``; random is averaged
-    over ``random_seeds`` (exact capacities per batch of ``batch_size``).
-    """
-    costs = np.asarray(data_costs, np.float64)
-    m = len(part_set.parts)
-    rand = [evaluation.random_selection(m, bias, seed=s, batch_size=batch_size)
-            for s in random_seeds]
-    result = {"random": (float(np.mean([costs[a].mean() for a in rand])),
-                         float(np.mean([assignment_psnr(part_set, outputs, a) for a in rand])))}
-    if scores is None:
-        scores = part_scores(part_set, outputs)[0]
-    oracle = evaluation.oracle_assignment(scores, bias)
-    result["oracle"] = (float(costs[oracle].mean()), assignment_psnr(part_set, outputs, oracle))
-    return result

@@ -1,0 +1,317 @@
+"""Typed, frozen experiment configuration, presets and the shared CLI flags.
+
+Every task CLI (``python -m experiments.<task>``) defines the shared flags here once
+(:func:`define_shared_flags`) and its own flags beside them; :func:`from_flags`
+turns the parsed flags into a :class:`Config` (preset defaults filled in, every
+value parsed and checked). Stage functions take the ``Config``, never ``FLAGS``.
+
+A task's presets are :class:`Preset` values: the shared schedule
+(:class:`Schedule`) plus the task's own frozen settings dataclass.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Mapping, Sequence
+
+__all__ = ["Schedule", "Preset", "Config", "Targets", "ConfigError", "PRESET_NAMES",
+           "EVAL_METHODS", "GATE_KINDS", "define_shared_flags", "from_flags", "parse_targets",
+           "parse_numbers", "SHARED_FLAGS"]
+
+PRESET_NAMES = ("smoke", "quick", "full")
+#: Curves that need no trained gate.
+EVAL_METHODS = ("random", "benchmark", "oracle")
+#: Curves with a trained gate.
+GATE_METHODS = ("enforce", "soft")
+GATE_KINDS = ("paper", "compact")
+#: Test-time batches are a seeded permutation of a split (a shuffled loader).
+DEFAULT_EVAL_BATCH_SEED = 1234
+
+
+class ConfigError(ValueError):
+    """A flag value that is not allowed; the message names the flag."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Targets:
+    """Data-cost targets: ``count`` grid points over ``[d_min, d_max]`` (plus d_max/2 and
+    d_max/3), or explicit ``costs`` in the task's cost unit."""
+
+    count: int | None = None
+    costs: tuple[float, ...] = ()
+
+    def resolve(self, data_costs) -> list[float]:
+        """Sorted target costs for experts with ``data_costs`` ``[N]``.
+
+        Raises:
+          ConfigError: an explicit cost outside ``[d_min, d_max]``.
+        """
+        d_min, d_max = float(min(data_costs)), float(max(data_costs))
+        if self.count is not None:
+            step = (d_max - d_min) / (self.count - 1)
+            grid = {d_min + i * step for i in range(self.count - 1)} | {d_max}
+            grid |= {t for t in (d_max / 2, d_max / 3) if d_min <= t <= d_max}
+            return sorted(grid)
+        for t in self.costs:
+            if not d_min <= t <= d_max:
+                raise ConfigError(f"--targets: {t:g} is outside [{d_min:g}, {d_max:g}], the "
+                                  "range of the experts' data costs d_n")
+        return sorted(self.costs)
+
+    def as_flag(self) -> list[str]:
+        return [str(self.count)] if self.count is not None else [f"{c:g}" for c in self.costs]
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """The shared, task-independent part of a preset: targets and the gate schedule."""
+
+    targets: Targets
+    batch_size: int
+    learning_rate: float
+    epochs: int
+    training_loss: str = "relative"
+    bias_weights: tuple[float, ...] = (1.0,)
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """A named preset: the shared schedule and the task's own settings (a frozen dataclass)."""
+
+    schedule: Schedule
+    task: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Everything a run depends on. ``task`` holds the task's own frozen settings."""
+
+    task_name: str
+    preset: str
+    methods: tuple[str, ...]
+    targets: Targets
+    bias: tuple[float, ...] | None
+    batch_size: int
+    learning_rate: float
+    epochs: int
+    gate: str
+    training_loss: str
+    combine: str
+    bias_weights: tuple[float, ...]
+    seed: int
+    verbose: int
+    data: str
+    tfds_data_dir: str | None
+    eval_data: str | None
+    eval_batch_seed: int
+    task: Any
+
+    @property
+    def gate_methods(self) -> tuple[str, ...]:
+        return tuple(m for m in self.methods if m in GATE_METHODS)
+
+    def as_dict(self) -> dict:
+        """Plain JSON-able dict (recorded in ``config.json`` and the report)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+               if f.name not in ("task", "targets")}
+        out["targets"] = self.targets.as_flag()
+        out["methods"] = list(self.methods)
+        out["bias"] = None if self.bias is None else list(self.bias)
+        out["bias_weights"] = list(self.bias_weights)
+        out.update(_plain(dataclasses.asdict(self.task)) if self.task is not None else {})
+        return out
+
+
+def _plain(value):
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+# ---- parsing ------------------------------------------------------------------------
+def parse_numbers(values: Sequence[str] | None, flag: str, kind=float) -> tuple | None:
+    """``("0.5", "0.3")`` -> ``(0.5, 0.3)``; an unparsable or non-finite value names the flag."""
+    if values is None:
+        return None
+    out = []
+    for v in values:
+        try:
+            x = kind(str(v).strip())
+        except ValueError:
+            raise ConfigError(f"--{flag}: {v!r} is not a{'n integer' if kind is int else ' number'}"
+                              f" (got {','.join(map(str, values))})") from None
+        if kind is float and not math.isfinite(x):
+            raise ConfigError(f"--{flag}: {v!r} is not a finite number")
+        out.append(x)
+    return tuple(out)
+
+
+def parse_targets(values: Sequence[str]) -> Targets:
+    """One integer below 100 = a number of grid points; otherwise explicit costs."""
+    values = [str(v).strip() for v in values]
+    if not values or not all(values):
+        raise ConfigError("--targets needs a number of grid points (2-99) or data costs")
+    if len(values) == 1 and values[0].isdigit() and int(values[0]) < 100:
+        count = int(values[0])
+        if count < 2:
+            raise ConfigError("--targets as a count needs at least 2 grid points")
+        return Targets(count=count)
+    costs = parse_numbers(values, "targets")
+    if len(set(costs)) != len(costs):
+        raise ConfigError(f"--targets: duplicate costs in {','.join(values)}")
+    if min(costs) <= 0:
+        raise ConfigError(f"--targets: data costs must be positive, got {','.join(values)}")
+    return Targets(costs=tuple(sorted(costs)))
+
+
+# ---- flags --------------------------------------------------------------------------
+#: The shared flags and their help (defined once, by define_shared_flags).
+SHARED_FLAGS = ("workdir", "preset", "methods", "targets", "bias", "batch_size", "learning_rate",
+                "epochs", "gate", "training_loss", "combine", "bias_weights", "seed", "verbose",
+                "data", "tfds_data_dir", "eval_data", "eval_batch_seed")
+
+
+def define_shared_flags(flag_values=None, *, data_help="bundled | folder:PATH | tfds:NAME"):
+    """Defines the shared flags on ``flag_values`` (absl's global FLAGS by default).
+
+    Every flag of a preset value defaults to None: None means "from --preset".
+    Calling it twice is harmless.
+    """
+    from absl import flags
+
+    from bmoe_tf.mixture import COMBINES, TRAINING_LOSSES
+
+    fv = flag_values if flag_values is not None else flags.FLAGS
+    if "preset" in fv:
+        return
+    d = dict(flag_values=fv)
+    flags.DEFINE_string("workdir", None, "Directory for every artefact (created if missing).", **d)
+    flags.DEFINE_enum("preset", "full", list(PRESET_NAMES), "Size of the run.", **d)
+    flags.DEFINE_list("methods", ["enforce", "soft", "random", "benchmark", "oracle"],
+                      "Curves: enforce, soft (trained gates), random, benchmark, oracle.", **d)
+    flags.DEFINE_list("targets", None, "Data-cost targets: one integer = number of grid points "
+                      "over [d_min, d_max] (d_max/2 and d_max/3 are always added), or explicit "
+                      "costs. Default from --preset.", **d)
+    flags.DEFINE_list("bias", None, "An explicit bias vector b (instead of the LP), "
+                      "e.g. 0.5,0.3,0.2.", **d)
+    flags.DEFINE_integer("batch_size", None, "Gate training and test-time routing batch size "
+                         "(paper: 128). Default from --preset.", **d)
+    flags.DEFINE_float("learning_rate", None, "Gate learning rate. Default from --preset.", **d)
+    flags.DEFINE_integer("epochs", None, "Gate training epochs. Default from --preset.", **d)
+    flags.DEFINE_enum("gate", "paper", list(GATE_KINDS),
+                      "Gating model: the paper's table or the compact (Cortex-M7) gate.", **d)
+    flags.DEFINE_enum("training_loss", None, list(TRAINING_LOSSES),
+                      "Gate training loss (bmoe_tf.mixture.TRAINING_LOSSES): 'selected' is the "
+                      "paper's Eq. 2 loss; 'relative' regresses the logits onto the experts' "
+                      "relative losses (WORKSPACE.md). Default from --preset.", **d)
+    flags.DEFINE_enum("combine", "gate", list(COMBINES),
+                      "Eq. 2 as printed (gate) or straight-through scaling of the selected "
+                      "output.", **d)
+    flags.DEFINE_list("bias_weights", None, "w_bias grid for the soft method, chosen on "
+                      "validation. Default from --preset.", **d)
+    flags.DEFINE_integer("seed", 0, "Seed for splits, subsets, training and random "
+                         "selection.", **d)
+    flags.DEFINE_integer("verbose", 1, "Keras verbosity (0 silent, 1 progress bars, "
+                         "2 per epoch).", **d)
+    flags.DEFINE_string("data", "bundled", data_help + " (never downloads).", **d)
+    flags.DEFINE_string("tfds_data_dir", None, "data_dir of prepared TFDS datasets.", **d)
+    flags.DEFINE_string("eval_data", None, "Extra held-out data (a folder, in the task's own "
+                        "format), evaluated and reported separately.", **d)
+    flags.DEFINE_integer("eval_batch_seed", DEFAULT_EVAL_BATCH_SEED,
+                         "Seed of the shuffled test-time batches (batch routing).", **d)
+
+
+def from_flags(task, flag_values=None) -> Config:
+    """The :class:`Config` of the parsed flags for ``task`` (an ``experiments.pipeline.Task``).
+
+    Raises:
+      ConfigError: a flag value that is not allowed (the message names the flag).
+    """
+    from absl import flags
+
+    fv = flag_values if flag_values is not None else flags.FLAGS
+    presets = task.presets()
+    preset = presets[fv.preset]
+    s = preset.schedule
+    values = {name: getattr(fv, name) for name in SHARED_FLAGS}
+    return build_config(task, preset_name=fv.preset, preset=preset,
+                        targets=(parse_targets(values["targets"]) if values["targets"] is not None
+                                 else s.targets),
+                        batch_size=_or(values["batch_size"], s.batch_size),
+                        learning_rate=_or(values["learning_rate"], s.learning_rate),
+                        epochs=_or(values["epochs"], s.epochs),
+                        training_loss=_or(values["training_loss"], s.training_loss),
+                        bias_weights=(parse_numbers(values["bias_weights"], "bias_weights")
+                                      if values["bias_weights"] is not None else s.bias_weights),
+                        methods=tuple(m.strip() for m in values["methods"]),
+                        bias=parse_numbers(values["bias"], "bias"),
+                        gate=values["gate"], combine=values["combine"], seed=values["seed"],
+                        verbose=values["verbose"], data=values["data"],
+                        tfds_data_dir=values["tfds_data_dir"],
+                        eval_data=task.eval_data_from_flags(fv) or values["eval_data"],
+                        eval_batch_seed=values["eval_batch_seed"],
+                        task_settings=task.settings_from_flags(fv, preset.task))
+
+
+def _or(value, default):
+    return default if value is None else value
+
+
+def build_config(task, *, preset_name, preset, task_settings=None, **overrides) -> Config:
+    """A checked :class:`Config` from a preset and explicit values (tests, notebooks)."""
+    s = preset.schedule
+    fields = dict(targets=s.targets, batch_size=s.batch_size, learning_rate=s.learning_rate,
+                  epochs=s.epochs, training_loss=s.training_loss, bias_weights=s.bias_weights,
+                  methods=("enforce", "soft", "random", "benchmark", "oracle"), bias=None,
+                  gate="paper", combine="gate", seed=0, verbose=1, data="bundled",
+                  tfds_data_dir=None, eval_data=None, eval_batch_seed=DEFAULT_EVAL_BATCH_SEED)
+    fields.update(overrides)
+    cfg = Config(task_name=task.name, preset=preset_name,
+                 task=task_settings if task_settings is not None else preset.task, **fields)
+    check(cfg, task)
+    return cfg
+
+
+def check(cfg: Config, task) -> None:
+    """Checks a config on what is known without data (numbers, names, d_n from shapes)."""
+    from bmoe_tf.bias import validate_bias
+    from bmoe_tf.mixture import COMBINES, TRAINING_LOSSES
+
+    allowed = set(GATE_METHODS) | set(EVAL_METHODS)
+    bad = [m for m in cfg.methods if m not in allowed]
+    if bad or not cfg.methods:
+        raise ConfigError(f"--methods takes {sorted(allowed)}, got {list(cfg.methods)}")
+    if len(set(cfg.methods)) != len(cfg.methods):
+        raise ConfigError(f"--methods lists a method twice: {list(cfg.methods)}")
+    if cfg.gate not in GATE_KINDS:
+        raise ConfigError(f"--gate takes {list(GATE_KINDS)}, got {cfg.gate!r}")
+    if cfg.training_loss not in TRAINING_LOSSES:
+        raise ConfigError(f"--training_loss takes {list(TRAINING_LOSSES)}, got "
+                          f"{cfg.training_loss!r}")
+    if cfg.combine not in COMBINES:
+        raise ConfigError(f"--combine takes {list(COMBINES)}, got {cfg.combine!r}")
+    if cfg.epochs < 1:
+        raise ConfigError(f"--epochs must be >= 1, got {cfg.epochs}")
+    if not (math.isfinite(cfg.learning_rate) and cfg.learning_rate > 0):
+        raise ConfigError(f"--learning_rate must be a positive number, got {cfg.learning_rate}")
+    if cfg.verbose not in (0, 1, 2):
+        raise ConfigError(f"--verbose takes 0, 1 or 2, got {cfg.verbose}")
+    if not cfg.bias_weights or min(cfg.bias_weights) < 0:
+        raise ConfigError(f"--bias_weights needs at least one weight >= 0, got "
+                          f"{list(cfg.bias_weights)}")
+    if len(set(cfg.bias_weights)) != len(cfg.bias_weights):
+        raise ConfigError(f"--bias_weights lists a weight twice: {list(cfg.bias_weights)}")
+    task.check_settings(cfg)
+    costs = task.data_costs(cfg)
+    n = len(costs)
+    if cfg.batch_size < n:
+        raise ConfigError(f"--batch_size {cfg.batch_size} is smaller than the {n} experts; "
+                          "batches need at least one example per expert")
+    if cfg.bias is not None:
+        try:
+            validate_bias(cfg.bias, n, name="--bias")
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+    cfg.targets.resolve(costs)

@@ -1,0 +1,89 @@
+"""Training and loading one gate of an experiment (any task).
+
+Each gate lives in ``gates/<method>/<target index or shared>/``:
+``gate/`` (the SavedModel, written last, so its presence means done),
+``backup/`` (``BackupAndRestore``: an interrupted fit resumes at the last epoch),
+``logs/`` (TensorBoard) and ``gate.json`` (b, method, w_bias, history).
+
+Every random order of a gate's training is a function of (seed, gate name, epoch)
+only (:func:`gate_seed`), so a gate trained after a restart sees exactly the data
+order it would have seen in an uninterrupted run.
+"""
+import os
+
+import numpy as np
+
+from bmoe_tf import BiasedMixture
+from bmoe_tf.backend import keras
+from bmoe_tf.cache import cache_dataset
+from experiments.stages import atomic_dir, fingerprint, load_artefact, read_json, write_json
+
+__all__ = ["train_gate", "load_gate", "gate_files", "gate_done", "gate_seed"]
+
+
+def gate_files(directory):
+    """The artefacts whose presence means the gate in ``directory`` is done."""
+    return [os.path.join(directory, "gate"), os.path.join(directory, "gate.json")]
+
+
+def gate_done(directory):
+    return all(os.path.exists(p) for p in gate_files(directory))
+
+
+def gate_seed(seed, name):
+    """The data-order seed of the gate called ``name`` (e.g. ``"soft/2 w_bias=1"``): a
+    function of (seed, name) only, never of how many gates a process trained before."""
+    return int(fingerprint([int(seed), str(name)])[:8], 16)
+
+
+def load_gate(directory):
+    """(keras gate model, its gate.json dict); a corrupt gate is named in one line."""
+    path = os.path.join(directory, "gate")
+    model = load_artefact(path, lambda p: keras.models.load_model(p, compile=False),
+                          rebuild=directory)
+    return model, read_json(os.path.join(directory, "gate.json"))
+
+
+def train_gate(directory, *, build_gate, experts, bias, method, train, batch_size, epochs,
+               learning_rate, bias_weight=1.0, combine="gate", training_loss="selected",
+               seed=0, name="gate", verbose=1):
+    """Trains a gate with the experts frozen and saves it; resumes if interrupted.
+
+    Args:
+      directory: ``gates/<method>/<target index>[/candidates/...]``.
+      build_gate: ``() -> keras.Model`` mapping gate inputs ``[B, ...]`` to logits ``[B, N]``.
+      experts: the frozen :class:`bmoe_tf.Expert` list.
+      bias: ``float[N]``.
+      method: ``"enforce"`` or ``"soft"``.
+      train: :class:`experiments.pipeline.TrainingSet`.
+      batch_size, epochs, learning_rate: the schedule (Adam).
+      seed: the run's seed: weights are initialised from it, the data order from
+        ``gate_seed(seed, name)`` and the epoch.
+    Returns:
+      ``(gate, info)`` as :func:`load_gate`.
+    """
+    if gate_done(directory):
+        return load_gate(directory)
+    os.makedirs(directory, exist_ok=True)
+    keras.utils.set_random_seed(seed)
+    mixture = BiasedMixture(build_gate(), experts, bias, method=method, bias_weight=bias_weight,
+                            combine=combine, training_loss=training_loss)
+    mixture.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="mse")
+    backup = os.path.join(directory, "backup")
+    callbacks = [
+        keras.callbacks.BackupAndRestore(backup),
+        keras.callbacks.TensorBoard(os.path.join(directory, "logs"), update_freq="epoch",
+                                    write_graph=False, profile_batch=0),
+    ]
+    data = cache_dataset(train.gate_inputs, train.cache, train.targets, batch_size=batch_size,
+                         seed=gate_seed(seed, name), drop_remainder=True)
+    history = mixture.fit(data, epochs=epochs, callbacks=callbacks, verbose=verbose)
+    info = dict(method=method, bias=[float(v) for v in np.asarray(bias)],
+                bias_weight=float(bias_weight), combine=combine, training_loss=training_loss,
+                epochs=int(epochs), batch_size=int(batch_size),
+                learning_rate=float(learning_rate), data_seed=gate_seed(seed, name),
+                history={k: [float(x) for x in v] for k, v in history.history.items()})
+    write_json(os.path.join(directory, "gate.json"), info)
+    with atomic_dir(os.path.join(directory, "gate")) as tmp:  # last: its presence means done
+        mixture.gate.save(tmp, include_optimizer=False)
+    return load_gate(directory)

@@ -1,0 +1,176 @@
+"""report.json, report.md (the paper's Table IV / I / VI layout) and the curve figure,
+for any task of :mod:`experiments.pipeline`."""
+import os
+
+import numpy as np
+
+from bmoe_tf.gating import count_macs
+from experiments.stages import read_json, write_json
+
+__all__ = ["write_report", "format_table", "warnings", "METHOD_ORDER", "LABELS", "COLOURS"]
+
+AT = ("d_max", "d_max/2", "d_max/3")
+METHOD_ORDER = ("benchmark", "enforce", "soft", "random", "oracle")
+LABELS = {"benchmark": "Benchmark experts", "enforce": "Proposed b enforcement",
+          "soft": "Soft regularization", "random": "Random selection",
+          "oracle": "Oracle (upper bound)"}
+COLOURS = ("#d62728", "#ff7f0e", "#1f77b4", "#2ca02c", "#9467bd", "#8c564b")
+_SUMMARY_KEYS = ("curves", "points", "rho", "at", "oracle_gain_share", "oracle_exceeded")
+
+
+def _summary(split_result):
+    return {k: split_result[k] for k in _SUMMARY_KEYS if k in split_result}
+
+
+def write_report(task, cfg, wd, table, points, results, splits, command, *, gate_model):
+    """Writes report.json / report.md / figures; returns the report dict."""
+    commands_path = wd.path("commands.json")
+    commands = read_json(commands_path) if os.path.exists(commands_path) else []
+    if not commands or commands[-1] != command:
+        commands.append(command)
+        write_json(commands_path, commands)
+    test = results["test"]
+    report = {
+        "task": task.name,
+        "metric": task.metric_name,
+        "cost_unit": task.cost_unit,
+        "experts": [dict(name=r["name"], data_cost=r["data_cost"], metric=r["metric_test"],
+                         metric_validation=r["metric_validation"],
+                         **{k: v for k, v in r.items() if not k.startswith("metric_")
+                            and k not in ("name", "data_cost")}) for r in table],
+        **_summary(test),
+        "oracle": task.oracle_description,
+        "eval": _summary(results["eval"]) if "eval" in results else {},
+        "bias": points,
+        "gate": dict(kind=cfg.gate, macs=int(count_macs(gate_model)),
+                     params=int(gate_model.count_params())),
+        "config": cfg.as_dict(),
+        "paper": task.paper_reference(cfg),
+        "commands": commands,
+        "examples": {k: int(v) for k, v in splits.items()},
+    }
+    report.update(task.report_extras(cfg, report))
+    write_json(wd.path("report.json"), report)
+    figures = {"curves": _figure_curves(task, wd, report)}
+    figures.update(task.figures(cfg, wd, report, results))
+    with open(wd.path("report.md"), "w") as f:
+        f.write(_markdown(task, report, test, figures, wd))
+    return report
+
+
+def format_table(report):
+    """Table IV layout: the metric at d_max, d_max/2, d_max/3 and rho, per method."""
+    paper = report.get("paper") or {}
+    lines = [f"{'method':<24} {'d_max':>7} {'d_max/2':>8} {'d_max/3':>8} {'rho':>7}"
+             + ("   paper (d_max, /2, /3, rho)" if paper else "")]
+    for method in METHOD_ORDER:
+        if method not in report["curves"]:
+            continue
+        vals = [report["at"][a].get(method) for a in AT] + [report["rho"].get(method)]
+        cells = " ".join(f"{v:>{w}.2f}" if v is not None else f"{'-':>{w}}"
+                         for v, w in zip(vals, (7, 8, 8, 7)))
+        ref = paper.get(method)
+        ref_text = ", ".join("-" if v is None else f"{v:.1f}" for v in ref) if ref else ""
+        lines.append(f"{LABELS[method]:<24} {cells}   {ref_text}".rstrip())
+    share = report.get("oracle_gain_share") or {}
+    if share:
+        lines.append("share of the oracle's rho gain over random: " + ", ".join(
+            f"{m} {100 * v:.0f}%" for m, v in share.items()))
+    return "\n".join(lines)
+
+
+def warnings(report):
+    """Lines that must not be missed: points over their target cost, and points above the
+    oracle (whose assignment maximises a proxy of the metric, see ``report["oracle"]``)."""
+    out = []
+    for name, summary in (("test", report), ("eval", report.get("eval") or {})):
+        over = [f"{method}@{pt['target']:.0f} ({pt['cost']:.0f})"
+                for method, pts in (summary.get("points") or {}).items()
+                for pt in pts if pt["over_target"]]
+        if over:
+            out.append(f"NOTE ({name}): realised mean cost over the target (integer capacities "
+                       f"per batch round up): {', '.join(over)}")
+        for ex in summary.get("oracle_exceeded") or []:
+            out.append(f"WARNING ({name}): {ex['method']} at target {ex['target']:.0f} "
+                       f"({ex['metric']:.3f} at cost {ex['cost']:.0f}) is above the oracle "
+                       f"({ex['oracle']:.3f} at {ex['oracle_cost']:.0f}): the oracle is a "
+                       f"{report['oracle']}")
+    return out
+
+
+def _markdown(task, report, test, figures, wd):
+    out = [f"# {task.title}: biased mixture of experts", ""]
+    out.append("Commands: " + "; ".join(f"`{c}`" for c in report["commands"]))
+    metric = report["metric"]
+    out += ["", f"## Experts ({metric})", "",
+            "| expert | d_n | test | validation |", "|---|---|---|---|"]
+    for e in report["experts"]:
+        out.append(f"| {e['name']} | {e['data_cost']:.0f} | {e['metric']:.3f} | "
+                   f"{e['metric_validation']:.3f} |")
+    out += ["", f"## Table layout (test split; {metric}; costs in {report['cost_unit']})", "",
+            "```", format_table(report), "```", ""]
+    gate = report["gate"]
+    out.append(f"Gate: {gate['kind']}, {gate['params']:,} parameters, C_g = {gate['macs']:,} "
+               f"multiply-accumulates per {task.example_name}.")
+    out += ["", f"Oracle: {report['oracle']}. Every curve point below is at its realised mean "
+            "cost; a point over its target cost is flagged."]
+    out += ["", "| method | target | realised cost | metric | over target |", "|---|---|---|---|---|"]
+    for method, pts in report.get("points", {}).items():
+        for pt in pts:
+            out.append(f"| {method} | {pt['target']:.0f} | {pt['cost']:.0f} | {pt['metric']:.3f} "
+                       f"| {'**yes**' if pt['over_target'] else 'no'} |")
+    notes = warnings(report)
+    if notes:
+        out += [""] + [f"- {line}" for line in notes]
+    for name, path in figures.items():
+        if path:
+            out += ["", f"![{name}]({os.path.relpath(path, wd.root)})"]
+    out += ["", "## Table VI layout: each expert on its assigned examples vs on all (scores)", ""]
+    for method, by_index in test.get("subsets", {}).items():
+        for index, entry in sorted(by_index.items(), key=lambda kv: int(kv[0])):
+            b = ", ".join(f"{v:.2f}" for v in entry["bias"])
+            out += [f"**{method}**, target {entry['target']:.0f}, b = [{b}]", "",
+                    "| expert | share | assigned | all | delta |", "|---|---|---|---|---|"]
+            for row in entry["table"]:
+                out.append(f"| {row['expert']} | {row['share']:.2f} | {row['assigned']:.4g} | "
+                           f"{row['all']:.4g} | {row['delta']:+.4g} |")
+            out.append("")
+    if report["eval"]:
+        ev = dict(report, **report["eval"])
+        out += ["## Extra held-out data (--eval_data)", "", "```", format_table(ev), "```"]
+    return "\n".join(out) + "\n"
+
+
+def _figure_curves(task, wd, report):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for i, method in enumerate(METHOD_ORDER):
+        curve = report["curves"].get(method)
+        if not curve:
+            continue
+        xs, ys = zip(*sorted(curve))
+        style = dict(ls=":", marker="s") if method == "benchmark" else dict(marker="o")
+        ax.plot(np.array(xs) / 1000, ys, label=LABELS[method], color=COLOURS[i], **style)
+    for method, pts in report.get("points", {}).items():
+        over = [(p["cost"] / 1000, p["metric"]) for p in pts if p["over_target"]]
+        if over:
+            ax.scatter(*zip(*over), marker="x", color="black", zorder=5)
+    for extra in task.curve_extras(report):
+        ax.plot(*extra["xy"], **extra["style"])
+    for e in report["experts"]:
+        ax.annotate(e.get("label", e["name"]), (e["data_cost"] / 1000, e["metric"]),
+                    textcoords="offset points", xytext=(4, -10), fontsize=8)
+    ax.set_xlabel(f"mean data cost per {task.example_name} (kB)")
+    ax.set_ylabel(f"test {report['metric']}")
+    ax.set_title(f"{task.curve_figure_title}: {report['metric']} vs data cost")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    path = wd.path("reports", task.curve_figure_name)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,30 @@
+"""The registry of experiment tasks: name -> :class:`experiments.pipeline.Task`.
+
+``get_task(name)`` imports the task's module lazily, so that ``gating_tflite``
+(which finds a task's export data through this registry) imports only the task it
+needs, and no task module is imported at start-up.
+"""
+import importlib
+
+__all__ = ["TASKS", "get_task", "task_names"]
+
+#: task name -> "module:attribute" of its Task class.
+TASKS = {
+    "super_resolution": "experiments.super_resolution:SuperResolutionTask",
+}
+
+
+def task_names():
+    return sorted(TASKS)
+
+
+def get_task(name):
+    """A new instance of the task registered as ``name``.
+
+    Raises:
+      ValueError: an unknown name (the message lists the known ones).
+    """
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; known tasks: {task_names()}")
+    module, attribute = TASKS[name].split(":")
+    return getattr(importlib.import_module(module), attribute)()
