@@ -1,0 +1,266 @@
+"""The experiment pipeline (experiments.pipeline) through the SR task's CLI, smoke size:
+stage keys, resuming to the same numbers after SIGKILL, flags validated before work,
+one run per workdir, corrupt artefacts, --eval_image_dir on a finished workdir."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from experiments.stages import WorkdirLock
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMOKE = ["--preset=smoke", "--verbose=0", "--epochs=3"]
+
+
+def _cmd(workdir, *extra):
+    return [sys.executable, "-m", "experiments.super_resolution", f"--workdir={workdir}",
+            *SMOKE, *extra]
+
+
+def _run(workdir, *extra, ok=True, timeout=600):
+    proc = subprocess.run(_cmd(workdir, *extra), cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+    if ok:
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def _running(stdout):
+    return [line[1:].split("]")[0] for line in stdout.splitlines()
+            if line.endswith("running ...")]
+
+
+def _numbers(report):
+    """report.json without what legitimately differs between runs (commands)."""
+    return {k: v for k, v in report.items() if k != "commands"}
+
+
+def _report(workdir):
+    with open(os.path.join(workdir, "report.json")) as f:
+        return json.load(f)
+
+
+def _copy(src, dst, keep=("data", "experts", "cache", "stages", "experts.json", "config.json")):
+    os.makedirs(dst)
+    for name in keep:
+        s = os.path.join(src, name)
+        if os.path.isdir(s):
+            shutil.copytree(s, os.path.join(dst, name))
+        elif os.path.exists(s):
+            shutil.copy(s, os.path.join(dst, name))
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    workdir = str(root / "wd")
+    _run(workdir)
+    return workdir
+
+
+def test_a_second_run_skips_every_stage_and_reports_the_same(finished, tmp_path):
+    before = _report(finished)
+    again = _run(finished)
+    assert _running(again.stdout) == []
+    assert _numbers(_report(finished)) == _numbers(before)
+
+
+def test_sigkill_in_the_gate_stage_then_resume_gives_the_same_report(finished, tmp_path):
+    """Killed while a soft gate trains (after an epoch of it was backed up), then run
+    again: report.json equals the uninterrupted run's, number for number."""
+    workdir = str(tmp_path / "killed")
+    _copy(finished, workdir)
+    backup = os.path.join(workdir, "gates", "soft", "2", "candidates", "w1", "backup")
+    proc = subprocess.Popen(_cmd(workdir), cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if os.path.isdir(backup) and any(os.scandir(backup)):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before the kill"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not os.path.exists(os.path.join(workdir, "report.json"))
+    resumed = _run(workdir)
+    running = _running(resumed.stdout)
+    assert "gate enforce/shared" not in running and "data" not in running
+    assert "gate soft/2 w_bias=1" in running
+    assert _numbers(_report(workdir)) == _numbers(_report(finished))
+
+
+def test_a_gate_setting_retrains_gates_and_keeps_data_experts_caches(finished, tmp_path):
+    workdir = str(tmp_path / "epochs")
+    _copy(finished, workdir, keep=("data", "experts", "cache", "stages", "experts.json",
+                                   "bias.json", "gates", "evaluation.json"))
+    proc = _run(workdir, "--epochs=2", "--learning_rate=0.002")
+    running = _running(proc.stdout)
+    assert not any(s.startswith(("data", "expert", "cache")) for s in running), running
+    assert "gate enforce/shared" in running and "evaluation" in running
+    assert "moved gates to superseded/gates-" in proc.stdout
+    with open(os.path.join(workdir, "gates", "enforce", "shared", "gate.json")) as f:
+        info = json.load(f)
+    assert info["epochs"] == 2 and info["learning_rate"] == 0.002
+    superseded = sorted(os.listdir(os.path.join(workdir, "superseded")))
+    assert [s.split("-")[0] for s in superseded] == ["evaluation", "gates"]
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--seed=7", "seed: 0 -> 7"),
+    ("--expert_epochs=2", "expert_epochs: 1 -> 2"),
+    ("--image_scale=0.4", "image_scale: 0.5 -> 0.4"),
+])
+def test_a_data_or_expert_setting_is_refused_naming_the_stages(finished, flag, message):
+    proc = _run(finished, flag, ok=False)
+    assert proc.returncode == 2
+    err = proc.stderr.strip().splitlines()[-1]
+    assert message in err and "invalidate" in err and "--workdir" in err
+
+
+def _config(*argv):
+    """The Config the SR CLI builds from ``argv`` (in-process, fresh flags)."""
+    from absl import flags
+
+    from experiments import config
+    from experiments.super_resolution import SuperResolutionTask
+
+    task = SuperResolutionTask()
+    fv = flags.FlagValues()
+    config.define_shared_flags(fv)
+    task.define_flags(fv)
+    fv(["prog", "--workdir=unused", *SMOKE, *argv])
+    return task, config.from_flags(task, fv)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--targets=20000"], "--targets: 20000 is outside [3072, 12288]"),
+    (["--targets=5000,x"], "--targets: 'x' is not a number"),
+    (["--targets=5000,5000"], "--targets: duplicate costs"),
+    (["--scales=2,2"], "--scales lists a scale twice"),
+    (["--scales=2,x"], "--scales: 'x' is not an integer"),
+    (["--bias=0.5,0.6,0.1"], "--bias"),
+    (["--bias=0.5,nan,0.5"], "--bias: 'nan' is not a finite number"),
+    (["--batch_size=2"], "--batch_size 2 is smaller than the 3 experts"),
+    (["--batch_size=128"], "--max_train_parts 96 is smaller than --batch_size 128"),
+    (["--methods=enforce,magic"], "--methods takes"),
+    (["--bias_weights=1,-1"], "--bias_weights"),
+    (["--eval_image_dir=/no/such/dir"], "--eval_image_dir/--eval_data: '/no/such/dir'"),
+])
+def test_bad_flags_are_refused_with_the_flag_named(flags, message):
+    from experiments.config import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        _config(*flags)
+    assert message in str(err.value)
+
+
+def test_a_batch_larger_than_the_training_set_fails_before_the_experts(tmp_path):
+    from experiments import pipeline
+    from experiments.config import ConfigError
+
+    task, cfg = _config("--batch_size=5000", "--max_train_parts=0")
+    with pytest.raises(ConfigError, match="--batch_size 5000 is larger than the .* training"):
+        pipeline.run(task, cfg, str(tmp_path / "wd"))
+    assert not os.listdir(tmp_path / "wd" / "experts")
+
+
+def test_the_cli_prints_one_line_and_exits_before_any_work(tmp_path):
+    start = time.time()
+    proc = _run(str(tmp_path / "wd"), "--targets=20000", ok=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "--targets: 20000 is outside [3072, 12288]" in proc.stderr
+    assert not (tmp_path / "wd").exists() and time.time() - start < 60
+
+
+def test_a_second_run_on_a_busy_workdir_exits_at_once_naming_the_holder(finished):
+    with WorkdirLock(finished):
+        start = time.time()
+        proc = _run(finished, ok=False)
+    assert proc.returncode == 2
+    assert "is in use by another run (pid " in proc.stderr and str(os.getpid()) in proc.stderr
+    assert time.time() - start < 30
+
+
+def test_a_stale_lock_of_a_dead_process_is_taken_over(tmp_path):
+    root = tmp_path / "stale"
+    root.mkdir()
+    (root / ".lock").write_text("pid 999999: a run that was killed")
+    with WorkdirLock(root) as lock:
+        assert f"pid {os.getpid()}" in (root / ".lock").read_text()
+        assert lock.path == str(root / ".lock")
+
+
+def test_a_lock_held_by_another_process_is_refused(tmp_path):
+    from experiments.stages import WorkdirBusy
+
+    code = ("import sys, time; from experiments.stages import WorkdirLock\n"
+            f"with WorkdirLock({str(tmp_path)!r}):\n    print('held', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(WorkdirBusy, match=f"pid {holder.pid}"):
+            with WorkdirLock(tmp_path):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with WorkdirLock(tmp_path):  # the kernel released it with the process
+        pass
+
+
+@pytest.mark.parametrize("victim", ["cache/test_outputs.npz", "data/test.npz", "bias.json",
+                                    "gates/enforce/shared/gate/saved_model.pb"])
+def test_a_corrupt_artefact_is_named_in_one_line(finished, tmp_path, victim):
+    workdir = str(tmp_path / "corrupt")
+    shutil.copytree(finished, workdir)
+    os.remove(os.path.join(workdir, "evaluation.json"))
+    path = os.path.join(workdir, victim)
+    with open(path, "r+b") as f:
+        f.truncate(max(os.path.getsize(path) // 2, 1))
+    proc = _run(workdir, ok=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and victim.split("/")[-1] in last and "delete" in last
+
+
+def test_eval_images_added_to_a_finished_workdir_are_honoured(finished, tmp_path):
+    from skimage import data, io
+
+    workdir = str(tmp_path / "eval")
+    shutil.copytree(finished, workdir)
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    io.imsave(str(extra / "coffee_crop.png"), data.coffee()[:256, :256])
+    proc = _run(workdir, f"--eval_image_dir={extra}")
+    running = _running(proc.stdout)
+    assert "eval data" in running and "cache eval" in running and "evaluation" in running
+    assert not any(s.startswith(("gate", "expert espcn", "data")) for s in running), running
+    report = _report(workdir)
+    assert report["parts"]["eval"] == 4 and "enforce" in report["eval_images"]["rho"]
+    assert report["config"]["eval_data"] == str(extra)
+    assert _numbers(report)["rho"] == _report(finished)["rho"]  # test numbers unchanged
+    # a corrupt image in the folder is named
+    (extra / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    proc = _run(str(tmp_path / "fresh"), f"--eval_image_dir={extra}", ok=False)
+    assert proc.returncode == 2 and "broken.png" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_every_curve_point_has_its_realised_cost_and_the_oracle_bounds_the_gates(finished):
+    report = _report(finished)
+    assert report["oracle"].startswith("capacity-constrained assignment maximising")
+    for method, pts in report["points"].items():
+        for pt, (cost, metric) in zip(pts, report["curves"][method]):
+            assert pt["cost"] == cost and pt["metric"] == metric
+            assert pt["over_target"] == (cost > pt["target"] * (1 + 1e-9))
+    assert report["oracle_exceeded"] == []
+    for method in ("enforce", "soft", "random"):
+        for p, q in zip(report["points"][method], report["points"]["oracle"]):
+            assert p["metric"] <= q["metric"] + 1e-9
