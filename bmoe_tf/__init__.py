@@ -3,13 +3,15 @@
 Where each part of the paper lives:
 
 * Eq. 1, Eq. 3, Algorithm 1, streaming routing -- :mod:`bmoe_tf.routing`
-* Eq. 4, Eq. 5 (soft bias loss) -- :mod:`bmoe_tf.losses`
+* Eq. 4, Eq. 5 (soft bias loss), the training losses -- :mod:`bmoe_tf.losses`
 * Eqs. 6-10 (choosing b with a linear program) -- :mod:`bmoe_tf.bias`
 * Eq. 11 (rho), random selection, oracle, Tables V-VII -- :mod:`bmoe_tf.evaluation`
-* the gating model f(x; W_g), Tables III/V/VII, MAC counts -- :mod:`bmoe_tf.gating`
+* the gating model f(x; W_g), Tables III/V/VII -- :mod:`bmoe_tf.gating`
+* MAC counts C_g of any Keras model -- :mod:`bmoe_tf.macs`
 * experts E_n with P_n and d_n -- :mod:`bmoe_tf.experts`
 * Eq. 2 and training the gate -- :mod:`bmoe_tf.mixture`
-* the expert cache -- :mod:`bmoe_tf.cache`
+* the expert cache (outputs, mse statistics, scores) -- :mod:`bmoe_tf.cache`
+* shared argument checks -- :mod:`bmoe_tf.checks`
 """
 from bmoe_tf import backend  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from bmoe_tf.experts import Expert

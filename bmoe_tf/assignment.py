@@ -19,23 +19,22 @@ This one solver serves both the oracle upper bound
 """
 import numpy as np
 
+from bmoe_tf.checks import as_float_array, check_finite
+
 __all__ = ["capacity_assignment"]
 
 _SWEEPS = 30
 
 
 def _check(scores, capacities):
-    s = np.asarray(scores, dtype=np.float64)
-    if s.ndim != 2:
-        raise ValueError(f"scores must be [M, N], got shape {s.shape}")
+    s = as_float_array(scores, "scores", rank=2, layout="[M, N]")
     m, n = s.shape
     k = np.asarray(capacities)
     if k.shape != (n,):
         raise ValueError(f"capacities must have one entry per expert ({n}), got shape {k.shape}")
     if np.any(k < 0) or int(k.sum()) != m:
         raise ValueError(f"capacities must be >= 0 and sum to M={m}, got {k.tolist()}")
-    if not np.all(np.isfinite(s)):
-        raise ValueError("scores must be finite")
+    check_finite(s, "scores")
     return s, k.astype(np.int64)
 
 

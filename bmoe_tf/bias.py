@@ -20,6 +20,8 @@ curve of Section IV-A, with mixtures of two neighbouring hull experts in between
 import numpy as np
 from scipy import optimize
 
+from bmoe_tf.checks import check_vector
+
 #: Largest ``|sum(b) - 1|`` accepted (the issue's contract).
 BIAS_SUM_TOLERANCE = 1e-6
 
@@ -36,18 +38,7 @@ def validate_bias(bias, num_experts=None, *, name="bias"):
       ValueError: not 1-D, wrong length, a non-finite or negative entry, an entry
         above 1, or a sum off 1 by more than ``BIAS_SUM_TOLERANCE``.
     """
-    try:
-        b = np.asarray(bias, dtype=np.float64)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{name} must be a 1-D sequence of numbers, got {bias!r}") from err
-    if b.ndim != 1 or b.size == 0:
-        raise ValueError(f"{name} must be a non-empty 1-D vector, got shape {b.shape}")
-    if num_experts is not None and b.size != num_experts:
-        raise ValueError(
-            f"{name} has {b.size} entries but there are {num_experts} experts; "
-            f"give one frequency per expert")
-    if not np.all(np.isfinite(b)):
-        raise ValueError(f"{name} has a non-finite entry: {b.tolist()}")
+    b = check_vector(bias, name, size=num_experts, hint="; give one frequency per expert")
     if np.any(b < 0) or np.any(b > 1):
         raise ValueError(
             f"{name} entries must lie in [0, 1] (they are frequencies of use), got {b.tolist()}")
@@ -66,21 +57,8 @@ TARGET_TOLERANCE = 1e-9
 
 def _check_experts(data_costs, performances):
     """Validates the expert data costs ``d[N]`` and performances ``p[N]``."""
-    arrays = []
-    for name, values in (("data_costs", data_costs), ("performances", performances)):
-        try:
-            a = np.asarray(values, dtype=np.float64)
-        except (TypeError, ValueError) as err:
-            raise ValueError(
-                f"{name} must be a 1-D sequence of numbers (one per expert), got {values!r}"
-            ) from err
-        if a.ndim != 1 or a.size == 0:
-            raise ValueError(
-                f"{name} must be a non-empty 1-D vector (one entry per expert), "
-                f"got shape {a.shape}")
-        if not np.all(np.isfinite(a)):
-            raise ValueError(f"{name} must be finite, got {a.tolist()}")
-        arrays.append(a)
+    arrays = [check_vector(values, name)
+              for name, values in (("data_costs", data_costs), ("performances", performances))]
     d, p = arrays
     if d.size != p.size:
         raise ValueError(

@@ -15,12 +15,12 @@ expert chosen for each example.
 * :func:`routed_score`, :func:`oracle_gain_share` -- a mixture's mean score and
   where it sits between the random and oracle bounds.
 """
-import numbers
-
 import numpy as np
 
 from bmoe_tf.assignment import capacity_assignment
 from bmoe_tf.bias import validate_bias
+from bmoe_tf.checks import (as_float_array, check_count, check_finite,
+                             check_index_vector)
 from bmoe_tf.routing import expert_capacities
 
 __all__ = [
@@ -30,38 +30,16 @@ __all__ = [
 
 
 def _check_scores(scores, *, allow_empty=False):
-    try:
-        s = np.asarray(scores, dtype=np.float64)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"scores must be a [M, N] array of numbers, got {scores!r}") from err
-    if s.ndim != 2 or s.shape[1] == 0:
+    s = as_float_array(scores, "scores", rank=2, layout="[M, N]")
+    if s.shape[1] == 0:
         raise ValueError(f"scores must be [M, N] with N >= 1 experts, got shape {s.shape}")
     if s.shape[0] == 0 and not allow_empty:
         raise ValueError("scores has no examples (M = 0); need at least one")
-    if not np.all(np.isfinite(s)):
-        raise ValueError("scores must be finite, got a NaN or an infinity")
-    return s
+    return check_finite(s, "scores")
 
 
 def _check_assignment(assignment, m, n):
-    a = np.asarray(assignment)
-    if a.ndim != 1 or a.shape[0] != m:
-        raise ValueError(
-            f"assignment must be a 1-D vector with one expert per example ({m}), "
-            f"got shape {a.shape}")
-    if a.size and not np.issubdtype(a.dtype, np.integer):
-        raise ValueError(f"assignment must hold integer expert indices, got dtype {a.dtype}")
-    if a.size and (a.min() < 0 or a.max() >= n):
-        raise ValueError(
-            f"assignment entries must be expert indices in [0, {n}), "
-            f"got values in [{a.min()}, {a.max()}]")
-    return a.astype(np.int64)
-
-
-def _check_count(value, name, *, minimum):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
+    return check_index_vector(assignment, "assignment", size=m, bound=n)
 
 
 def rho(costs, performances):
@@ -84,16 +62,16 @@ def rho(costs, performances):
       ValueError: lengths differ, fewer than 2 points, non-finite values,
         duplicate costs (the curve would be ambiguous there), or not 1-D.
     """
-    c = np.asarray(costs, dtype=np.float64)
-    p = np.asarray(performances, dtype=np.float64)
+    c = as_float_array(costs, "costs")
+    p = as_float_array(performances, "performances")
     if c.ndim != 1 or p.ndim != 1 or c.size != p.size:
         raise ValueError(
             f"costs and performances must be 1-D vectors of equal length, "
             f"got shapes {c.shape} and {p.shape}")
     if c.size < 2:
         raise ValueError(f"rho needs at least 2 points of the curve, got {c.size}")
-    if not (np.all(np.isfinite(c)) and np.all(np.isfinite(p))):
-        raise ValueError("costs and performances must be finite")
+    check_finite(c, "costs")
+    check_finite(p, "performances")
     order = np.argsort(c, kind="stable")
     c, p = c[order], p[order]
     if np.any(np.diff(c) == 0):
@@ -122,9 +100,9 @@ def random_selection(num_examples, bias, *, seed=None, batch_size=None):
     Returns:
       ``int64[M]``, the expert of each example.
     """
-    m = _check_count(num_examples, "num_examples", minimum=0)
+    m = check_count(num_examples, "num_examples", minimum=0)
     b = validate_bias(bias)
-    size = m if batch_size is None else _check_count(batch_size, "batch_size", minimum=1)
+    size = m if batch_size is None else check_count(batch_size, "batch_size", minimum=1)
     rng = np.random.default_rng(seed)
     out = np.empty(m, dtype=np.int64)
     labels = {}

@@ -1,10 +1,30 @@
-"""Soft bias regularisation (Section III-B): Eq. 4 utility and Eq. 5 bias loss."""
+"""The gate's losses: Eq. 4 utility, Eq. 5 bias loss, and the training losses.
+
+Soft bias regularisation (Section III-B): :func:`expert_utility` (Eq. 4) and
+:func:`bias_loss` (Eq. 5).
+
+Training losses (what the gate's weights follow, ``BiasedMixture(training_loss=)``),
+one pure function each, per example ``[M]``, chosen by name from
+:data:`TRAINING_LOSSES`; :data:`TRAINING_LOSS_INPUTS` says what each one needs:
+
+* ``"selected"`` -- :func:`selected_loss`: the task loss of the mixture output
+  (Eq. 2) with the selected expert, the paper's loss;
+* ``"gated"`` -- :func:`gated_loss`: ``G_a * loss_a`` for the selected expert a
+  (the competitive loss of Jacobs et al. 1991);
+* ``"expected"`` -- :func:`expected_loss`: ``sum_n softmax_n * loss_n``;
+* ``"relative"`` -- :func:`relative_loss`: a regression of centred logits onto the
+  centred ``-loss_n``.
+
+Here ``loss_n`` is expert n's own task loss on the example (``expert_losses [M, N]``,
+from an expert cache; for a ``"scores"`` cache it is ``-score``).
+"""
 import math
 
 from bmoe_tf.backend import tf
 from bmoe_tf.bias import validate_bias
 
-__all__ = ["expert_utility", "bias_loss"]
+__all__ = ["expert_utility", "bias_loss", "selected_loss", "gated_loss", "expected_loss",
+           "relative_loss", "TRAINING_LOSSES", "TRAINING_LOSS_INPUTS"]
 
 # 1 - ||u - b|| / sqrt(2) reaches 0 only when u and b are orthogonal one-hot
 # vectors; the log is clipped there so the loss stays finite (decision D5).
@@ -49,3 +69,94 @@ def bias_loss(utility, bias, weight):
     distance = tf.where(positive, tf.sqrt(tf.where(positive, squared, 1.0)), 0.0)
     inside = tf.maximum(1.0 - distance / math.sqrt(2.0), _LOG_FLOOR)
     return -weight * tf.math.log(inside)
+
+
+# --------------------------------------------------------------------------- #
+# Training losses: per example, float[M]
+# --------------------------------------------------------------------------- #
+
+def selected_loss(mixture_loss):
+    """``"selected"`` (the paper): the task loss of Eq. 2's output, per example.
+
+    Args:
+      mixture_loss: ``float[M]``, ``loss(y, sum_n G_n E_n)`` with the sparse /
+        enforced gates G (the gradient reaches the gate through G).
+    Returns:
+      ``float[M]``, the same values.
+    """
+    return tf.convert_to_tensor(mixture_loss)
+
+
+def gated_loss(gates, selected_expert_loss):
+    """``"gated"``: ``G_a(x) * loss(y, E_a(x))`` for the selected expert a.
+
+    Args:
+      gates: ``float[M, N]``, one non-zero per row (the selected expert's gate).
+      selected_expert_loss: ``float[M]``, the selected expert's own (unscaled) task
+        loss; no gradient flows into it.
+    Returns:
+      ``float[M]``.
+    """
+    gates = tf.convert_to_tensor(gates)
+    own = tf.stop_gradient(tf.cast(selected_expert_loss, gates.dtype))
+    return tf.reduce_sum(gates, axis=1) * own
+
+
+def expected_loss(logits, expert_losses):
+    """``"expected"``: ``sum_n softmax(logits)_n * loss_n``, the loss expected under Eq. 1.
+
+    Args:
+      logits: ``float[M, N]``.
+      expert_losses: ``float[M, N]``, every expert's task loss on every example.
+    Returns:
+      ``float[M]``.
+    """
+    logits = tf.convert_to_tensor(logits)
+    probs = tf.nn.softmax(logits, axis=-1)
+    return tf.reduce_sum(probs * tf.cast(expert_losses, logits.dtype), axis=1)
+
+
+def relative_loss(logits, expert_losses):
+    """``"relative"``: per-example ``mean_n (l_n - mean l - t_n)^2``, ``t = -(L - mean L) / s``.
+
+    ``s`` is the batch's median absolute centred loss, at least a tenth of the
+    mean one (no gradient), so the targets are in units of a typical loss gap:
+    the logits learn which expert does relatively better on each input without
+    saturating a softmax.
+
+    Args:
+      logits: ``float[M, N]``.
+      expert_losses: ``float[M, N]`` (no gradient flows into it).
+    Returns:
+      ``float[M]``.
+    """
+    logits = tf.convert_to_tensor(logits)
+    per_expert = tf.stop_gradient(tf.cast(expert_losses, logits.dtype))
+    centred = per_expert - tf.reduce_mean(per_expert, axis=1, keepdims=True)
+    flat = tf.sort(tf.reshape(tf.abs(centred), [-1]))
+    # the median, but never below a tenth of the mean: if most experts agree on
+    # most inputs the median gap is ~0 and would blow the targets up
+    scale = tf.maximum(flat[tf.size(flat) // 2], 0.1 * tf.reduce_mean(flat) + 1e-12)
+    target = -centred / scale
+    own = logits - tf.reduce_mean(logits, axis=1, keepdims=True)
+    return tf.reduce_mean(tf.square(own - target), axis=1)
+
+
+#: name -> per-example training loss function (see the module docstring).
+TRAINING_LOSSES = {
+    "selected": selected_loss,
+    "gated": gated_loss,
+    "expected": expected_loss,
+    "relative": relative_loss,
+}
+
+#: name -> what the loss function takes besides what every step has:
+#: ``"mixture_loss"`` (Eq. 2's output loss), ``"selected_expert_loss"`` (with the
+#: gates) or ``"expert_losses"`` (every expert's loss, with the logits; only an
+#: expert cache has them).
+TRAINING_LOSS_INPUTS = {
+    "selected": "mixture_loss",
+    "gated": "selected_expert_loss",
+    "expected": "expert_losses",
+    "relative": "expert_losses",
+}

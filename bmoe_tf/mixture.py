@@ -12,8 +12,14 @@ experts run, each only on the examples routed to it) or a cache batch: a dict wi
 ``"gate_input"`` and the cache entries, as made by
 :func:`bmoe_tf.cache.cache_dataset`.
 """
+import dataclasses
+import inspect
+from typing import NamedTuple
+
 import numpy as np
 
+from bmoe_tf import cache as cache_lib
+from bmoe_tf import losses as losses_lib
 from bmoe_tf import routing as routing_lib
 from bmoe_tf.backend import keras, tf
 from bmoe_tf.bias import validate_bias
@@ -21,7 +27,8 @@ from bmoe_tf.cache import mse_from_statistics
 from bmoe_tf.experts import check_mixable
 from bmoe_tf.losses import bias_loss, expert_utility
 
-__all__ = ["BiasedMixture", "METHODS", "ROUTINGS", "COMBINES", "TRAINING_LOSSES"]
+__all__ = ["BiasedMixture", "Selection", "GateLoss", "METHODS", "ROUTINGS", "COMBINES",
+           "TRAINING_LOSSES"]
 
 #: Training methods: Algorithm 1 ("enforce") or Eq. 3 + Eq. 5 ("soft").
 METHODS = ("enforce", "soft")
@@ -38,7 +45,37 @@ COMBINES = ("gate", "straight_through")
 #: softmax over every expert ("expected"; needs an expert cache); or a regression of
 #: the centred logits onto the centred negative expert losses, in units of the
 #: batch's median loss gap ("relative"; needs an expert cache). See WORKSPACE.md.
-TRAINING_LOSSES = ("selected", "gated", "expected", "relative")
+#: Each is a pure function in :data:`bmoe_tf.losses.TRAINING_LOSSES`.
+TRAINING_LOSSES = tuple(losses_lib.TRAINING_LOSSES)
+
+
+class Selection(NamedTuple):
+    """What :meth:`BiasedMixture.select` returns (unpacks as ``gates, scales, assignment``)."""
+
+    #: ``float[M, N]``: one non-zero per row, the selected expert's softmax gate.
+    gates: tf.Tensor
+    #: ``float[M, N]``: the factor on each expert's output (see ``combine``).
+    scales: tf.Tensor
+    #: ``int32[M]``: the selected expert of each example.
+    assignment: tf.Tensor
+
+
+@dataclasses.dataclass(frozen=True)
+class GateLoss:
+    """What :meth:`BiasedMixture.compute_gate_loss` returns."""
+
+    #: scalar: ``task_loss + bias_loss``, what the gate's gradient follows.
+    total: tf.Tensor
+    #: scalar: mean of ``per_example`` over the batch.
+    task_loss: tf.Tensor
+    #: scalar: Eq. 5 (``"soft"`` method), else 0.
+    bias_loss: tf.Tensor
+    #: ``float[M]``: the training loss (or at test time the routed task loss) per example.
+    per_example: tf.Tensor
+    #: ``float[M, N]``: the selection's gates (see :class:`Selection`).
+    gates: tf.Tensor
+    #: ``int32[M]``: the selected expert of each example.
+    assignment: tf.Tensor
 
 _MSE_NAMES = ("mse", "mean_squared_error", "MeanSquaredError")
 
@@ -77,23 +114,8 @@ def _per_example_loss_fn(loss):
     return per_example
 
 
-def _relative_loss(logits, per_expert):
-    """Per-example ``mean_n (l_n - mean l - t_n)^2`` with ``t = -(L - mean L) / s``.
-
-    ``s`` is the batch's median absolute centred loss, at least a tenth of the
-    mean one (no gradient), so the targets
-    are in units of a typical loss gap: the logits learn which expert does
-    relatively better on each input without saturating a softmax.
-    """
-    per_expert = tf.stop_gradient(tf.cast(per_expert, logits.dtype))
-    centred = per_expert - tf.reduce_mean(per_expert, axis=1, keepdims=True)
-    flat = tf.sort(tf.reshape(tf.abs(centred), [-1]))
-    # the median, but never below a tenth of the mean: if most experts agree on
-    # most inputs the median gap is ~0 and would blow the targets up
-    scale = tf.maximum(flat[tf.size(flat) // 2], 0.1 * tf.reduce_mean(flat) + 1e-12)
-    target = -centred / scale
-    own = logits - tf.reduce_mean(logits, axis=1, keepdims=True)
-    return tf.reduce_mean(tf.square(own - target), axis=1)
+#: kept for callers of the old private name
+_relative_loss = losses_lib.relative_loss
 
 
 def _is_cache_batch(x):
@@ -196,9 +218,9 @@ class BiasedMixture(keras.Model):
         """Gates for a batch of logits ``[M, N]``.
 
         Returns:
-          ``(gates, scales, assignment)``: ``gates[M, N]`` with one non-zero per row
-          (the selected expert's softmax gate), ``scales[M, N]`` the factor on each
-          expert's output (see ``combine``), ``assignment int32[M]``.
+          :class:`Selection` ``(gates [M, N], scales [M, N], assignment int32[M])``:
+          ``gates`` with one non-zero per row (the selected expert's softmax gate),
+          ``scales`` the factor on each expert's output (see ``combine``).
         """
         probs = routing_lib.softmax_gates(logits)
         mode = self._mode(training)
@@ -216,7 +238,7 @@ class BiasedMixture(keras.Model):
         else:
             scales = mask * (1.0 + probs - tf.stop_gradient(probs))
         assignment = tf.argmax(mask, axis=-1, output_type=tf.int32)
-        return gates, scales, assignment
+        return Selection(gates, scales, assignment)
 
     def _enforced_mask(self, logits, probs, training):
         """Algorithm 1's selection; at test time a batch of fewer than N rows (the
@@ -237,11 +259,25 @@ class BiasedMixture(keras.Model):
         return tf.cond(tf.shape(logits)[0] >= self.num_experts, enforce, argmax)
 
     def _dispatch(self, x, scales, assignment):
-        """Eq. 2 with each example run only through its selected expert."""
+        """Eq. 2 with each example run only through its selected expert.
+
+        An expert that gets no row (any b, e.g. ``b_n = 0``) is not run at all
+        (``tf.cond``; graph- and XLA-safe): some models, e.g. SavedModels loaded
+        through ``hub.KerasLayer``, fail on an empty batch.
+        """
         n = self.num_experts
         rows = tf.dynamic_partition(tf.range(tf.shape(assignment)[0]), assignment, n)
         parts = tf.dynamic_partition(x, assignment, n)
-        outs = [tf.cast(e(p), self.output_dtype) for e, p in zip(self.experts, parts)]
+        empty_shape = [0] + [int(d) for d in self.output_spec_shape]
+        outs = []
+        for expert, part in zip(self.experts, parts):
+            def run(expert=expert, part=part):
+                return tf.cast(expert(part), self.output_dtype)
+
+            def skip():
+                return tf.zeros(empty_shape, self.output_dtype)
+
+            outs.append(tf.cond(tf.shape(part)[0] > 0, run, skip))
         stitched = tf.dynamic_stitch(rows, outs)
         weight = tf.cast(tf.reduce_sum(scales, axis=1), self.output_dtype)
         return stitched * tf.reshape(weight, [-1] + [1] * len(self.output_spec_shape))
@@ -258,8 +294,8 @@ class BiasedMixture(keras.Model):
         if "outputs" in x:
             return self._combine_cached(x["outputs"], scales)
         raise ValueError(
-            "an 'mse' statistics cache holds no expert outputs, so there is no mixture output "
-            "to predict; use raw inputs or an 'outputs' cache")
+            "an 'mse' statistics or 'scores' cache holds no expert outputs, so there is no "
+            "mixture output to predict; use raw inputs or an 'outputs' cache")
 
     def call(self, inputs, training=None):
         """Mixture output ``[M, ...]`` (Eq. 2) with the test-time routing."""
@@ -272,46 +308,68 @@ class BiasedMixture(keras.Model):
     def compute_gate_loss(self, x, y, training=True):
         """Total loss of a batch and what it is made of.
 
+        Training (``training=True``) uses the training loss
+        :data:`bmoe_tf.losses.TRAINING_LOSSES` ``[self.training_loss]``; test time
+        uses the task loss of Eq. 2's output with the test-time routing, except on a
+        ``"scores"`` cache (no outputs), where it is ``-score`` of the selected expert.
+
         Args:
           x: raw inputs ``[M, ...]`` or a cache batch dict.
-          y: targets ``[M, ...]`` (ignored for an ``"mse"`` cache).
+          y: targets ``[M, ...]`` (ignored for an ``"mse"`` or ``"scores"`` cache).
           training: training routing (the method) or test-time routing.
         Returns:
-          ``(total, parts)``: scalar mean loss over the batch, and a dict with
-          ``task_loss``, ``bias_loss``, ``per_example [M]``, ``gates [M, N]``,
-          ``assignment [M]``.
+          :class:`GateLoss` ``(total, task_loss, bias_loss, per_example [M],
+          gates [M, N], assignment int32[M])``.
+        Raises:
+          ValueError: a training loss that needs what the batch cannot give (every
+            expert's loss without a cache; Eq. 2's output from a ``"scores"`` cache).
         """
         gate_input = x["gate_input"] if _is_cache_batch(x) else x
         logits = self.gate(gate_input, training=training)
         gates, scales, assignment = self.select(logits, training=training)
-        if training and self.training_loss == "expected":
-            per_expert = self._per_expert_losses(x, y)
-            per_example = tf.reduce_sum(
-                routing_lib.softmax_gates(logits) * tf.cast(per_expert, logits.dtype), axis=1)
-        elif training and self.training_loss == "relative":
-            per_example = _relative_loss(logits, self._per_expert_losses(x, y))
-        elif training and self.training_loss == "gated":
+        scores = _is_cache_batch(x) and "scores" in x
+        if not training and scores:
             mask = tf.one_hot(assignment, self.num_experts, dtype=gates.dtype)
-            if _is_cache_batch(x):
-                own = tf.reduce_sum(mask * tf.cast(self._per_expert_losses(x, y), gates.dtype),
-                                    axis=1)
-            else:  # only the selected expert runs: its output unscaled, its loss
-                own = self._per_example(y, self._output(x, mask, assignment))
-            per_example = tf.reduce_sum(gates, axis=1) * tf.stop_gradient(own)
-        elif _is_cache_batch(x) and "residual_gram" in x:
-            self._check_mse()
-            per_example = mse_from_statistics(scales, x)
+            per_example = tf.reduce_sum(
+                mask * tf.cast(self._per_expert_losses(x, y), gates.dtype), axis=1)
+        elif not training:
+            per_example = self._mixture_loss(x, y, scales, assignment)
         else:
-            per_example = self._per_example(y, self._output(x, scales, assignment))
+            name = self.training_loss
+            loss_fn = losses_lib.TRAINING_LOSSES[name]
+            needs = losses_lib.TRAINING_LOSS_INPUTS[name]
+            if needs == "expert_losses":
+                per_example = loss_fn(logits, self._per_expert_losses(x, y))
+            elif needs == "selected_expert_loss":
+                mask = tf.one_hot(assignment, self.num_experts, dtype=gates.dtype)
+                if _is_cache_batch(x):
+                    own = tf.reduce_sum(
+                        mask * tf.cast(self._per_expert_losses(x, y), gates.dtype), axis=1)
+                else:  # only the selected expert runs: its output unscaled, its loss
+                    own = self._per_example(y, self._output(x, mask, assignment))
+                per_example = loss_fn(gates, own)
+            else:
+                if scores:
+                    raise ValueError(
+                        f"training_loss={name!r} needs the mixture output of Eq. 2, which a "
+                        "'scores' cache does not hold; train with training_loss='gated', "
+                        "'expected' or 'relative', or on an 'outputs' or 'mse' cache")
+                per_example = loss_fn(self._mixture_loss(x, y, scales, assignment))
         task = tf.reduce_mean(per_example)
         if self.method == "soft":
             b_loss = tf.cast(bias_loss(expert_utility(gates), self.bias, self.bias_weight),
                              task.dtype)
         else:
             b_loss = tf.zeros((), task.dtype)
-        parts = dict(task_loss=task, bias_loss=b_loss, per_example=per_example, gates=gates,
-                     assignment=assignment)
-        return task + b_loss, parts
+        return GateLoss(total=task + b_loss, task_loss=task, bias_loss=b_loss,
+                        per_example=per_example, gates=gates, assignment=assignment)
+
+    def _mixture_loss(self, x, y, scales, assignment):
+        """``[M]``: the task loss of Eq. 2's output ``sum_n scales_n E_n``."""
+        if _is_cache_batch(x) and "residual_gram" in x:
+            self._check_mse()
+            return mse_from_statistics(scales, x)
+        return self._per_example(y, self._output(x, scales, assignment))
 
     def _check_mse(self):
         if not _is_mse(self.loss):
@@ -327,6 +385,8 @@ class BiasedMixture(keras.Model):
                 f"training_loss={self.training_loss!r} needs every expert's output on every "
                 "example, "
                 "which only an expert cache holds; train on bmoe_tf.cache.cache_dataset(...)")
+        if "scores" in x:  # higher is better: the loss is minus the score
+            return -tf.convert_to_tensor(x["scores"])
         if "residual_gram" in x:
             self._check_mse()
             gram = tf.convert_to_tensor(x["residual_gram"])
@@ -339,24 +399,35 @@ class BiasedMixture(keras.Model):
     def _per_example(self):
         return _per_example_loss_fn(self.loss)
 
-    def _update_metrics(self, total, parts):
-        m = tf.cast(tf.shape(parts["assignment"])[0], tf.float32)
-        self._loss_tracker.update_state(total, sample_weight=m)
-        self._task_tracker.update_state(parts["task_loss"], sample_weight=m)
-        self._bias_tracker.update_state(parts["bias_loss"], sample_weight=m)
-        costs = tf.gather(tf.constant(self.data_costs, tf.float32), parts["assignment"])
+    def _update_metrics(self, result):
+        m = tf.cast(tf.shape(result.assignment)[0], tf.float32)
+        self._loss_tracker.update_state(result.total, sample_weight=m)
+        self._task_tracker.update_state(result.task_loss, sample_weight=m)
+        self._bias_tracker.update_state(result.bias_loss, sample_weight=m)
+        costs = tf.gather(tf.constant(self.data_costs, tf.float32), result.assignment)
         self._cost_tracker.update_state(tf.reduce_mean(costs), sample_weight=m)
-        share = expert_utility(tf.one_hot(parts["assignment"], self.num_experts))
-        mass = expert_utility(parts["gates"])
+        share = expert_utility(tf.one_hot(result.assignment, self.num_experts))
+        mass = expert_utility(result.gates)
         for n in range(self.num_experts):
             self._utility_trackers[n].update_state(share[n], sample_weight=m)
             self._gate_trackers[n].update_state(mass[n], sample_weight=m)
         return {t.name: t.result() for t in self.metrics}
 
     def fit(self, *args, **kwargs):
-        """Keras ``fit``; streaming offsets are reset, since they belong to the old gate."""
+        """Keras ``fit``; streaming offsets are reset, since they belong to the old gate.
+
+        Shuffled :func:`bmoe_tf.cache.cache_dataset` datasets given as ``x`` or
+        ``validation_data`` are told each epoch's number
+        (:class:`bmoe_tf.cache.DatasetEpoch`), so epoch e's order is a function of
+        (seed, e) only, also when ``BackupAndRestore`` resumes at epoch k.
+        """
         self.offsets.assign(np.full(self.num_experts, np.nan, np.float32))
-        return super().fit(*args, **kwargs)
+        bound = inspect.signature(super().fit).bind_partial(*args, **kwargs)
+        arguments = bound.arguments
+        epochs = cache_lib.DatasetEpoch(arguments.get("x"), arguments.get("validation_data"))
+        if epochs.datasets:
+            arguments["callbacks"] = [epochs] + list(arguments.get("callbacks") or [])
+        return super().fit(*bound.args, **bound.kwargs)
 
     @staticmethod
     def _unpack(data):
@@ -370,17 +441,16 @@ class BiasedMixture(keras.Model):
         x, y = self._unpack(data)
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         with tf.GradientTape() as tape:
-            total, parts = self.compute_gate_loss(x, y, training=True)
-            scaled = total / tf.cast(replicas, total.dtype)
+            result = self.compute_gate_loss(x, y, training=True)
+            scaled = result.total / tf.cast(replicas, result.total.dtype)
         variables = self.gate.trainable_variables
         grads = tape.gradient(scaled, variables)
         self.optimizer.apply_gradients(zip(grads, variables))
-        return self._update_metrics(total, parts)
+        return self._update_metrics(result)
 
     def test_step(self, data):
         x, y = self._unpack(data)
-        total, parts = self.compute_gate_loss(x, y, training=False)
-        return self._update_metrics(total, parts)
+        return self._update_metrics(self.compute_gate_loss(x, y, training=False))
 
     # ---- streaming calibration and routing helpers ----------------------------------
     def gate_logits(self, gate_inputs, batch_size=256):

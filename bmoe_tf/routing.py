@@ -19,6 +19,7 @@ from scipy import optimize
 from bmoe_tf.assignment import capacity_assignment
 from bmoe_tf.backend import keras, tf
 from bmoe_tf.bias import validate_bias
+from bmoe_tf.checks import as_float_array, check_finite, check_finite_tensor
 
 __all__ = [
     "softmax_gates", "sparse_gates", "expert_capacities", "enforcement_mask",
@@ -29,15 +30,6 @@ __all__ = [
 # |M*b_n - round(M*b_n)| below this (relative to M) counts as an exact integer, so that
 # e.g. 10 * 0.7 = 7.000000000000001 gives K = 7 and not a spurious fractional part.
 _INTEGER_SNAP = 1e-9
-
-
-def _check_finite(x, what):
-    """ValueError eagerly; an assertion op (InvalidArgumentError) inside graphs."""
-    if tf.executing_eagerly():
-        if not bool(tf.reduce_all(tf.math.is_finite(x))):
-            raise ValueError(f"{what} must be finite, got a NaN or an infinity")
-        return x
-    return tf.debugging.assert_all_finite(x, f"{what} must be finite")
 
 
 def softmax_gates(logits):
@@ -53,7 +45,7 @@ def softmax_gates(logits):
       ``float[M, N]``, rows summing to 1.
     """
     logits = tf.convert_to_tensor(logits)
-    logits = _check_finite(logits, "logits")
+    logits = check_finite_tensor(logits, "logits")
     return tf.nn.softmax(logits, axis=-1)
 
 
@@ -128,7 +120,7 @@ def _check_gates(gates, b):
     n = gates.shape[-1]
     if n is not None and n != b.size:
         raise ValueError(f"gates have {n} experts but bias has {b.size} entries")
-    gates = _check_finite(gates, "gates")
+    gates = check_finite_tensor(gates, "gates")
     m = gates.shape[0]
     if m is not None and m < b.size:
         raise ValueError(
@@ -164,17 +156,31 @@ def enforcement_mask(gates, bias):
     b = validate_bias(bias)
     gates = _check_gates(gates, b)
     caps = _capacities_tensor(tf.shape(gates)[0], b)
+    # NaN never ranks above a number (decision on non-finite gates): where the
+    # finiteness assertion cannot stop a graph (XLA), a NaN gate ranks last, so the
+    # capacities still hold and every row still gets exactly one expert.
+    values = tf.where(tf.math.is_nan(gates), tf.constant(-np.inf, gates.dtype), gates)
     taken = tf.zeros_like(gates[:, 0], dtype=tf.bool)
     columns = []
     neg_inf = tf.constant(-np.inf, dtype=gates.dtype)
     for n in range(b.size):
-        column = tf.where(taken, neg_inf, gates[:, n])
+        free = tf.logical_not(taken)
+        column = tf.where(taken, neg_inf, values[:, n])
         order = tf.argsort(column, direction="DESCENDING", stable=True)
-        rank = tf.math.invert_permutation(order)
-        pick = tf.logical_and(rank < caps[n], tf.logical_not(taken))
+        # position among the free rows in that order: taken rows (and -inf ties
+        # with them) never use up a slot of expert n
+        free_sorted = tf.gather(free, order)
+        position = tf.cumsum(tf.cast(free_sorted, tf.int32)) - 1
+        pick_sorted = tf.logical_and(free_sorted, position < caps[n])
+        pick = tf.gather(pick_sorted, tf.math.invert_permutation(order))
         columns.append(pick)
         taken = tf.logical_or(taken, pick)
     return tf.stop_gradient(tf.cast(tf.stack(columns, axis=1), gates.dtype))
+
+
+def _keep_selected(gates, mask):
+    """``gates`` where ``mask`` is 1, exactly 0 elsewhere (a NaN stays in its own entry)."""
+    return tf.where(mask > 0, gates, tf.zeros_like(gates))
 
 
 def enforce_bias(gates, bias):
@@ -187,12 +193,19 @@ def enforce_bias(gates, bias):
       ``float[M, N]``: each row keeps exactly one entry, its original gate value,
       and column n has exactly ``expert_capacities(M, bias)[n]`` of them.
       Gradients flow to the kept gate values.
+    Non-finite gates are refused (``ValueError`` eagerly, ``InvalidArgumentError``
+    in a graph). Under XLA (``jit_compile=True``), where assertions do not stop the
+    computation, a NaN gate ranks below every number in its column (ties to the
+    lower row index): the capacities still hold exactly, every row still gets
+    exactly one expert, and the NaN row's kept value is the NaN itself, so it stays
+    visible downstream (in the loss) instead of being hidden.
+
     Raises:
       ValueError: bad bias, non-2-D gates, a width that is not N, non-finite
         values, or a static batch smaller than N.
     """
     gates = tf.convert_to_tensor(gates)
-    return gates * enforcement_mask(gates, bias)
+    return _keep_selected(gates, enforcement_mask(gates, bias))
 
 
 def calibrate_offsets(logits, bias):
@@ -213,12 +226,9 @@ def calibrate_offsets(logits, bias):
     Returns:
       ``float32[N]`` offsets with mean zero over the used experts.
     """
-    logits = np.asarray(logits, dtype=np.float64)
-    if logits.ndim != 2:
-        raise ValueError(f"logits must be [M, N], got shape {logits.shape}")
+    logits = as_float_array(logits, "logits", rank=2, layout="[M, N]")
     b = validate_bias(bias, logits.shape[1])
-    if not np.all(np.isfinite(logits)):
-        raise ValueError("logits must be finite, got a NaN or an infinity")
+    check_finite(logits, "logits")
     m, n = logits.shape
     if m < n:
         raise ValueError(f"calibration set of {m} inputs is smaller than the {n} experts")
@@ -273,7 +283,8 @@ def route(logits, offsets):
         raise ValueError(
             f"offsets must be [N] matching logits' {logits.shape[-1]} experts, "
             f"got shape {offsets.shape}")
-    logits = _check_finite(logits, "logits")
+    logits = check_finite_tensor(logits, "logits")
+    offsets = check_finite_tensor(offsets, "offsets")
     return tf.argmax(logits + offsets, axis=-1, output_type=tf.int32)
 
 
@@ -328,7 +339,7 @@ class BatchwiseBiasEnforcement(keras.layers.Layer):
 
     def call(self, gates):
         gates = tf.convert_to_tensor(gates)
-        return gates * self.selection(gates)
+        return _keep_selected(gates, self.selection(gates))
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -351,10 +362,8 @@ def route_in_batches(logits, bias, batch_size):
       bias: ``float[N]``.
       batch_size: rows per batch, >= N.
     """
-    logits = np.asarray(logits, np.float32)
-    b = validate_bias(bias, logits.shape[1] if logits.ndim == 2 else None)
-    if logits.ndim != 2:
-        raise ValueError(f"logits must be [M, N], got shape {logits.shape}")
+    logits = as_float_array(logits, "logits", rank=2, layout="[M, N]").astype(np.float32)
+    b = validate_bias(bias, logits.shape[1])
     if int(batch_size) < b.size:
         raise ValueError(f"batch_size {batch_size} is smaller than the {b.size} experts")
     @tf.function(input_signature=[tf.TensorSpec([None, b.size], tf.float32)])

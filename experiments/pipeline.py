@@ -529,5 +529,7 @@ def cli(task_factory):
     task = task_factory()
     config_lib.define_shared_flags()
     task.define_flags(flags.FLAGS)
+    for name in config_lib.SHARED_FLAGS:  # --help lists the shared flags beside the task's
+        flags.FLAGS.register_flag_by_module(sys.argv[0], flags.FLAGS[name])
     flags.mark_flag_as_required("workdir")
     app.run(lambda argv: main(task, argv) and None)

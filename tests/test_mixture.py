@@ -4,7 +4,7 @@ import pytest
 
 from bmoe_tf import BiasedMixture, Expert
 from bmoe_tf.backend import keras, tf
-from bmoe_tf.cache import build_expert_cache, cache_dataset, load_cache, save_cache
+from bmoe_tf.cache import build_expert_cache, cache_dataset, score_cache
 
 B = [0.5, 0.25, 0.25]
 
@@ -89,7 +89,7 @@ def test_enforce_training_lowers_the_task_loss():
 
 def _loss_and_grads(mix, inputs, y):
     with tf.GradientTape() as tape:
-        total, _ = mix.compute_gate_loss(inputs, y, training=True)
+        total = mix.compute_gate_loss(inputs, y, training=True).total
     return float(total), [g.numpy() for g in tape.gradient(total, mix.gate.trainable_variables)]
 
 
@@ -107,28 +107,6 @@ def test_cache_gives_the_same_loss_and_gradients_as_the_experts(method, combine)
         assert loss == pytest.approx(ref_loss, rel=1e-5)
         for g, r in zip(grads, ref_grads):
             np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-6)
-
-
-def test_mse_statistics_are_exact_for_any_gate_values():
-    x, y = _data(16)
-    experts = _experts()
-    cache = build_expert_cache(experts, x, y, kind="mse", verbose=0)
-    outs = np.stack([e(x).numpy() for e in experts], axis=1)
-    g = np.random.default_rng(0).uniform(0, 1.3, size=(16, 3)).astype(np.float32)  # dense G
-    from bmoe_tf.cache import mse_from_statistics
-    got = mse_from_statistics(g, cache).numpy()
-    want = np.mean((np.einsum("mn,mnd->md", g, outs) - y) ** 2, axis=1)
-    np.testing.assert_allclose(got, want, rtol=1e-5)
-
-
-def test_cache_round_trips_through_npz(tmp_path):
-    x, y = _data(8)
-    cache = build_expert_cache(_experts(), x, y, kind="mse", verbose=0)
-    save_cache(tmp_path / "c.npz", cache)
-    back = load_cache(tmp_path / "c.npz")
-    assert set(back) == set(cache)
-    for k in cache:
-        np.testing.assert_array_equal(back[k], cache[k])
 
 
 def test_soft_mode_moves_utility_toward_b():
@@ -257,14 +235,15 @@ def test_alternative_training_losses_match_their_formulas():
         mix.compile(optimizer="adam", loss="mse")
         logits = mix.gate(x).numpy().astype(np.float64)
         probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
-        total, parts = mix.compute_gate_loss(batch, y)
+        result = mix.compute_gate_loss(batch, y)
+        total = result.total
         if name == "expected":
             want = np.mean(np.sum(probs * losses, axis=1))
         elif name == "gated":
-            a = parts["assignment"].numpy()
+            a = result.assignment.numpy()
             want = np.mean(probs[np.arange(16), a] * losses[np.arange(16), a])
             # the same through the experts (only the selected expert runs)
-            total_raw, _ = mix.compute_gate_loss(x, y)
+            total_raw = mix.compute_gate_loss(x, y).total
             assert float(total_raw) == pytest.approx(want, rel=1e-5)
         else:
             centred = losses - losses.mean(1, keepdims=True)
@@ -324,3 +303,24 @@ def test_fit_resets_streaming_offsets():
     mix.fit(x, y, batch_size=8, epochs=1, verbose=0)
     with pytest.raises(ValueError, match="calibrate"):
         mix.select_experts(x)
+
+
+def test_select_and_compute_gate_loss_return_named_results():
+    from bmoe_tf.mixture import GateLoss, Selection
+
+    x, y = _data(12)
+    mix = _mixture()
+    selection = mix.select(mix.gate(x))
+    assert isinstance(selection, Selection)
+    gates, scales, assignment = selection  # still unpacks
+    assert gates is selection.gates and assignment is selection.assignment
+    assert selection.gates.shape == (12, 3) and selection.scales.shape == (12, 3)
+    assert selection.assignment.dtype == tf.int32
+    np.testing.assert_array_equal(np.bincount(assignment.numpy(), minlength=3), [6, 3, 3])
+    result = mix.compute_gate_loss(x, y)
+    assert isinstance(result, GateLoss)
+    assert float(result.total) == pytest.approx(float(result.task_loss) + float(result.bias_loss))
+    assert float(result.task_loss) == pytest.approx(float(np.mean(result.per_example.numpy())))
+    assert result.per_example.shape == (12,) and result.gates.shape == (12, 3)
+    with pytest.raises(Exception):
+        result.total = 0.0  # frozen

@@ -510,3 +510,42 @@ def test_model_config_round_trip():
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     np.testing.assert_array_equal(clone.get_layer("enforce").bias, [0.6, 0.3, 0.1])
     np.testing.assert_array_equal(np.count_nonzero(clone(x)[0].numpy(), axis=0), [6, 3, 1])
+
+
+# --------------------------------------------------------------------------- non-finite values
+
+
+def test_route_refuses_non_finite_offsets():
+    logits = np.zeros((4, 3), np.float32)
+    for bad in (np.nan, np.inf, -np.inf):
+        with pytest.raises(ValueError, match="offsets must be finite"):
+            route(logits, np.array([0.0, bad, 0.0], np.float32))
+    graph = tf.function(route)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="offsets must be finite"):
+        graph(tf.constant(logits), tf.constant([0.0, np.nan, 0.0]))
+
+
+def test_enforce_bias_under_xla_ranks_nan_gates_last():
+    bias = [0.5, 0.3, 0.2]
+    gates = np.random.default_rng(0).uniform(size=(10, 3)).astype(np.float32)
+    gates[2] = np.nan          # a whole NaN row
+    gates[5, 1] = np.nan       # one NaN entry
+    with pytest.raises(ValueError, match="gates must be finite"):
+        enforce_bias(gates, bias)  # eagerly refused
+    out = tf.function(lambda g: enforce_bias(g, bias), jit_compile=True)(gates).numpy()
+    picked = ~(out == 0)       # the kept entry (a NaN counts as kept)
+    np.testing.assert_array_equal(picked.sum(axis=1), np.ones(10))  # one expert per row
+    np.testing.assert_array_equal(picked.sum(axis=0), expert_capacities(10, bias))
+    assert np.isnan(out[2]).sum() == 1 and np.isnan(out).sum() == 1  # only row 2, once
+    assert picked[5, 1] == 0   # a NaN entry never wins its column
+    # the NaN row ranks last everywhere: it is left for the last expert with room
+    assert np.flatnonzero(picked[2]).tolist() == [2]
+    # finite rows: the same as Algorithm 1 on the rows without the NaNs ranked
+    clean = np.where(np.isnan(gates), -np.inf, gates)
+    want = np.zeros_like(picked)
+    taken = np.zeros(10, bool)
+    for n, cap in enumerate(expert_capacities(10, bias)):
+        order = [i for i in np.argsort(-clean[:, n], kind="stable") if not taken[i]][:cap]
+        want[order, n] = True
+        taken[order] = True
+    np.testing.assert_array_equal(picked, want)

@@ -1,5 +1,4 @@
-"""Expert loading (SavedModel through hub.KerasLayer), data costs, Eq. 4 and Eq. 5."""
-import math
+"""Expert loading (SavedModel through hub.KerasLayer), data costs, routed inference."""
 import os
 
 import numpy as np
@@ -8,7 +7,6 @@ import pytest
 from bmoe_tf import BiasedMixture, Expert
 from bmoe_tf.backend import keras, tf
 from bmoe_tf.experts import check_mixable, data_cost_bytes
-from bmoe_tf.losses import bias_loss, expert_utility
 
 
 def test_package_uses_keras_2():
@@ -101,24 +99,47 @@ def test_data_cost_bytes_matches_the_paper():
         data_cost_bytes((None, 3))
 
 
-def test_expert_utility_is_eq4():
-    g = np.array([[0.7, 0, 0], [0, 0.6, 0], [0.9, 0, 0], [0, 0, 0.5]], np.float32)
-    np.testing.assert_allclose(expert_utility(g).numpy(), [0.4, 0.15, 0.125])
+# --------------------------------------------------------------------------- #
+# Routed inference on raw inputs with SavedModel SR experts (issue 7)
+# --------------------------------------------------------------------------- #
+
+@pytest.fixture(scope="module")
+def sr_experts(tmp_path_factory):
+    """Untrained ESPCN x4/x3/x2 SavedModels (exactly bicubic), loaded through hub."""
+    from experiments.sr.models import build_expert_model, export_expert
+
+    root = tmp_path_factory.mktemp("experts")
+    experts = []
+    for s in (4, 3, 2):
+        path = export_expert(build_expert_model("espcn", s), root / f"espcn_x{s}")
+        experts.append(Expert(path, name=f"x{s}", preprocess=lambda x, s=s: tf.image.resize(
+            x, (64 // s, 64 // s), antialias=True)))
+    return experts
 
 
-def test_bias_loss_is_eq5():
-    u = np.array([0.5, 0.3, 0.2], np.float32)
-    b = [0.2, 0.3, 0.5]
-    want = -2.0 * math.log(1 - math.sqrt(0.09 + 0.09) / math.sqrt(2))
-    assert float(bias_loss(u, b, 2.0)) == pytest.approx(want, rel=1e-6)
-    assert float(bias_loss(np.array(b, np.float32), b, 2.0)) == 0.0
-    # orthogonal one-hots: 1 - sqrt(2)/sqrt(2) = 0, clipped to a finite loss
-    assert np.isfinite(float(bias_loss(np.array([1.0, 0, 0], np.float32), [0, 1, 0], 1.0)))
-    with tf.GradientTape() as tape:
-        uu = tf.Variable(b, dtype=tf.float32)
-        loss = bias_loss(uu, b, 1.0)
-    assert np.all(np.isfinite(tape.gradient(loss, uu).numpy()))  # no NaN at u == b
-    with pytest.raises(ValueError, match=">= 0"):
-        bias_loss(u, b, -1.0)
-    with pytest.raises(ValueError, match="sum to 1"):
-        bias_loss(u, [0.5, 0.5, 0.5], 1.0)
+def _sr_gate():
+    from bmoe_tf.gating import compact_gate
+
+    keras.utils.set_random_seed(3)
+    return compact_gate((64, 64, 3), 3, filters=(4,), hidden_units=0)
+
+
+@pytest.mark.parametrize("bias", [[0.0, 0.9, 0.1], [1.0, 0.0, 0.0]])
+@pytest.mark.parametrize("combine", ["gate", "straight_through"])
+def test_routed_inference_with_experts_that_get_no_rows(sr_experts, bias, combine):
+    x = np.random.default_rng(0).uniform(size=(20, 64, 64, 3)).astype(np.float32)
+    mix = BiasedMixture(_sr_gate(), sr_experts, bias, combine=combine)
+    mix.compile(loss="mse")
+    y = mix.predict(x, batch_size=10, verbose=0)  # graph mode (Keras predict_function)
+    picks = mix.select_experts(x, batch_size=10)
+    want_counts = np.round(np.asarray(bias) * 20).astype(int)
+    np.testing.assert_array_equal(np.bincount(picks, minlength=3), want_counts)
+    logits = mix.gate_logits(x)
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    for i in range(20):
+        own = sr_experts[picks[i]](x[i:i + 1]).numpy()[0]
+        weight = probs[i, picks[i]] if combine == "gate" else 1.0
+        np.testing.assert_allclose(y[i], weight * own, rtol=1e-4, atol=1e-5)
+    # eager call too (one batch of 10: capacities 0/9/1 or 10/0/0)
+    np.testing.assert_allclose(mix(tf.constant(x[:10])).numpy(), y[:10], rtol=1e-4, atol=1e-5)

@@ -1,0 +1,190 @@
+"""The expert cache (bmoe_tf.cache): mse statistics, npz files, the "scores" kind and
+the deterministic per-epoch order of cache_dataset."""
+import numpy as np
+import pytest
+
+from bmoe_tf import BiasedMixture
+from bmoe_tf.backend import keras, tf
+from bmoe_tf.cache import (DatasetEpoch, build_expert_cache, cache_dataset, epoch_order,
+                           load_cache, mse_from_statistics, save_cache, score_cache,
+                           set_dataset_epoch)
+
+B = [0.5, 0.25, 0.25]
+
+
+def _batch(x, cache):
+    return {"gate_input": x, **{k: v for k, v in cache.items() if k != "kind"}}
+
+
+def test_mse_statistics_are_exact_for_any_gate_values(toy_problem):
+    x, y, experts = toy_problem
+    x, y = x[:16], y[:16]
+    cache = build_expert_cache(experts, x, y, kind="mse", verbose=0)
+    outs = np.stack([e(x).numpy() for e in experts], axis=1)
+    g = np.random.default_rng(0).uniform(0, 1.3, size=(16, 3)).astype(np.float32)  # dense G
+    got = mse_from_statistics(g, cache).numpy()
+    want = np.mean((np.einsum("mn,mnd->md", g, outs) - y) ** 2, axis=1)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["mse", "outputs", "scores"])
+def test_cache_round_trips_through_npz(tmp_path, toy_problem, kind):
+    x, y, experts = toy_problem
+    if kind == "scores":
+        cache = score_cache(np.random.default_rng(1).normal(size=(8, 3)))
+    else:
+        cache = build_expert_cache(experts, x[:8], y[:8], kind=kind, verbose=0)
+    save_cache(tmp_path / "c.npz", cache)
+    back = load_cache(tmp_path / "c.npz")
+    assert set(back) == set(cache)
+    assert str(back["kind"]) == kind
+    for k in cache:
+        np.testing.assert_array_equal(back[k], cache[k])
+
+
+# --------------------------------------------------------------------------- scores
+
+
+def test_score_cache_validates_and_feeds_a_dataset():
+    scores = np.array([[1.0, 2.0, 3.0], [0.5, -1.0, 0.0]])
+    cache = score_cache(scores)
+    assert str(cache["kind"]) == "scores" and cache["scores"].dtype == np.float32
+    x = np.zeros((2, 6), np.float32)
+    (features, y), = list(cache_dataset(x, cache, batch_size=4, shuffle=False))
+    np.testing.assert_array_equal(y.numpy(), scores.astype(np.float32))  # y is the scores
+    np.testing.assert_array_equal(features["scores"].numpy(), scores.astype(np.float32))
+    with pytest.raises(ValueError, match=r"scores must be \[M, N\]"):
+        score_cache([1.0, 2.0])
+    with pytest.raises(ValueError, match="N >= 2 experts"):
+        score_cache([[1.0], [2.0]])
+    with pytest.raises(ValueError, match="scores must be finite"):
+        score_cache([[1.0, np.nan]])
+    with pytest.raises(ValueError, match="score_cache"):
+        build_expert_cache([], x, kind="scores")
+
+
+def _loss_and_grads(mix, batch, y):
+    with tf.GradientTape() as tape:
+        result = mix.compute_gate_loss(batch, y, training=True)
+    grads = tape.gradient(result.total, mix.gate.trainable_variables)
+    return result, [g.numpy() for g in grads]
+
+
+@pytest.mark.parametrize("training_loss", ["relative", "expected", "gated"])
+def test_scores_cache_of_minus_the_mse_trains_like_the_mse_cache(toy_problem, toy_gate,
+                                                                  training_loss):
+    x, y, experts = toy_problem
+    mse = build_expert_cache(experts, x, y, kind="mse", verbose=0)
+    per_expert = np.diagonal(mse["residual_gram"], axis1=1, axis2=2) / mse["num_elements"][:, None]
+    scores = score_cache(-per_expert)
+    mix = BiasedMixture(toy_gate(), experts, B, training_loss=training_loss)
+    mix.compile(optimizer="adam", loss="mse")
+    ref, ref_grads = _loss_and_grads(mix, _batch(x, mse), y)
+    got, grads = _loss_and_grads(mix, _batch(x, scores), scores["scores"])
+    assert float(ref.total) > 0.01
+    np.testing.assert_allclose(float(got.total), float(ref.total), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(got.per_example.numpy(), ref.per_example.numpy(), atol=1e-6)
+    for g, r in zip(grads, ref_grads):
+        np.testing.assert_allclose(g, r, rtol=1e-6, atol=1e-6)
+    assert np.abs(ref_grads[0]).max() > 1e-4  # the gradients are not trivially zero
+    # test time on a scores cache: minus the selected expert's score, unscaled
+    test = mix.compute_gate_loss(_batch(x, scores), scores["scores"], training=False)
+    a = test.assignment.numpy()
+    np.testing.assert_allclose(test.per_example.numpy(), per_expert[np.arange(64), a], rtol=1e-6)
+
+
+def test_selected_loss_on_a_scores_cache_names_the_alternatives(toy_problem, toy_gate):
+    x, _, experts = toy_problem
+    cache = score_cache(np.random.default_rng(0).normal(size=(64, 3)))
+    mix = BiasedMixture(toy_gate(), experts, B, training_loss="selected")
+    mix.compile(optimizer="adam", loss="mse")
+    with pytest.raises(ValueError, match="'gated', 'expected' or 'relative'"):
+        mix.compute_gate_loss(_batch(x, cache), cache["scores"], training=True)
+    with pytest.raises(ValueError, match="no expert outputs"):
+        mix(_batch(x, cache))
+
+
+# --------------------------------------------------------------------------- order
+
+
+def test_epoch_order_is_a_permutation_fixed_by_seed_and_epoch():
+    a = epoch_order(5, 3, 50)
+    np.testing.assert_array_equal(np.sort(a), np.arange(50))
+    np.testing.assert_array_equal(a, epoch_order(5, 3, 50))
+    assert not np.array_equal(a, epoch_order(5, 4, 50))
+    assert not np.array_equal(a, epoch_order(6, 3, 50))
+    with pytest.raises(ValueError, match="epoch must be an integer >= 0"):
+        epoch_order(5, -1, 50)
+
+
+def _passes(ds, n):
+    return [[b[0]["gate_input"].numpy() for b in ds] for _ in range(n)]
+
+
+def test_cache_dataset_order_depends_on_seed_and_epoch_only(toy_problem):
+    x, y, experts = toy_problem
+    cache = build_expert_cache(experts, x, y, kind="mse", verbose=0)
+    first = _passes(cache_dataset(x, cache, batch_size=16, seed=5), 3)
+    second = _passes(cache_dataset(x, cache, batch_size=16, seed=5), 3)
+    for e in range(3):
+        want = x[epoch_order(5, e, 64)]
+        np.testing.assert_array_equal(np.concatenate(first[e]), want)
+        for a, b in zip(first[e], second[e]):
+            np.testing.assert_array_equal(a, b)
+    assert [len(p) for p in first] == [4, 4, 4]
+    # a fresh dataset told to start at epoch 2 gives what epochs 0, 1 then 2 gave
+    late = _passes(cache_dataset(x, cache, batch_size=16, seed=5, initial_epoch=2), 1)[0]
+    np.testing.assert_array_equal(np.concatenate(late), np.concatenate(first[2]))
+    # and so does one iterated many times, then told which epoch comes next
+    ds = cache_dataset(x, cache, batch_size=16, seed=5)
+    _passes(ds, 4)
+    assert set_dataset_epoch(ds, 1)
+    np.testing.assert_array_equal(np.concatenate(_passes(ds, 1)[0]), np.concatenate(first[1]))
+    # no shuffling: input order every time; drop_remainder: floor(M / B) batches
+    plain = _passes(cache_dataset(x, cache, batch_size=16, shuffle=False), 2)
+    np.testing.assert_array_equal(np.concatenate(plain[1]), x)
+    assert not set_dataset_epoch(cache_dataset(x, cache, shuffle=False), 1)
+    dropped = cache_dataset(x, cache, batch_size=24, seed=5, drop_remainder=True)
+    assert int(dropped.cardinality()) == 2 and len(_passes(dropped, 1)[0]) == 2
+
+
+class _Kill(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 0:
+            raise RuntimeError("killed after epoch 0")
+
+
+class _Seen(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.epochs = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epochs.append(epoch)
+
+
+def test_backup_and_restore_resume_matches_an_uninterrupted_run(tmp_path, toy_problem, toy_gate):
+    x, y, experts = toy_problem
+    cache = build_expert_cache(experts, x, y, kind="mse", verbose=0)
+
+    def run(backup, callbacks, warm_up=0):
+        mix = BiasedMixture(toy_gate(), experts, B)
+        mix.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
+        ds = cache_dataset(x, cache, batch_size=8, seed=11)
+        _passes(ds, warm_up)  # e.g. a process that trained other gates on ds first
+        seen = _Seen()
+        mix.fit(ds, epochs=2, verbose=0,
+                callbacks=[keras.callbacks.BackupAndRestore(str(backup)), seen] + callbacks)
+        return mix.gate.get_weights(), seen.epochs
+
+    reference, epochs = run(tmp_path / "a", [])
+    assert epochs == [0, 1]
+    with pytest.raises(RuntimeError, match="killed"):
+        run(tmp_path / "b", [_Kill()])
+    resumed, epochs = run(tmp_path / "b", [], warm_up=3)
+    assert epochs == [1]  # BackupAndRestore skipped epoch 0
+    for a, b in zip(resumed, reference):
+        np.testing.assert_array_equal(a, b)  # bit for bit
+    # without the epoch callback the resumed epoch would replay epoch 0's order
+    assert not np.array_equal(epoch_order(11, 0, 64), epoch_order(11, 1, 64))
+    assert DatasetEpoch(cache_dataset(x, cache, seed=1), np.zeros(3)).datasets
