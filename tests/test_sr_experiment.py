@@ -132,3 +132,30 @@ def test_export_cli_on_the_smoke_gate(smoke, tmp_path):
     bad = subprocess.run(cmd[:-2] + ["--target=esp32"], cwd=ROOT, capture_output=True,
                          text=True, timeout=600)
     assert bad.returncode == 2 and "known targets" in bad.stderr
+
+
+def test_the_sr_oracle_maximises_the_mean_psnr_better_than_the_summed_error(smoke):
+    """The MM oracle (D25) is at least the summed-error optimum, and at least every one
+    of 300 random routings with the same capacities, on the test split."""
+    import numpy as np
+
+    from bmoe_tf import evaluation
+    from experiments import config
+    from experiments.stages import Workdir
+    from experiments.super_resolution import PRESETS, SuperResolutionTask
+
+    workdir, _ = smoke
+    task = SuperResolutionTask()
+    cfg = config.build_config(task, preset_name="smoke", preset=PRESETS["smoke"], verbose=0)
+    wd = Workdir(workdir)
+    splits = task.load_data(cfg, wd)
+    task.build_caches(cfg, wd, None, splits)  # every cache is there: nothing runs
+    rng = np.random.default_rng(0)
+    for b in ([0.2, 0.5, 0.3], [0.6, 0.4, 0.0]):
+        mm = task.oracle_assignment("test", b)
+        sse = evaluation.oracle_assignment(task.scores("test"), b)
+        assert np.array_equal(np.bincount(mm, minlength=3), np.bincount(sse, minlength=3))
+        best = task.metric("test", mm)
+        assert best >= task.metric("test", sse) - 1e-12
+        for _ in range(300):
+            assert task.metric("test", rng.permutation(sse)) <= best + 1e-9
