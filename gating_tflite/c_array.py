@@ -13,8 +13,11 @@
 import os
 import re
 
-__all__ = ["RESOLVER_METHODS", "c_array_source", "ops_header", "model_header",
+__all__ = ["FIRMWARE_FILES", "RESOLVER_METHODS", "c_array_source", "ops_header", "model_header",
            "parse_c_array", "write_firmware_files"]
+
+#: The files :func:`write_firmware_files` writes.
+FIRMWARE_FILES = ("gate_model.h", "gate_model.cc", "gate_ops.h")
 
 #: Builtin op name -> ``MicroMutableOpResolver`` method (tensorflow/lite/micro/
 #: micro_mutable_op_resolver.h). Ops not listed fall back to CamelCase.
@@ -137,9 +140,8 @@ def write_firmware_files(directory, model_bytes, *, ops, **header):
     ``header`` are the keyword arguments of :func:`model_header`.
     """
     os.makedirs(directory, exist_ok=True)
-    files = {"gate_model.h": model_header(**header),
-             "gate_model.cc": c_array_source(model_bytes),
-             "gate_ops.h": ops_header(ops)}
+    files = dict(zip(FIRMWARE_FILES, (model_header(**header), c_array_source(model_bytes),
+                                      ops_header(ops))))
     paths = []
     for name, text in files.items():
         path = os.path.join(directory, name)

@@ -13,24 +13,21 @@ An export uses four sets of gate inputs ``float[M, H, W, C]``:
 
 Sources (``--calibration``):
 
-* a task workdir written by an experiment CLI (``--task`` names the task; its
-  experiment package turns the workdir into these sets with the same input
-  pipeline it trained the gate with);
+* a task workdir written by an experiment CLI (``--task`` names the task in the
+  project's registry, :mod:`experiments.tasks`; ``get_task(task).export_data(workdir)``
+  turns the workdir into these sets with the same input pipeline the gate was
+  trained with; the registry is imported only when a task is asked for);
 * ``npz:PATH`` -- arrays ``representative``, ``calibration``, ``heldout``, ``test``
   (``heldout`` and ``test`` optional) and optionally ``data_costs`` ``[N]``: any
   user's gate, no task metric.
 """
 import dataclasses
-import importlib
 import os
 from typing import Callable
 
 import numpy as np
 
-__all__ = ["ExportData", "TASKS", "load_export_data"]
-
-#: task name -> "module:function" taking a workdir and returning :class:`ExportData`.
-TASKS = {"super_resolution": "experiments.sr.export_data:export_data"}
+__all__ = ["ExportData", "load_export_data", "task_names"]
 
 
 @dataclasses.dataclass
@@ -62,32 +59,69 @@ class ExportData:
 def _load_npz(path):
     if not os.path.isfile(path):
         raise ValueError(f"--calibration=npz:{path}: no such file")
-    with np.load(path, allow_pickle=False) as f:
-        missing = [k for k in ("representative", "calibration") if k not in f.files]
-        if missing:
-            raise ValueError(f"{path} lacks the arrays {missing}; it has {f.files}")
-        get = lambda k: f[k].astype(np.float32) if k in f.files else None  # noqa: E731
-        return ExportData(representative=get("representative"), calibration=get("calibration"),
-                          heldout=get("heldout"), test=get("test"),
-                          data_costs=None if "data_costs" not in f.files
-                          else f["data_costs"].astype(np.float64),
-                          notes={"source": f"npz:{path}"})
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            missing = [k for k in ("representative", "calibration") if k not in f.files]
+            if missing:
+                raise KeyError(f"{path} lacks the arrays {missing}; it has {f.files}")
+            arrays = {k: f[k] for k in ("representative", "calibration", "heldout", "test",
+                                        "data_costs") if k in f.files}
+    except KeyError as err:
+        raise ValueError(err.args[0]) from None
+    except Exception as err:  # noqa: BLE001 -- BadZipFile, OSError, EOFError, pickled data...
+        text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise ValueError(f"--calibration=npz:{path}: cannot read it as .npz "
+                         f"({type(err).__name__}{': ' + text if text else ''})") from err
+
+    def get(key, dtype=np.float32):
+        return arrays[key].astype(dtype) if key in arrays else None
+
+    return ExportData(representative=get("representative"), calibration=get("calibration"),
+                      heldout=get("heldout"), test=get("test"),
+                      data_costs=get("data_costs", np.float64), notes={"source": f"npz:{path}"})
+
+
+def task_names():
+    """The names of the tasks in the project's registry (:func:`experiments.tasks.task_names`)."""
+    from experiments import tasks
+
+    return tasks.task_names()
 
 
 def load_export_data(spec, task="super_resolution"):
     """The :class:`ExportData` for ``--calibration=spec``.
 
+    ``npz:PATH`` reads one file; anything else is a workdir of ``task``, read by
+    ``experiments.tasks.get_task(task).export_data(spec)`` (imported here, lazily).
+
     Raises:
-      ValueError: an unknown task, a missing workdir or file, missing arrays.
+      ValueError: an unknown task (listing the known ones), a task that cannot be
+        loaded, a missing workdir or file, a corrupt file, missing arrays.
     """
     if not spec:
         raise ValueError("--calibration is required: a task workdir or npz:PATH")
     if spec.startswith("npz:"):
         return _load_npz(spec[4:])
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; known: {sorted(TASKS)} (or use npz:PATH)")
+    from experiments import tasks
+
+    try:
+        task_object = tasks.get_task(task)
+    except ValueError as err:
+        raise ValueError(f"{err} (or use --calibration=npz:PATH)") from None
+    except Exception as err:  # noqa: BLE001 -- its module may fail to import
+        raise ValueError(f"task {task!r} is registered in experiments.tasks but cannot be "
+                         f"loaded: {type(err).__name__}: {err}") from err
     if not os.path.isdir(spec):
         raise ValueError(f"--calibration={spec!r} is not a directory (a {task} workdir) "
                          "and does not start with npz:")
-    module, function = TASKS[task].split(":")
-    return getattr(importlib.import_module(module), function)(spec)
+    try:
+        data = task_object.export_data(spec)
+    except ValueError:
+        raise
+    except Exception as err:  # noqa: BLE001 -- a corrupt file in the workdir
+        raise ValueError(f"task {task!r} cannot read the workdir {spec}: "
+                         f"{type(err).__name__}: {err}") from err
+    if not isinstance(data, ExportData):
+        raise ValueError(f"task {task!r}: export_data({spec!r}) returned "
+                         f"{type(data).__name__}, not an ExportData")
+    return data

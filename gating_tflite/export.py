@@ -1,6 +1,6 @@
 """Export a trained gate as a fully int8 TFLite Micro model and check it on the task's data.
 
-Usage::
+Usage (the command line is :mod:`gating_tflite.cli`)::
 
     python -m gating_tflite.export \\
         --gate=workdir/super_resolution/gates/enforce/shared/gate \\
@@ -12,28 +12,44 @@ Writes ``--out`` (the ``.tflite``), ``export_report.json`` next to it (and with
 summary, and exits non-zero when the model does not fit the target's flash or RAM,
 or uses an op TFLite Micro lacks (``--strict`` also fails on missed quality checks).
 
-Steps: offsets for b on the calibration set (:func:`bmoe_tf.routing.calibrate_offsets`)
--> (QAT fine-tuning) -> int8 conversion -> op and integer checks -> smallest TFLM
-arena -> float vs LiteRT vs TFLM choices on the test inputs -> int8 frequencies on
-held-out inputs vs b -> task metric with int8 routing -> budget check.
+:func:`export_gate` runs these steps, one function each:
+
+1. :func:`check_output_path` -- ``--out`` can be written (before any work);
+2. :func:`routing_offsets` -- offsets for b on the calibration set
+   (:func:`bmoe_tf.routing.calibrate_offsets`);
+3. :func:`routing_model` -- the offsets folded into the gate (``output="index"``);
+4. :func:`quantize` -- (QAT fine-tuning) -> int8 conversion, offsets recalibrated on
+   the int8 model (:func:`calibrate_int8`);
+5. :func:`inspect_model` -- ops, fully-integer and TFLite Micro checks, smallest arena;
+6. :func:`check_test_inputs` -- float vs LiteRT vs TFLM choices, task metric;
+7. :func:`check_heldout` -- int8 frequencies on held-out inputs vs b;
+8. :func:`quality_checks`, :func:`data_cost`, :func:`latency_estimate`, the budget;
+9. :func:`write_outputs` -- ``.tflite``, firmware files, ``export_report.json``.
+
+The result is an :class:`ExportReport`; ``report.as_dict()`` is the JSON.
 """
+import copy
+import dataclasses
 import json
 import os
-import sys
+import tempfile
 import time
 
 import numpy as np
-from absl import app, flags
 
 from bmoe_tf.backend import keras
 from bmoe_tf.bias import validate_bias
 from bmoe_tf.gating import count_macs
 from bmoe_tf.routing import calibrate_offsets
 from gating_tflite import c_array, convert, interpreters, model_file
-from gating_tflite.calibration import TASKS, load_export_data
-from gating_tflite.targets import TARGETS, resolve_target
+from gating_tflite.model_file import TensorInfo
+from gating_tflite.targets import resolve_target
 
-__all__ = ["export_gate", "load_gate_and_bias", "CHECKS", "ExportError"]
+__all__ = ["export_gate", "load_gate_and_bias", "summary", "run", "CHECKS", "REPORT_NAME",
+           "ExportError", "ExportReport", "Int8Gate", "ModelFacts", "TestResult",
+           "HeldoutResult", "check_output_path", "routing_offsets", "routing_model", "quantize",
+           "calibrate_int8", "inspect_model", "check_test_inputs", "check_heldout",
+           "quality_checks", "data_cost", "latency_estimate", "write_outputs"]
 
 #: Targets of the quality checks (the issue's acceptance figures).
 CHECKS = {"min_agreement": 0.99, "max_frequency_error": 0.02, "max_metric_drop": 0.05}
@@ -42,6 +58,9 @@ CHECKS = {"min_agreement": 0.99, "max_frequency_error": 0.02, "max_metric_drop":
 #: (dual 16-bit SMLAD = 2 MAC/cycle peak, halved for loads, requantization and
 #: depthwise layers). An assumption, not a measurement.
 MACS_PER_CYCLE = 1.0
+
+#: The report's file name, next to ``--out``.
+REPORT_NAME = "export_report.json"
 
 
 class ExportError(ValueError):
@@ -52,39 +71,262 @@ def _log(message):
     print(f"[export] {message}", flush=True)
 
 
+def _first_line(err):
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+# --------------------------------------------------------------------------- report
+
+
+@dataclasses.dataclass(kw_only=True)
+class ExportReport:
+    """What an export measured; :meth:`as_dict` is ``export_report.json``.
+
+    Every field holds JSON values (lists, dicts, numbers, strings). The fields in
+    :attr:`OPTIONAL` are left out of the JSON when None (not measured: no test or
+    held-out inputs, no clock, no firmware files).
+    """
+
+    model: str                        # absolute path of the .tflite
+    mode: str                         # "ptq" | "qat"
+    output: str                       # "index" | "logits"
+    flash_bytes: int                  # size of the .tflite
+    arena_bytes: int                  # smallest TFLite Micro arena
+    macs: int                         # per input, of the float gate
+    parameters: int
+    ops: list                         # builtin op names, in graph order
+    input: dict                       # TensorInfo.as_dict() of the int8 input
+    output_tensor: dict               # TensorInfo.as_dict() of the output
+    bias: list                        # b
+    offsets: list                     # the offsets the firmware uses (logits: int8-calibrated)
+    offsets_float: list               # offsets calibrated on the float logits
+    routing_clip: float | None        # C of the index head (index output), else None
+    int8_correction: list | None      # bias correction of the index head, else None
+    frequencies_calibration: list     # int8 frequencies on the calibration set
+    expert_names: list
+    data: dict                        # ExportData.notes
+    latency_ms_estimate: float | None = None
+    latency_assumption: str | None = None
+    agreement: dict | None = None     # litert, tflm, litert_vs_tflm, inputs, heldout_tflm
+    frequencies_test: list | None = None
+    metric: dict | None = None        # name, float, int8, drop
+    frequencies: list | None = None   # int8 (TFLM) frequencies on the held-out inputs
+    frequencies_float: list | None = None
+    frequency_error: float | None = None  # max |frequencies - b|
+    heldout_inputs: int | None = None
+    data_cost: dict | None = None     # budget, heldout, test
+    target: dict                      # Target.as_dict()
+    checks: dict                      # check name -> met (bool)
+    check_thresholds: dict            # CHECKS
+    seconds: float
+    firmware_files: list | None = None
+
+    OPTIONAL = ("latency_ms_estimate", "latency_assumption", "agreement", "frequencies_test",
+                "metric", "frequencies", "frequencies_float", "frequency_error",
+                "heldout_inputs", "data_cost", "firmware_files")
+
+    def as_dict(self):
+        """The JSON report: every field, optional ones only when measured (a deep copy)."""
+        return {f.name: copy.deepcopy(getattr(self, f.name)) for f in dataclasses.fields(self)
+                if not (f.name in self.OPTIONAL and getattr(self, f.name) is None)}
+
+    @property
+    def missed_checks(self):
+        """Names of the quality checks that were missed."""
+        return [name for name, ok in self.checks.items() if not ok]
+
+    @property
+    def warnings(self):
+        """Lines the user must not miss (printed as ``WARNING: ...`` by the CLI)."""
+        limit = self.check_thresholds["max_frequency_error"]
+        if self.frequency_error is None or self.frequency_error <= limit:
+            return []
+        text = (f"the int8 gate's frequencies {np.round(self.frequencies, 3).tolist()} on "
+                f"{self.heldout_inputs} held-out inputs miss b {np.round(self.bias, 3).tolist()} "
+                f"by {100 * self.frequency_error:.1f} points (more than {100 * limit:g})")
+        if self.output == "logits":
+            return [f"--output=logits: {text}; firmware that routes with argmax(int8 logits + "
+                    "offsets) will not hold b. Use --output=index (offsets folded into the "
+                    "model and recalibrated on the int8 model)."]
+        return [f"{text}; the sensor will not hold b."]
+
+
+@dataclasses.dataclass
+class Int8Gate:
+    """The result of :func:`quantize`.
+
+    ``offsets``: for ``logits`` output the offsets recalibrated on the int8 logits
+    (the firmware's), for ``index`` the float offsets; ``correction``: the bias
+    correction of the index head (``float[N]``) or None (logits).
+    """
+
+    tflite: bytes
+    offsets: np.ndarray
+    calibration_frequencies: np.ndarray
+    correction: np.ndarray | None
+
+
+@dataclasses.dataclass
+class ModelFacts:
+    """What :func:`inspect_model` read from and measured on the ``.tflite``."""
+
+    ops: list
+    input_info: TensorInfo
+    output_info: TensorInfo
+    arena_bytes: int
+
+
+@dataclasses.dataclass
+class TestResult:
+    """The int8 gate on the test inputs (:func:`check_test_inputs`)."""
+
+    __test__ = False  # not a pytest test class
+
+    agreement: dict          # litert, tflm, litert_vs_tflm, inputs
+    frequencies: np.ndarray  # TFLM frequencies
+    decisions: np.ndarray    # TFLM choices, int[M]
+    metric: dict | None      # name, float, int8, drop
+
+
+@dataclasses.dataclass
+class HeldoutResult:
+    """The int8 gate on the held-out inputs (:func:`check_heldout`)."""
+
+    frequencies: np.ndarray        # TFLM frequencies
+    frequencies_float: np.ndarray  # float gate's frequencies (float offsets)
+    agreement: float               # TFLM vs float choices
+    error: float                   # max |frequencies - b|
+    inputs: int
+
+
+# --------------------------------------------------------------------------- inputs
+
+
 def load_gate_and_bias(gate_path, bias=None):
     """``(keras gate, float[N] b, where b came from)``.
 
     ``gate_path`` is a gate SavedModel or a directory holding ``gate/`` (a task's
     gate directory); b is ``bias`` if given, else the ``gate.json`` next to the
     SavedModel (written by the experiments).
+
+    Raises:
+      ValueError: a missing, unreadable or corrupt SavedModel or gate.json (the
+        message names the file), or a bad b.
     """
-    if not gate_path or not os.path.isdir(gate_path):
-        raise ValueError(f"--gate={gate_path!r} is not a directory (a gate SavedModel)")
+    if not gate_path:
+        raise ValueError("--gate is required: a gate SavedModel directory")
+    if os.path.isfile(gate_path):
+        raise ValueError(f"--gate={gate_path}: a file, not a gate SavedModel directory")
+    if not os.path.isdir(gate_path):
+        raise ValueError(f"--gate={gate_path}: no such directory (a gate SavedModel)")
     if os.path.isdir(os.path.join(gate_path, "gate")) and not os.path.exists(
             os.path.join(gate_path, "saved_model.pb")):
         gate_path = os.path.join(gate_path, "gate")
     if not os.path.exists(os.path.join(gate_path, "saved_model.pb")):
-        raise ValueError(f"{gate_path} holds no saved_model.pb")
-    gate = keras.models.load_model(gate_path, compile=False)
-    n = int(gate.output_shape[-1])
+        raise ValueError(f"--gate: {gate_path} holds no saved_model.pb (not a SavedModel)")
+    try:
+        gate = keras.models.load_model(gate_path, compile=False)
+        n = int(gate.output_shape[-1])
+    except Exception as err:  # noqa: BLE001 -- TF raises many types for a bad SavedModel
+        raise ValueError(f"cannot load the gate SavedModel {gate_path}: "
+                         f"{type(err).__name__}: {_first_line(err)}") from err
     if bias is not None:
         return gate, validate_bias(bias, n, name="--bias"), "--bias"
     info_path = os.path.join(os.path.dirname(os.path.normpath(gate_path)), "gate.json")
     if not os.path.exists(info_path):
         raise ValueError(f"no --bias given and no gate.json next to {gate_path}; pass --bias")
-    with open(info_path) as f:
-        b = json.load(f).get("bias")
+    try:
+        with open(info_path) as f:
+            info = json.load(f)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"cannot read {info_path}: {_first_line(err)}") from err
+    b = info.get("bias") if isinstance(info, dict) else None
     if b is None:
         raise ValueError(f"{info_path} has no 'bias'; pass --bias")
     return gate, validate_bias(b, n, name=f"bias of {info_path}"), info_path
 
 
+# --------------------------------------------------------------------------- steps
+
+
+def check_output_path(out, *, emit_c=False):
+    """Makes the directory of ``out`` and checks every file the export writes can be written.
+
+    Returns the absolute directory. Raises ValueError (naming the path) when ``out``
+    is a directory, its directory cannot be made or written, or a file the export
+    writes there is a directory.
+    """
+    if not out:
+        raise ValueError("--out is required: the path of the .tflite to write")
+    path = os.path.abspath(out)
+    if os.path.isdir(path):
+        raise ValueError(f"--out={out} is a directory; give the path of the .tflite to write "
+                         f"(e.g. {os.path.join(out, 'gate.tflite')})")
+    out_dir = os.path.dirname(path)
+    existing = out_dir
+    while not os.path.exists(existing) and os.path.dirname(existing) != existing:
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ValueError(f"--out={out}: {existing} is a file, not a directory")
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"--out={out}: cannot make the directory {out_dir} "
+                         f"({err.strerror or err})") from err
+    names = [REPORT_NAME] + (list(c_array.FIRMWARE_FILES) if emit_c else [])
+    for other in [path] + [os.path.join(out_dir, name) for name in names]:
+        if os.path.isdir(other):
+            raise ValueError(f"--out={out}: {other} is a directory; the export writes a file there")
+        if os.path.exists(other) and not os.access(other, os.W_OK):
+            raise ValueError(f"--out={out}: {other} is not writable")
+    try:
+        with tempfile.TemporaryFile(dir=out_dir):
+            pass
+    except OSError as err:
+        raise ValueError(f"--out={out}: cannot write in {out_dir} ({err.strerror or err})") from err
+    return out_dir
+
+
+def routing_offsets(gate, calibration, b):
+    """``(float logits [M, N], offsets float[N])``: offsets for b on the calibration inputs."""
+    _log(f"offsets for b = {np.round(b, 4).tolist()} on {len(calibration)} calibration inputs")
+    logits = gate.predict(calibration, batch_size=256, verbose=0)
+    return logits, calibrate_offsets(logits, b)
+
+
+def routing_model(gate, logits, offsets, b, output):
+    """``(model to convert, routing clip C or None)``: for ``index`` output the gate with
+    the offsets folded into a pairwise routing head (:func:`convert.fold_offsets`)."""
+    if output != "index":
+        return gate, None
+    clip = convert.routing_clip(logits, offsets, b > 0)
+    return convert.fold_offsets(gate, offsets, used=b > 0, clip=clip), clip
+
+
 def _frequency_error(freq, b):
-    return float(np.max(np.abs(freq - b)))
+    return float(np.max(np.abs(np.asarray(freq) - b)))
 
 
-def _calibrate_int8(model, data, b, offsets, output, rounds):
+def _frequencies(decisions, n):
+    return (np.bincount(decisions, minlength=n) / max(len(decisions), 1)).astype(float)
+
+
+def _decisions(outputs, output, output_info, offsets):
+    if output == "index":
+        return np.asarray(outputs, np.int64).reshape(-1)
+    return np.argmax(output_info.dequantize(outputs) + offsets, axis=-1)
+
+
+def _int8_logits(model, data):
+    """``(tflite bytes, dequantized int8 logits of the calibration set)``."""
+    logits_model = convert.convert_int8(model, data.representative, output="logits")
+    (_,), (out_info,) = model_file.model_io(logits_model)
+    logits = out_info.dequantize(interpreters.run_litert(logits_model, data.calibration))
+    return logits_model, logits
+
+
+def calibrate_int8(model, data, b, offsets, output, rounds):
     """The int8 model and its offsets, calibrated on the int8 model's own logits.
 
     Int8 logits move the decision boundaries a little, and ARG_MAX breaks the ties
@@ -94,21 +336,26 @@ def _calibrate_int8(model, data, b, offsets, output, rounds):
     calibration set. For ``index`` output (offsets folded in) the int8 shifted
     logits of the calibration set are recalibrated, the correction is added to the
     last bias and the model is converted again, up to ``rounds`` times, keeping the
-    round whose calibration frequencies are closest to b.
+    round whose calibration frequencies are closest to b (``rounds=0``: the index
+    model is converted once, no correction).
 
-    Returns ``(tflite bytes, offsets float[N], calibration frequencies float[N],
-    correction)``: for ``logits`` the offsets recalibrated on the int8 logits and
-    None; for ``index`` the float offsets and the correction added to the routing
-    scores' bias (``float[N]``, in routing-score units; zeros when none was needed).
+    The first int8 model is checked against TFLite Micro before any recalibration,
+    so a gate with an op TFLite Micro lacks fails fast.
+
+    Returns an :class:`Int8Gate`.
     """
     n = len(b)
-    logits_model = convert.convert_int8(model, data.representative, output="logits")
-    (_,), (out_info,) = model_file.model_io(logits_model)
-    int8_logits = out_info.dequantize(interpreters.run_litert(logits_model, data.calibration))
+    if output == "index" and rounds == 0:  # nothing to recalibrate: one conversion
+        tflite = convert.convert_int8(model, data.representative, output="index")
+        interpreters.check_tflm_support(tflite)
+        freq = _frequencies(interpreters.run_litert(tflite, data.calibration).reshape(-1), n)
+        return Int8Gate(tflite, offsets, freq, np.zeros(n, np.float32))
+    logits_model, int8_logits = _int8_logits(model, data)
+    interpreters.check_tflm_support(logits_model)
     if output == "logits":
         offsets = calibrate_offsets(int8_logits, b)
         freq = _frequencies(np.argmax(int8_logits + offsets, axis=-1), n)
-        return logits_model, offsets, freq, None
+        return Int8Gate(logits_model, offsets, freq, None)
     used = b > 0
     best = None
     total = np.zeros(n, np.float32)
@@ -126,25 +373,143 @@ def _calibrate_int8(model, data, b, offsets, output, rounds):
         convert.shift_last_bias(model, total)
         _log(f"int8 calibration frequencies {np.round(freq, 3).tolist()} (error {error:.3f}); "
              "offsets recalibrated on the int8 logits")
-        logits_model = convert.convert_int8(model, data.representative, output="logits")
-        (_,), (out_info,) = model_file.model_io(logits_model)
-        int8_logits = out_info.dequantize(interpreters.run_litert(logits_model, data.calibration))
-    error, round_, chosen = best
+        logits_model, int8_logits = _int8_logits(model, data)
+    _, _, chosen = best
     model.set_weights(base)
     convert.shift_last_bias(model, chosen)
     tflite = convert.convert_int8(model, data.representative, output="index")
     freq = _frequencies(interpreters.run_litert(tflite, data.calibration).reshape(-1), n)
-    return tflite, offsets, freq, chosen
+    return Int8Gate(tflite, offsets, freq, chosen)
 
 
-def _decisions(outputs, output, output_info, offsets):
-    if output == "index":
-        return np.asarray(outputs, np.int64).reshape(-1)
-    return np.argmax(output_info.dequantize(outputs) + offsets, axis=-1)
+def quantize(model, data, b, offsets, *, mode, output, qat_epochs=3, qat_learning_rate=1e-5,
+             seed=0, rounds=3):
+    """(QAT fine-tuning on the calibration inputs, then) int8 conversion: an :class:`Int8Gate`."""
+    if mode == "qat":
+        _log(f"quantization-aware fine-tuning, {qat_epochs} epochs on "
+             f"{len(data.calibration)} calibration inputs")
+        model = convert.qat_finetune(model, data.calibration, epochs=qat_epochs,
+                                     learning_rate=qat_learning_rate, seed=seed)
+    _log(f"int8 conversion ({mode}, output={output})")
+    return calibrate_int8(model, data, b, offsets, output, rounds=rounds)
 
 
-def _frequencies(decisions, n):
-    return (np.bincount(decisions, minlength=n) / max(len(decisions), 1)).astype(float)
+def inspect_model(tflite, sample):
+    """Ops, integer-only and TFLite Micro checks, smallest arena: a :class:`ModelFacts`.
+
+    Raises:
+      ValueError: a float tensor; interpreters.UnsupportedOpError: an op TFLM lacks.
+    """
+    ops = model_file.model_ops(tflite)
+    model_file.check_fully_int8(tflite)
+    (input_info,), (output_info,) = model_file.model_io(tflite)
+    _log(f"{len(tflite)} bytes, ops {ops}; checking TFLite Micro support")
+    interpreters.check_tflm_support(tflite)
+    arena = interpreters.smallest_arena(tflite, sample)
+    _log(f"smallest TFLite Micro arena: {arena} bytes")
+    return ModelFacts(ops, input_info, output_info, arena)
+
+
+def check_test_inputs(gate, tflite, facts, data, *, output, offsets, float_offsets):
+    """Float vs LiteRT vs TFLM choices on ``data.test`` and the task metric: a
+    :class:`TestResult` (None without test inputs)."""
+    if data.test is None:
+        return None
+    n = int(gate.output_shape[-1])
+    _log(f"float vs LiteRT vs TFLite Micro on {len(data.test)} test inputs")
+    float_test = convert.float_decisions(gate, data.test, float_offsets)
+    litert = _decisions(interpreters.run_litert(tflite, data.test), output, facts.output_info,
+                        offsets)
+    tflm = _decisions(interpreters.run_tflm(tflite, data.test, facts.arena_bytes), output,
+                      facts.output_info, offsets)
+    agreement = {"litert": float(np.mean(litert == float_test)),
+                 "tflm": float(np.mean(tflm == float_test)),
+                 "litert_vs_tflm": float(np.mean(litert == tflm)),
+                 "inputs": int(len(data.test))}
+    metric = None
+    if data.test_metric is not None:
+        metric_float = float(data.test_metric(float_test))
+        metric_int8 = float(data.test_metric(tflm))
+        metric = {"name": data.metric_name, "float": metric_float, "int8": metric_int8,
+                  "drop": metric_float - metric_int8}
+    return TestResult(agreement, _frequencies(tflm, n), tflm, metric)
+
+
+def check_heldout(gate, tflite, facts, data, b, *, output, offsets, float_offsets):
+    """Int8 (TFLM) frequencies on ``data.heldout`` vs b: a :class:`HeldoutResult` (None
+    without held-out inputs)."""
+    if data.heldout is None or not len(data.heldout):
+        return None
+    n = len(b)
+    _log(f"int8 frequencies on {len(data.heldout)} held-out inputs (TFLite Micro)")
+    held = _decisions(interpreters.run_tflm(tflite, data.heldout, facts.arena_bytes), output,
+                      facts.output_info, offsets)
+    freq = _frequencies(held, n)
+    float_held = convert.float_decisions(gate, data.heldout, float_offsets)
+    return HeldoutResult(freq, _frequencies(float_held, n), float(np.mean(held == float_held)),
+                         _frequency_error(freq, b), int(len(data.heldout)))
+
+
+def quality_checks(test, heldout, thresholds=None):
+    """``{check: met}`` for the measured results (agreement, metric, frequencies)."""
+    thresholds = CHECKS if thresholds is None else thresholds
+    checks = {}
+    if test is not None:
+        checks["agreement"] = (min(test.agreement["litert"], test.agreement["tflm"])
+                               >= thresholds["min_agreement"])
+        if test.metric is not None:
+            checks["metric"] = test.metric["drop"] <= thresholds["max_metric_drop"]
+    if heldout is not None:
+        checks["frequencies"] = heldout.error <= thresholds["max_frequency_error"]
+    return checks
+
+
+def data_cost(b, data_costs, test, heldout):
+    """``{budget, heldout[, test]}`` bytes per input (None without costs or held-out inputs)."""
+    if data_costs is None or heldout is None:
+        return None
+    costs = np.asarray(data_costs, np.float64)
+    cost = {"budget": float(b @ costs), "heldout": float(heldout.frequencies @ costs)}
+    if test is not None:
+        cost["test"] = float(test.frequencies @ costs)
+    return cost
+
+
+def latency_estimate(macs, target):
+    """``(milliseconds, assumption)`` at the target's clock, or ``(None, None)``."""
+    if not target.clock_mhz:
+        return None, None
+    return (macs / (MACS_PER_CYCLE * target.clock_mhz * 1e3),
+            f"{MACS_PER_CYCLE:g} MAC/cycle (CMSIS-NN int8) at {target.clock_mhz:g} MHz")
+
+
+def write_outputs(report, out_dir, tflite, *, firmware=None):
+    """Writes the ``.tflite`` (``report.model``), the firmware files (``firmware``: the
+    keyword arguments of :func:`c_array.write_firmware_files`, or None) and the JSON
+    report; returns the report's path."""
+    with open(report.model, "wb") as f:
+        f.write(tflite)
+    if firmware is not None:
+        report.firmware_files = c_array.write_firmware_files(out_dir, tflite, **firmware)
+    path = os.path.join(out_dir, REPORT_NAME)
+    with open(path, "w") as f:
+        json.dump(report.as_dict(), f, indent=2)
+    return path
+
+
+# --------------------------------------------------------------------------- export
+
+
+def _check_arguments(gate, data, bias, mode, output):
+    if mode not in convert.MODES:
+        raise ValueError(f"mode must be one of {convert.MODES}, got {mode!r}")
+    if output not in convert.OUTPUTS:
+        raise ValueError(f"output must be one of {convert.OUTPUTS}, got {output!r}")
+    n = int(gate.output_shape[-1])
+    b = validate_bias(bias, n)
+    if data.data_costs is not None and len(data.data_costs) != n:
+        raise ValueError(f"{len(data.data_costs)} data costs for a gate with {n} experts")
+    return b
 
 
 def export_gate(gate, data, bias, *, out, mode="ptq", output="index", target=None,
@@ -161,127 +526,73 @@ def export_gate(gate, data, bias, *, out, mode="ptq", output="index", target=Non
       target: :class:`gating_tflite.targets.Target` (None: nothing checked).
       emit_c: also write the firmware files next to ``out``.
     Returns:
-      the report dict (also written as JSON) and a list of budget problems (str).
+      the :class:`ExportReport` (also written as JSON) and a list of budget problems
+      (str; empty when the model fits the target).
     Raises:
       ExportError / interpreters.UnsupportedOpError: an op TFLite Micro lacks, or a
         model that is not fully integer.
-      ValueError: bad arguments.
+      ValueError: bad arguments, or an ``out`` that cannot be written.
     """
-    if mode not in convert.MODES:
-        raise ValueError(f"mode must be one of {convert.MODES}, got {mode!r}")
-    if output not in convert.OUTPUTS:
-        raise ValueError(f"output must be one of {convert.OUTPUTS}, got {output!r}")
+    b = _check_arguments(gate, data, bias, mode, output)
     target = target or resolve_target()
-    n = int(gate.output_shape[-1])
-    b = validate_bias(bias, n)
-    if data.data_costs is not None and len(data.data_costs) != n:
-        raise ValueError(f"{len(data.data_costs)} data costs for a gate with {n} experts")
-    out_dir = os.path.dirname(os.path.abspath(out))
-    os.makedirs(out_dir, exist_ok=True)
+    out_dir = check_output_path(out, emit_c=emit_c)
     t0 = time.time()
 
-    _log(f"offsets for b = {np.round(b, 4).tolist()} on {len(data.calibration)} "
-         "calibration inputs")
-    logits = gate.predict(data.calibration, batch_size=256, verbose=0)
-    offsets = calibrate_offsets(logits, b)
-    model, clip = gate, None
-    if output == "index":
-        clip = convert.routing_clip(logits, offsets, b > 0)
-        model = convert.fold_offsets(gate, offsets, used=b > 0, clip=clip)
-    if mode == "qat":
-        _log(f"quantization-aware fine-tuning, {qat_epochs} epochs on "
-             f"{len(data.calibration)} calibration inputs")
-        model = convert.qat_finetune(model, data.calibration, epochs=qat_epochs,
-                                     learning_rate=qat_learning_rate, seed=seed)
-    _log(f"int8 conversion ({mode}, output={output})")
-    float_offsets = offsets
-    tflite, offsets, calibration_freq, correction = _calibrate_int8(model, data, b, offsets, output,
-                                                        rounds=recalibration_rounds)
-    with open(out, "wb") as f:
-        f.write(tflite)
-    ops = model_file.model_ops(tflite)
-    model_file.check_fully_int8(tflite)
-    (input_info,), (output_info,) = model_file.model_io(tflite)
-    _log(f"{len(tflite)} bytes, ops {ops}; checking TFLite Micro support")
-    interpreters.check_tflm_support(tflite)
+    logits, float_offsets = routing_offsets(gate, data.calibration, b)
+    model, clip = routing_model(gate, logits, float_offsets, b, output)
+    int8 = quantize(model, data, b, float_offsets, mode=mode, output=output,
+                    qat_epochs=qat_epochs, qat_learning_rate=qat_learning_rate, seed=seed,
+                    rounds=recalibration_rounds)
+    tflite, offsets = int8.tflite, int8.offsets
     sample = data.test[:1] if data.test is not None else data.calibration[:1]
-    arena = interpreters.smallest_arena(tflite, sample)
-    _log(f"smallest TFLite Micro arena: {arena} bytes")
-
-    report = {
-        "model": os.path.abspath(out), "mode": mode, "output": output,
-        "flash_bytes": len(tflite), "arena_bytes": arena, "macs": count_macs(gate),
-        "parameters": int(gate.count_params()), "ops": ops,
-        "input": input_info.as_dict(), "output_tensor": output_info.as_dict(),
-        "bias": b.tolist(), "offsets": np.asarray(offsets).tolist(),
-        "offsets_float": float_offsets.tolist(),
-        "routing_clip": clip if output == "index" else None,
-        "int8_correction": None if correction is None else correction.tolist(),
-        "frequencies_calibration": calibration_freq.tolist(),
-        "expert_names": list(data.expert_names), "data": data.notes,
-    }
-    if target.clock_mhz:
-        report["latency_ms_estimate"] = report["macs"] / (MACS_PER_CYCLE * target.clock_mhz * 1e3)
-        report["latency_assumption"] = (f"{MACS_PER_CYCLE:g} MAC/cycle (CMSIS-NN int8) at "
-                                        f"{target.clock_mhz:g} MHz")
-
-    checks = {}
-    if data.test is not None:
-        _log(f"float vs LiteRT vs TFLite Micro on {len(data.test)} test inputs")
-        float_test = convert.float_decisions(gate, data.test, float_offsets)
-        litert = _decisions(interpreters.run_litert(tflite, data.test), output, output_info,
-                            offsets)
-        tflm = _decisions(interpreters.run_tflm(tflite, data.test, arena), output, output_info,
-                          offsets)
-        report["agreement"] = {"litert": float(np.mean(litert == float_test)),
-                               "tflm": float(np.mean(tflm == float_test)),
-                               "litert_vs_tflm": float(np.mean(litert == tflm)),
-                               "inputs": int(len(data.test))}
-        checks["agreement"] = min(report["agreement"]["litert"],
-                                  report["agreement"]["tflm"]) >= CHECKS["min_agreement"]
-        report["frequencies_test"] = _frequencies(tflm, n).tolist()
-        if data.test_metric is not None:
-            metric_float = float(data.test_metric(float_test))
-            metric_int8 = float(data.test_metric(tflm))
-            report["metric"] = {"name": data.metric_name, "float": metric_float,
-                                "int8": metric_int8, "drop": metric_float - metric_int8}
-            checks["metric"] = metric_float - metric_int8 <= CHECKS["max_metric_drop"]
-    if data.heldout is not None and len(data.heldout):
-        _log(f"int8 frequencies on {len(data.heldout)} held-out inputs (TFLite Micro)")
-        held = _decisions(interpreters.run_tflm(tflite, data.heldout, arena), output,
-                          output_info, offsets)
-        freq = _frequencies(held, n)
-        report["frequencies"] = freq.tolist()
-        float_held = convert.float_decisions(gate, data.heldout, float_offsets)
-        report["frequencies_float"] = _frequencies(float_held, n).tolist()
-        report.setdefault("agreement", {})["heldout_tflm"] = float(np.mean(held == float_held))
-        report["frequency_error"] = float(np.max(np.abs(freq - b)))
-        report["heldout_inputs"] = int(len(data.heldout))
-        checks["frequencies"] = report["frequency_error"] <= CHECKS["max_frequency_error"]
-        if data.data_costs is not None:
-            report["data_cost"] = {"budget": float(b @ data.data_costs),
-                                   "heldout": float(freq @ data.data_costs)}
-            if "frequencies_test" in report:
-                report["data_cost"]["test"] = float(
-                    np.asarray(report["frequencies_test"]) @ data.data_costs)
-
-    problems = target.check(len(tflite), arena)
-    report["target"] = target.as_dict(len(tflite), arena)
-    report["checks"] = checks
-    report["check_thresholds"] = CHECKS
-    report["seconds"] = time.time() - t0
+    facts = inspect_model(tflite, sample)
+    kwargs = dict(output=output, offsets=offsets, float_offsets=float_offsets)
+    test = check_test_inputs(gate, tflite, facts, data, **kwargs)
+    heldout = check_heldout(gate, tflite, facts, data, b, **kwargs)
+    agreement = None if test is None else dict(test.agreement)
+    if heldout is not None:
+        agreement = agreement or {}
+        agreement["heldout_tflm"] = heldout.agreement
+    macs = count_macs(gate)
+    latency_ms, latency_assumption = latency_estimate(macs, target)
+    report = ExportReport(
+        model=os.path.abspath(out), mode=mode, output=output, flash_bytes=len(tflite),
+        arena_bytes=facts.arena_bytes, macs=macs, parameters=int(gate.count_params()),
+        ops=facts.ops, input=facts.input_info.as_dict(),
+        output_tensor=facts.output_info.as_dict(), bias=b.tolist(),
+        offsets=np.asarray(offsets).tolist(), offsets_float=float_offsets.tolist(),
+        routing_clip=clip,
+        int8_correction=None if int8.correction is None else int8.correction.tolist(),
+        frequencies_calibration=int8.calibration_frequencies.tolist(),
+        expert_names=list(data.expert_names), data=data.notes,
+        latency_ms_estimate=latency_ms, latency_assumption=latency_assumption,
+        agreement=agreement,
+        frequencies_test=None if test is None else test.frequencies.tolist(),
+        metric=None if test is None else test.metric,
+        frequencies=None if heldout is None else heldout.frequencies.tolist(),
+        frequencies_float=None if heldout is None else heldout.frequencies_float.tolist(),
+        frequency_error=None if heldout is None else heldout.error,
+        heldout_inputs=None if heldout is None else heldout.inputs,
+        data_cost=data_cost(b, data.data_costs, test, heldout),
+        target=target.as_dict(len(tflite), facts.arena_bytes),
+        checks=quality_checks(test, heldout), check_thresholds=dict(CHECKS),
+        seconds=time.time() - t0)
+    firmware = None
     if emit_c:
-        report["firmware_files"] = c_array.write_firmware_files(
-            out_dir, tflite, ops=ops, input_info=input_info, output_info=output_info,
-            output=output, arena_bytes=arena, num_experts=n, expert_names=data.expert_names,
-            offsets=offsets, input_description=data.input_description)
-    with open(os.path.join(out_dir, "export_report.json"), "w") as f:
-        json.dump(report, f, indent=2)
-    return report, problems
+        firmware = dict(ops=facts.ops, input_info=facts.input_info,
+                        output_info=facts.output_info, output=output,
+                        arena_bytes=facts.arena_bytes, num_experts=len(b),
+                        expert_names=data.expert_names, offsets=offsets,
+                        input_description=data.input_description)
+    write_outputs(report, out_dir, tflite, firmware=firmware)
+    return report, target.check(len(tflite), facts.arena_bytes)
 
 
 def summary(report):
-    """The terminal summary of a report (one line per fact)."""
+    """The terminal summary of a report (an :class:`ExportReport` or its dict; one line
+    per fact)."""
+    if isinstance(report, ExportReport):
+        report = report.as_dict()
     lines = [f"model        {report['model']} ({report['mode']}, output={report['output']})",
              f"flash        {report['flash_bytes']:,} B ({report['flash_bytes'] / 1024:.1f} KiB)",
              f"arena        {report['arena_bytes']:,} B ({report['arena_bytes'] / 1024:.1f} KiB)",
@@ -317,54 +628,12 @@ def summary(report):
     return "\n".join(lines)
 
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string("gate", None, "Gate SavedModel (or a gate directory holding gate/).")
-flags.DEFINE_string("calibration", None, "A task workdir (see --task) or npz:PATH.")
-flags.DEFINE_enum("task", "super_resolution", sorted(TASKS), "Task of the --calibration workdir.")
-flags.DEFINE_string("out", None, "Path of the .tflite to write; export_report.json goes next to it.")
-flags.DEFINE_enum("mode", "ptq", list(convert.MODES), "Post-training or quantization-aware.")
-flags.DEFINE_enum("output", "index", list(convert.OUTPUTS),
-                  "index: int32 expert index (offsets folded, ARG_MAX); logits: int8 logits.")
-flags.DEFINE_string("target", None, f"Microcontroller preset: {', '.join(sorted(TARGETS))}.")
-flags.DEFINE_float("flash_kib", None, "Flash budget in KiB (overrides the preset).")
-flags.DEFINE_float("ram_kib", None, "RAM budget in KiB for the arena (overrides the preset).")
-flags.DEFINE_bool("emit_c", False, "Write gate_model.h/.cc and gate_ops.h next to --out.")
-flags.DEFINE_list("bias", None, "b, e.g. 0.5,0.5,0 (default: the gate's gate.json).")
-flags.DEFINE_integer("qat_epochs", 3, "QAT fine-tuning epochs (--mode=qat).")
-flags.DEFINE_float("qat_learning_rate", 1e-5, "QAT fine-tuning learning rate.")
-flags.DEFINE_bool("strict", False, "Also exit non-zero when a quality check is missed.")
-
-
-def main(argv):
-    del argv
-    for name in ("gate", "calibration", "out"):
-        if not getattr(FLAGS, name):
-            raise app.UsageError(f"--{name} is required")
-    try:
-        target = resolve_target(FLAGS.target, FLAGS.flash_kib, FLAGS.ram_kib)
-        bias = None if FLAGS.bias is None else [float(v) for v in FLAGS.bias]
-        gate, b, source = load_gate_and_bias(FLAGS.gate, bias)
-        _log(f"gate {FLAGS.gate}: {gate.count_params():,} parameters, b from {source}")
-        data = load_export_data(FLAGS.calibration, FLAGS.task)
-        report, problems = export_gate(gate, data, b, out=FLAGS.out, mode=FLAGS.mode,
-                                       output=FLAGS.output, target=target, emit_c=FLAGS.emit_c,
-                                       qat_epochs=FLAGS.qat_epochs,
-                                       qat_learning_rate=FLAGS.qat_learning_rate)
-    except ValueError as err:  # includes UnsupportedOpError and bad flags
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        sys.exit(2)
-    print(summary(report), flush=True)
-    if problems:
-        print("error: the gate does not fit the target: " + "; ".join(problems), file=sys.stderr)
-        sys.exit(1)
-    missed = [k for k, ok in report["checks"].items() if not ok]
-    if FLAGS.strict and missed:
-        print(f"error: quality checks missed: {missed}", file=sys.stderr)
-        sys.exit(3)
-
-
 def run():
-    app.run(main)
+    """The ``bmoe-export-gate`` console script: :func:`gating_tflite.cli.run` (flags and
+    exit codes live there; imported here so that the flags are defined once)."""
+    from gating_tflite import cli
+
+    cli.run()
 
 
 if __name__ == "__main__":

@@ -7,10 +7,19 @@ and zero point (what the sensor does), and invoke the batch-1 model once per inp
 TFLite Micro allocates every tensor in one caller-provided arena;
 :func:`smallest_arena` finds the smallest arena that still allocates and runs, which
 is the RAM figure a firmware engineer reserves.
+
+TFLite Micro's Python wrapper can crash the process (SIGSEGV) while it constructs
+an interpreter whose arena is too small for some sizes (measured: a MEAN +
+FULLY_CONNECTED gate crashes at 64 and 1024 B and fails cleanly at 768 B), so every
+allocation with an arena that may be too small is tried in a forked child first
+(:func:`_probes_isolated`); a crash there counts as "does not fit".
 """
 import contextlib
+import hashlib
+import json
 import os
 import re
+import sys
 import tempfile
 
 import numpy as np
@@ -103,6 +112,12 @@ def run_tflm(model_bytes, inputs, arena_size):
       with what TFLM printed.
     """
     q = quantized_inputs(model_bytes, inputs)
+    known = _KNOWN_GOOD.get(_known_good_key(model_bytes))
+    if len(q) and (known is None or arena_size < known):
+        probe = _OneProbe(int(arena_size))  # a too-small arena can crash TFLM: try it in a child
+        _probes_isolated(model_bytes, q[:1], probe)
+        if not probe.result[0]:
+            _tflm_failure(model_bytes, probe.result[1], f"run (arena {arena_size} B) with")
     with _captured_stderr() as log:
         try:
             interpreter = _tflm_interpreter(model_bytes, arena_size)
@@ -129,6 +144,112 @@ def _runs(model_bytes, sample, arena_size):
             return True, log
         except RuntimeError:
             return False, log
+
+
+def _probes_isolated(model_bytes, sample, search):
+    """Runs the probes ``search`` asks for in forked child processes.
+
+    ``search.next_size()`` gives the next arena size to try (None: done) and
+    ``search.record(size, ok, log_text)`` takes each result. A child runs probes
+    until the search is done, streaming each result to this process, which replays
+    them on its own ``search``; a child that dies (TFLM crashing on a too-small
+    arena) records a failure for the size it was trying and a new child goes on.
+    So a search costs one fork plus one per crash. Without ``os.fork`` (not POSIX)
+    the probes run in this process.
+    """
+    if not hasattr(os, "fork"):
+        while (size := search.next_size()) is not None:
+            ok, log = _runs(model_bytes, sample, size)
+            search.record(size, ok, log["text"])
+        return
+    from tflite_micro.python.tflite_micro import runtime  # noqa: F401 -- import before forking
+
+    while search.next_size() is not None:
+        read_fd, write_fd = os.pipe()
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        pid = os.fork()
+        if pid == 0:  # the child: probe and report until done (or crashed); never returns
+            try:
+                import faulthandler
+
+                faulthandler.disable()  # a crash here is expected; the parent reports it
+                os.close(read_fd)
+                with os.fdopen(write_fd, "w") as pipe:
+                    while (size := search.next_size()) is not None:
+                        pipe.write(json.dumps({"try": size}) + "\n")
+                        pipe.flush()
+                        ok, log = _runs(model_bytes, sample, size)
+                        pipe.write(json.dumps({"size": size, "ok": ok, "log": log["text"]}) + "\n")
+                        pipe.flush()
+                        search.record(size, ok, log["text"])
+            finally:
+                os._exit(0)
+        os.close(write_fd)
+        trying = None
+        with os.fdopen(read_fd, "r") as pipe:
+            lines = pipe.read().splitlines()
+        _, status = os.waitpid(pid, 0)
+        for line in lines:
+            message = json.loads(line)
+            if "try" in message:
+                trying = message["try"]
+            else:
+                trying = None
+                search.record(message["size"], message["ok"], message["log"])
+        if trying is not None:
+            how = (f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status)
+                   else f"exit status {os.WEXITSTATUS(status)}")
+            search.record(trying, False, f"(TFLite Micro crashed allocating {trying} B: {how})")
+
+
+class _ArenaSearch:
+    """Doubling from 16 KiB to a working size, then bisection from 0 (see smallest_arena)."""
+
+    def __init__(self, model_bytes, granularity, max_arena):
+        self.model_bytes, self.granularity, self.max_arena = model_bytes, granularity, max_arena
+        self.low, self.high, self.found = 0, 16 * 1024, False
+
+    def next_size(self):
+        if not self.found:
+            return self.high
+        mid = (self.low + self.high) // 2 // self.granularity * self.granularity
+        if self.high - self.low <= self.granularity or mid <= self.low:
+            return None
+        return mid
+
+    def record(self, size, ok, log):
+        if not self.found:
+            if ok:
+                self.found = True
+            elif _MISSING_OP.search(log) or self.high >= self.max_arena:
+                _tflm_failure(self.model_bytes, log, f"allocate (arena {self.high} B) or run")
+            else:
+                self.high = min(2 * self.high, self.max_arena)
+        elif ok:
+            self.high = size
+        else:
+            self.low = size
+
+
+class _OneProbe:
+    def __init__(self, size):
+        self.size, self.result = size, None
+
+    def next_size(self):
+        return self.size if self.result is None else None
+
+    def record(self, size, ok, log):
+        self.result = (ok, log)
+
+
+#: sha256 of a model -> the smallest arena known to allocate and run it (allocation
+#: is monotone in the arena size, so larger arenas need no crash-isolated probe).
+_KNOWN_GOOD = {}
+
+
+def _known_good_key(model_bytes):
+    return hashlib.sha256(bytes(model_bytes)).hexdigest()
 
 
 def check_tflm_support(model_bytes, max_arena=64 << 20):
@@ -160,21 +281,7 @@ def smallest_arena(model_bytes, sample=None, *, granularity=16, max_arena=64 << 
     if sample is None:
         sample = np.zeros((1,) + tuple(info.shape[1:]), info.numpy_dtype)
     sample = quantized_inputs(model_bytes, np.asarray(sample)[:1])
-    high = 16 * 1024
-    while True:
-        ok, log = _runs(model_bytes, sample, high)
-        if ok:
-            break
-        if _MISSING_OP.search(log["text"]) or high >= max_arena:
-            _tflm_failure(model_bytes, log["text"], f"allocate (arena {high} B) or run")
-        high = min(2 * high, max_arena)
-    low = 0  # known to fail (or trivially too small)
-    while high - low > granularity:
-        mid = (low + high) // 2 // granularity * granularity
-        if mid <= low:
-            break
-        if _runs(model_bytes, sample, mid)[0]:
-            high = mid
-        else:
-            low = mid
-    return int(high)
+    search = _ArenaSearch(model_bytes, granularity, max_arena)
+    _probes_isolated(model_bytes, sample, search)
+    _KNOWN_GOOD[_known_good_key(model_bytes)] = int(search.high)
+    return int(search.high)

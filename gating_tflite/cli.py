@@ -1,0 +1,123 @@
+"""The command line of the int8 gate export: flags, terminal output, exit codes.
+
+Entry points (all run :func:`run`): ``python -m gating_tflite.export``,
+``python -m gating_tflite`` and the console script ``bmoe-export-gate``
+(``gating_tflite.export:run``). The flags are defined here and only here.
+
+Exit codes:
+
+* 0 -- exported; it fits the target (quality checks may have been missed without
+  ``--strict``; a ``WARNING:`` line on stderr says so for the frequencies);
+* 1 -- exported, but the model does not fit the target's flash or RAM;
+* 2 -- bad flags or inputs (a missing or corrupt gate / calibration file, an
+  ``--out`` that cannot be written, an unknown task or target) or a model TFLite
+  Micro cannot run; one ``error: ...`` line on stderr, no report;
+* 3 -- ``--strict`` and a quality check was missed.
+"""
+import sys
+
+from absl import app, flags
+
+from gating_tflite import convert
+from gating_tflite.calibration import load_export_data, task_names
+from gating_tflite.export import _log, check_output_path, export_gate, load_gate_and_bias, summary
+from gating_tflite.targets import TARGETS, resolve_target
+
+__all__ = ["EXIT_OK", "EXIT_DOES_NOT_FIT", "EXIT_BAD_INPUT", "EXIT_CHECKS_MISSED", "main",
+           "parse_flags", "run"]
+
+EXIT_OK, EXIT_DOES_NOT_FIT, EXIT_BAD_INPUT, EXIT_CHECKS_MISSED = 0, 1, 2, 3
+
+
+def _known_tasks_help():
+    try:
+        return ", ".join(task_names())
+    except Exception:  # noqa: BLE001 -- help text only; the run reports the real error
+        return "see experiments.tasks"
+
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("gate", None, "Gate SavedModel (or a gate directory holding gate/).")
+flags.DEFINE_string("calibration", None, "A task workdir (see --task) or npz:PATH.")
+flags.DEFINE_string("task", "super_resolution", "Task of the --calibration workdir "
+                    f"(experiments.tasks: {_known_tasks_help()}).")
+flags.DEFINE_string("out", None, "Path of the .tflite to write; export_report.json goes next to it.")
+flags.DEFINE_enum("mode", "ptq", list(convert.MODES), "Post-training or quantization-aware.")
+flags.DEFINE_enum("output", "index", list(convert.OUTPUTS),
+                  "index: int32 expert index (offsets folded, ARG_MAX); logits: int8 logits.")
+flags.DEFINE_string("target", None, f"Microcontroller preset: {', '.join(sorted(TARGETS))}.")
+flags.DEFINE_float("flash_kib", None, "Flash budget in KiB (overrides the preset).")
+flags.DEFINE_float("ram_kib", None, "RAM budget in KiB for the arena (overrides the preset).")
+flags.DEFINE_bool("emit_c", False, "Write gate_model.h/.cc and gate_ops.h next to --out.")
+flags.DEFINE_list("bias", None, "b, e.g. 0.5,0.5,0 (default: the gate's gate.json).")
+flags.DEFINE_integer("qat_epochs", 3, "QAT fine-tuning epochs (--mode=qat).")
+flags.DEFINE_float("qat_learning_rate", 1e-5, "QAT fine-tuning learning rate.")
+flags.DEFINE_bool("strict", False, "Also exit non-zero when a quality check is missed.")
+
+
+def _fail(message, code=EXIT_BAD_INPUT):
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(code)
+
+
+def _error_text(err):
+    if isinstance(err, OSError) and err.filename:
+        return f"{err.filename}: {err.strerror or err}"
+    return str(err)
+
+
+def parse_flags(argv):
+    """absl's flag parsing, but a bad flag exits 2 with one ``error:`` line (not 1)."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as err:
+        _fail(f"{err} (--helpfull lists the flags)")
+
+
+def _check_flags():
+    """Everything that can be checked before loading anything: ``(target, bias)``."""
+    for name in ("gate", "calibration", "out"):
+        if not getattr(FLAGS, name):
+            raise ValueError(f"--{name} is required")
+    target = resolve_target(FLAGS.target, FLAGS.flash_kib, FLAGS.ram_kib)
+    try:
+        bias = None if FLAGS.bias is None else [float(v) for v in FLAGS.bias]
+    except ValueError:
+        raise ValueError(f"--bias must be numbers, e.g. 0.5,0.5,0; got {FLAGS.bias}") from None
+    known = task_names()
+    if FLAGS.task not in known:
+        raise ValueError(f"unknown --task={FLAGS.task!r}; known tasks: {known}")
+    check_output_path(FLAGS.out, emit_c=FLAGS.emit_c)
+    return target, bias
+
+
+def main(argv):
+    """Exports ``--gate``; exits with the codes in the module docstring."""
+    if len(argv) > 1:
+        _fail(f"unexpected arguments {argv[1:]} (flags are --name=value)")
+    try:
+        target, bias = _check_flags()
+        gate, b, source = load_gate_and_bias(FLAGS.gate, bias)
+        _log(f"gate {FLAGS.gate}: {gate.count_params():,} parameters, b from {source}")
+        data = load_export_data(FLAGS.calibration, FLAGS.task)
+        report, problems = export_gate(gate, data, b, out=FLAGS.out, mode=FLAGS.mode,
+                                       output=FLAGS.output, target=target, emit_c=FLAGS.emit_c,
+                                       qat_epochs=FLAGS.qat_epochs,
+                                       qat_learning_rate=FLAGS.qat_learning_rate)
+    except (ValueError, OSError) as err:  # includes UnsupportedOpError and bad flags
+        _fail(_error_text(err))
+    print(summary(report), flush=True)
+    for warning in report.warnings:
+        print(f"WARNING: {warning}", file=sys.stderr, flush=True)
+    if problems:
+        _fail("the gate does not fit the target: " + "; ".join(problems), EXIT_DOES_NOT_FIT)
+    if FLAGS.strict and report.missed_checks:
+        _fail(f"quality checks missed: {report.missed_checks}", EXIT_CHECKS_MISSED)
+
+
+def run():
+    app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+    run()
