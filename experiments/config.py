@@ -72,6 +72,9 @@ class Schedule:
     epochs: int
     training_loss: str = "relative"
     bias_weights: tuple[float, ...] = (1.0,)
+    #: Epochs of each soft gate (one per target and w_bias: the expensive part);
+    #: None: the same as ``epochs``.
+    soft_epochs: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +97,7 @@ class Config:
     batch_size: int
     learning_rate: float
     epochs: int
+    soft_epochs: int
     gate: str
     training_loss: str
     combine: str
@@ -169,7 +173,8 @@ def parse_targets(values: Sequence[str]) -> Targets:
 # ---- flags --------------------------------------------------------------------------
 #: The shared flags and their help (defined once, by define_shared_flags).
 SHARED_FLAGS = ("workdir", "preset", "methods", "targets", "bias", "batch_size", "learning_rate",
-                "epochs", "gate", "training_loss", "combine", "bias_weights", "seed", "verbose",
+                "epochs", "soft_epochs", "gate",
+                "training_loss", "combine", "bias_weights", "seed", "verbose",
                 "data", "tfds_data_dir", "eval_data", "eval_batch_seed")
 
 
@@ -199,7 +204,10 @@ def define_shared_flags(flag_values=None, *, data_help="bundled | folder:PATH | 
     flags.DEFINE_integer("batch_size", None, "Gate training and test-time routing batch size "
                          "(paper: 128). Default from --preset.", **d)
     flags.DEFINE_float("learning_rate", None, "Gate learning rate. Default from --preset.", **d)
-    flags.DEFINE_integer("epochs", None, "Gate training epochs. Default from --preset.", **d)
+    flags.DEFINE_integer("epochs", None, "Gate training epochs (the enforce gates; the soft "
+                         "gates too unless --soft_epochs). Default from --preset.", **d)
+    flags.DEFINE_integer("soft_epochs", None, "Training epochs of each soft gate (one per "
+                         "target and w_bias). Default from --preset, else --epochs.", **d)
     flags.DEFINE_enum("gate", "paper", list(GATE_KINDS),
                       "Gating model: the paper's table or the compact (Cortex-M7) gate.", **d)
     flags.DEFINE_enum("training_loss", None, list(TRAINING_LOSSES),
@@ -242,6 +250,9 @@ def from_flags(task, flag_values=None) -> Config:
                         batch_size=_or(values["batch_size"], s.batch_size),
                         learning_rate=_or(values["learning_rate"], s.learning_rate),
                         epochs=_or(values["epochs"], s.epochs),
+                        soft_epochs=_or(values["soft_epochs"],
+                                        s.soft_epochs if values["epochs"] is None
+                                        or s.soft_epochs is None else None),
                         training_loss=_or(values["training_loss"], s.training_loss),
                         bias_weights=(parse_numbers(values["bias_weights"], "bias_weights")
                                       if values["bias_weights"] is not None else s.bias_weights),
@@ -268,6 +279,10 @@ def build_config(task, *, preset_name, preset, task_settings=None, **overrides) 
                   gate="paper", combine="gate", seed=0, verbose=1, data="bundled",
                   tfds_data_dir=None, eval_data=None, eval_batch_seed=DEFAULT_EVAL_BATCH_SEED)
     fields.update(overrides)
+    if fields.get("soft_epochs") is None:
+        fields["soft_epochs"] = s.soft_epochs if "epochs" not in overrides else None
+    if fields["soft_epochs"] is None:
+        fields["soft_epochs"] = fields["epochs"]
     cfg = Config(task_name=task.name, preset=preset_name,
                  task=task_settings if task_settings is not None else preset.task, **fields)
     check(cfg, task)
@@ -294,6 +309,8 @@ def check(cfg: Config, task) -> None:
         raise ConfigError(f"--combine takes {list(COMBINES)}, got {cfg.combine!r}")
     if cfg.epochs < 1:
         raise ConfigError(f"--epochs must be >= 1, got {cfg.epochs}")
+    if cfg.soft_epochs < 1:
+        raise ConfigError(f"--soft_epochs must be >= 1, got {cfg.soft_epochs}")
     if not (math.isfinite(cfg.learning_rate) and cfg.learning_rate > 0):
         raise ConfigError(f"--learning_rate must be a positive number, got {cfg.learning_rate}")
     if cfg.verbose not in (0, 1, 2):

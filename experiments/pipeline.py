@@ -306,6 +306,7 @@ def _keys(task, cfg, wd):
                                      bias=None if cfg.bias is None else list(cfg.bias)),
                     parent=cache, artefacts=["bias.json"])
     gates = StageKey(wd, "gates", dict(batch_size=cfg.batch_size, epochs=cfg.epochs,
+                                       soft_epochs=cfg.soft_epochs,
                                        learning_rate=cfg.learning_rate, gate=cfg.gate,
                                        training_loss=cfg.training_loss, combine=cfg.combine,
                                        bias_weights=list(cfg.bias_weights), seed=cfg.seed),
@@ -382,8 +383,7 @@ def _stage_gates(task, cfg, wd, experts, points, splits):
     n = len(experts)
     gates, loaded = {}, {}
     common = dict(build_gate=lambda: task.build_gate(cfg, n), experts=experts, train=train,
-                  batch_size=cfg.batch_size, epochs=cfg.epochs,
-                  learning_rate=cfg.learning_rate, combine=cfg.combine,
+                  batch_size=cfg.batch_size, learning_rate=cfg.learning_rate, combine=cfg.combine,
                   training_loss=cfg.training_loss, seed=cfg.seed, verbose=cfg.verbose)
     val_inputs = task.gate_inputs("validation")
     for method in cfg.gate_methods:
@@ -398,7 +398,8 @@ def _stage_gates(task, cfg, wd, experts, points, splits):
                     loaded[directory] = wd.run(
                         f"gate enforce/{label}", gates_lib.gate_files(directory),
                         lambda d=directory, b=point["bias"], label=label: gates_lib.train_gate(
-                            d, bias=b, method="enforce", name=f"enforce/{label}", **common),
+                            d, bias=b, method="enforce", name=f"enforce/{label}",
+                            epochs=cfg.epochs, **common),
                         load=lambda d=directory: gates_lib.load_gate(d))[0]
                 gates[method][index] = loaded[directory]
                 continue
@@ -418,7 +419,8 @@ def _stage_gates(task, cfg, wd, experts, points, splits):
                 gate, _ = wd.run(f"gate {name}", gates_lib.gate_files(cand),
                                  lambda c=cand, w=weight, b=point["bias"], name=name:
                                  gates_lib.train_gate(c, bias=b, method="soft", bias_weight=w,
-                                                      name=name, **common),
+                                                      name=name, epochs=cfg.soft_epochs,
+                                                      **common),
                                  load=lambda c=cand: gates_lib.load_gate(c))
                 logits = gate.predict(val_inputs, batch_size=256, verbose=0)
                 picks = gate_assignment(logits, point["bias"], cfg.batch_size,

@@ -50,11 +50,11 @@ class SRSettings:
 
 #: Presets; an explicit flag always wins. WORKSPACE.md ("Presets") says why.
 PRESETS = {
-    "full": Preset(Schedule(targets=Targets(count=6), batch_size=128, learning_rate=3e-3,
-                            epochs=40, bias_weights=(0.1, 0.3, 1.0, 3.0)),
+    "full": Preset(Schedule(targets=Targets(count=6), batch_size=128, learning_rate=1e-2,
+                            epochs=200, soft_epochs=100, bias_weights=(0.1, 0.3, 1.0, 3.0)),
                    SRSettings(expert_epochs=60)),
-    "quick": Preset(Schedule(targets=Targets(count=4), batch_size=128, learning_rate=3e-3,
-                             epochs=20),
+    "quick": Preset(Schedule(targets=Targets(count=4), batch_size=128, learning_rate=1e-2,
+                             epochs=200, soft_epochs=100),
                     SRSettings(expert_epochs=8)),
     "smoke": Preset(Schedule(targets=Targets(count=3), batch_size=16, learning_rate=1e-3,
                              epochs=1),
