@@ -4,7 +4,7 @@ import pytest
 
 from bmoe_tf import BiasedMixture, Expert
 from bmoe_tf.backend import keras, tf
-from bmoe_tf.cache import build_expert_cache, cache_dataset, score_cache
+from bmoe_tf.cache import build_expert_cache, cache_dataset
 
 B = [0.5, 0.25, 0.25]
 
