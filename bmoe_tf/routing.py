@@ -156,23 +156,23 @@ def enforcement_mask(gates, bias):
     b = validate_bias(bias)
     gates = _check_gates(gates, b)
     caps = _capacities_tensor(tf.shape(gates)[0], b)
-    # NaN never ranks above a number (decision on non-finite gates): where the
-    # finiteness assertion cannot stop a graph (XLA), a NaN gate ranks last, so the
-    # capacities still hold and every row still gets exactly one expert.
-    values = tf.where(tf.math.is_nan(gates), tf.constant(-np.inf, gates.dtype), gates)
+    # NaN never ranks above a number (decision on non-finite gates, D22): where the
+    # finiteness assertion cannot stop a graph (XLA), NaN and -inf gates become the
+    # lowest finite value, so they rank below every number but strictly above the
+    # rows already taken (-inf): taken rows never use a slot, the capacities hold and
+    # every row gets exactly one expert. (No cumsum: XLA compiles it as a reduce
+    # window, 100x slower to compile at M = 4096.)
+    lowest = tf.constant(np.finfo(gates.dtype.as_numpy_dtype).min, gates.dtype)
+    neg_inf = tf.constant(-np.inf, dtype=gates.dtype)
+    values = tf.where(tf.logical_or(tf.math.is_nan(gates), tf.equal(gates, neg_inf)),
+                      lowest, gates)
     taken = tf.zeros_like(gates[:, 0], dtype=tf.bool)
     columns = []
-    neg_inf = tf.constant(-np.inf, dtype=gates.dtype)
     for n in range(b.size):
-        free = tf.logical_not(taken)
         column = tf.where(taken, neg_inf, values[:, n])
         order = tf.argsort(column, direction="DESCENDING", stable=True)
-        # position among the free rows in that order: taken rows (and -inf ties
-        # with them) never use up a slot of expert n
-        free_sorted = tf.gather(free, order)
-        position = tf.cumsum(tf.cast(free_sorted, tf.int32)) - 1
-        pick_sorted = tf.logical_and(free_sorted, position < caps[n])
-        pick = tf.gather(pick_sorted, tf.math.invert_permutation(order))
+        rank = tf.math.invert_permutation(order)
+        pick = tf.logical_and(rank < caps[n], tf.logical_not(taken))
         columns.append(pick)
         taken = tf.logical_or(taken, pick)
     return tf.stop_gradient(tf.cast(tf.stack(columns, axis=1), gates.dtype))
