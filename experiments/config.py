@@ -313,6 +313,17 @@ def check(cfg: Config, task) -> None:
         raise ConfigError(f"--soft_epochs must be >= 1, got {cfg.soft_epochs}")
     if not (math.isfinite(cfg.learning_rate) and cfg.learning_rate > 0):
         raise ConfigError(f"--learning_rate must be a positive number, got {cfg.learning_rate}")
+    for name in ("seed", "eval_batch_seed"):
+        if getattr(cfg, name) < 0:
+            raise ConfigError(f"--{name} must be >= 0, got {getattr(cfg, name)}")
+    if cfg.data != "bundled" and not cfg.data.startswith(("folder:", "tfds:")):
+        raise ConfigError(f"--data takes bundled, folder:PATH or tfds:NAME, got {cfg.data!r}")
+    if cfg.data.startswith("folder:"):
+        import os
+
+        if not os.path.isdir(cfg.data[len("folder:"):]):
+            raise ConfigError(f"--data={cfg.data}: {cfg.data[len('folder:'):]!r} is not a "
+                              "directory")
     if cfg.verbose not in (0, 1, 2):
         raise ConfigError(f"--verbose takes 0, 1 or 2, got {cfg.verbose}")
     if not cfg.bias_weights or min(cfg.bias_weights) < 0:

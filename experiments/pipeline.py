@@ -297,7 +297,7 @@ def _keys(task, cfg, wd):
     """The chained stage keys of a run (see :class:`experiments.stages.StageKey`)."""
     s = task.stage_settings(cfg)
     data = StageKey(wd, "data", dict(task=task.name, data=cfg.data, seed=cfg.seed, **s["data"]),
-                    artefacts=["data"], protected=True)
+                    artefacts=[wd.rel(p) for p in task.data_files(cfg, wd)], protected=True)
     experts = StageKey(wd, "experts", dict(seed=cfg.seed, **s["experts"]), parent=data,
                        artefacts=["experts"], protected=True)
     cache = StageKey(wd, "cache", dict(s.get("cache", {})), parent=experts,
@@ -309,12 +309,14 @@ def _keys(task, cfg, wd):
                                        soft_epochs=cfg.soft_epochs,
                                        learning_rate=cfg.learning_rate, gate=cfg.gate,
                                        training_loss=cfg.training_loss, combine=cfg.combine,
-                                       bias_weights=list(cfg.bias_weights), seed=cfg.seed),
+                                       bias_weights=list(cfg.bias_weights), seed=cfg.seed,
+                                       eval_batch_seed=cfg.eval_batch_seed),
                      parent=bias, artefacts=["gates"])
     eval_data = StageKey(wd, "eval_data", dict(eval_data=cfg.eval_data, **s.get("eval_data", {})),
                          parent=experts,
                          artefacts=[wd.rel(p) for p in task.eval_files(cfg, wd)]
-                         + [wd.rel(p) for p in task.cache_files(cfg, wd, "eval")])
+                         + [wd.rel(p) for p in task.cache_files(cfg, wd, "eval")]
+                         + ["experts_eval.json"])
     evaluation = StageKey(wd, "evaluation", dict(methods=list(cfg.methods),
                                                  eval_batch_seed=cfg.eval_batch_seed,
                                                  eval=eval_data.fingerprint),
@@ -328,8 +330,8 @@ _ORDER = ("data", "experts", "cache", "bias", "gates", "evaluation")
 
 def _refuse_protected_changes(keys, wd):
     for name in ("data", "experts", "cache"):
-        key = keys[name]
-        if key.stored() is not None and not key.is_current():
+        key = keys[name]  # a stage that never produced anything can be redone freely
+        if key.stored() is not None and not key.is_current() and key.has_artefacts():
             changed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in key.changes())
             later = ", ".join(_ORDER[_ORDER.index(name):])
             raise StageMismatch(
@@ -356,24 +358,33 @@ def _stage_bias(task, cfg, wd, table):
     return read_json(path)
 
 
-def _expert_table(task, cfg, wd, experts, splits):
-    path = wd.path("experts.json")
-
+def _expert_rows(task, cfg, wd, experts, splits, names, path):
     def measure():
         rows = []
         for n, e in enumerate(experts):
             row = dict(name=e.name, data_cost=float(e.data_cost), **task.expert_row(cfg, n, e))
-            for split in [s for s in ("validation", "test", "eval") if s in splits]:
+            for split in names:
                 row[f"metric_{split}"] = float(task.metric(split, np.full(splits[split], n)))
                 row.update(task.expert_split_extras(split, n))
             rows.append(row)
         write_json(path, rows)
 
-    wd.run("expert table", path, measure)
-    rows = read_json(path)
-    if "eval" in splits and any("metric_eval" not in r for r in rows):  # eval added later
-        os.remove(path)
-        return _expert_table(task, cfg, wd, experts, splits)
+    wd.run(f"expert table{' eval' if names == ['eval'] else ''}", path, measure)
+    return read_json(path)
+
+
+def _expert_table(task, cfg, wd, experts, splits):
+    """Each expert's d_n and metric per split: ``experts.json`` (validation, test; a
+    cache-stage artefact) and ``experts_eval.json`` (the extra held-out set, an
+    eval_data-stage artefact, rebuilt when ``--eval_data`` changes)."""
+    rows = _expert_rows(task, cfg, wd, experts, splits,
+                        [s for s in ("validation", "test") if s in splits],
+                        wd.path("experts.json"))
+    if "eval" in splits:
+        extra = _expert_rows(task, cfg, wd, experts, splits, ["eval"],
+                             wd.path("experts_eval.json"))
+        rows = [dict(r, **{k: v for k, v in e.items() if k not in r})
+                for r, e in zip(rows, extra)]
     return rows
 
 
@@ -513,7 +524,8 @@ def main(task, argv):
     try:
         cfg = config_lib.from_flags(task)
     except config_lib.ConfigError as err:
-        raise app.UsageError(str(err)) from None
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        sys.exit(2)
     from bmoe_tf.backend import tf
 
     tf.get_logger().setLevel("ERROR")

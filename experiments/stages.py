@@ -21,7 +21,6 @@ import os
 import shutil
 import sys
 import time
-import zipfile
 
 from absl import logging
 
@@ -111,21 +110,17 @@ def load_artefact(path, loader, *, rebuild=None):
         raise FileNotFoundError(path)
     try:
         return loader(path)
-    except (zipfile.BadZipFile, EOFError, json.JSONDecodeError, UnicodeDecodeError, KeyError,
-            ValueError, OSError, RuntimeError) as err:
-        if isinstance(err, (ArtefactError, StageMismatch)):
-            raise
-        target = rebuild or path
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ArtefactError(
-            f"{path} is corrupt or truncated ({type(err).__name__}: {first[:160]}); delete "
-            f"{target} and run the same command again to rebuild it") from err
-    except Exception as err:  # TensorFlow's own errors (e.g. a truncated SavedModel)
-        if type(err).__module__.startswith("tensorflow"):
-            raise ArtefactError(
-                f"{path} is corrupt or truncated ({type(err).__name__}); delete "
-                f"{rebuild or path} and run the same command again to rebuild it") from err
+    except (ArtefactError, StageMismatch, KeyboardInterrupt):
         raise
+    except Exception as err:  # zipfile, json, numpy, TensorFlow (a truncated SavedModel
+        # raises IndexError, tf.errors.*, ...): any failure to read is a bad artefact
+        target = rebuild or path
+        text = str(err).strip()
+        first = text.splitlines()[0][:160] if text else ""
+        raise ArtefactError(
+            f"{path} is corrupt or truncated ({type(err).__name__}"
+            f"{': ' + first if first else ''}); delete {target} and run the same command "
+            "again to rebuild it") from err
 
 
 class atomic_dir:
@@ -228,7 +223,13 @@ class StageKey:
         """The stored key dict, or None when the stage never started here."""
         if not os.path.exists(self.path):
             return None
-        return read_json(self.path)
+        try:
+            return read_json(self.path)
+        except ArtefactError:
+            raise StageMismatch(
+                f"{self.path} (the key of the {self.name} stage) is corrupt: without it the "
+                f"{self.name} artefacts cannot be matched to their settings. Restore it, or "
+                "use a new --workdir") from None
 
     def has_artefacts(self):
         """True when any artefact exists (a directory counts when it is not empty)."""
@@ -276,6 +277,7 @@ class StageKey:
             raise StageMismatch(
                 f"{self.wd.root} holds {self.name} artefacts without a stage key (made by an "
                 "older bmoe-tf or copied in part); use a new --workdir")
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
         write_json(self.path, dict(stage=self.name, fingerprint=self.fingerprint,
                                    parent=self.parent.fingerprint if self.parent else None,
                                    settings=self.settings))

@@ -229,9 +229,8 @@ class SuperResolutionTask(pipeline.Task):
                 sr_models.export_expert(model, path)
 
             wd.run(f"expert {name}", path, build)
-            expert = sr_models.load_expert(path, scale, s.experts)
-            load_artefact(path, lambda p, e=expert: e.resolve((PART, PART, 3)))
-            experts.append(expert)
+            experts.append(load_artefact(path, lambda p, scale=scale: sr_models.load_expert(
+                p, scale, s.experts).resolve((PART, PART, 3))))
         return experts
 
     def cache_files(self, cfg, wd, split):
@@ -315,7 +314,9 @@ class SuperResolutionTask(pipeline.Task):
     def report_extras(self, cfg, report):
         experts = [dict(e, psnr=e["metric"], psnr_validation=e["metric_validation"],
                         bicubic=e.get("bicubic_test")) for e in report["experts"]]
-        return {"experts": experts, "eval_images": report["eval"], "parts": report["examples"]}
+        curves = dict(report["curves"], bicubic=[[e["data_cost"], e["bicubic"]] for e in experts])
+        return {"experts": experts, "curves": curves, "eval_images": report["eval"],
+                "parts": report["examples"]}
 
     def curve_extras(self, report):
         xs = [e["data_cost"] / 1000 for e in report["experts"]]

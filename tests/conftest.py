@@ -47,3 +47,26 @@ def toy_gate():
                                  keras.layers.Dense(3)])
 
     return build
+
+
+@pytest.fixture(scope="session")
+def sr_smoke(tmp_path_factory):
+    """``(workdir, stdout)`` of one smoke run of ``python -m experiments.super_resolution``
+    with ``--eval_image_dir`` (one 256x256 crop of coffee): about 30 s, shared."""
+    import os
+    import subprocess
+    import sys
+
+    from skimage import data, io
+
+    root = tmp_path_factory.mktemp("sr")
+    extra = root / "extra_images"
+    extra.mkdir()
+    io.imsave(str(extra / "coffee_crop.png"), data.coffee()[:256, :256])
+    workdir = str(root / "wd")
+    cmd = [sys.executable, "-m", "experiments.super_resolution", f"--workdir={workdir}",
+           "--preset=smoke", "--verbose=0", f"--eval_image_dir={extra}"]
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return workdir, proc.stdout

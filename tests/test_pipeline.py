@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from experiments.stages import WorkdirLock
@@ -150,6 +151,10 @@ def _config(*argv):
     (["--methods=enforce,magic"], "--methods takes"),
     (["--bias_weights=1,-1"], "--bias_weights"),
     (["--eval_image_dir=/no/such/dir"], "--eval_image_dir/--eval_data: '/no/such/dir'"),
+    (["--seed=-1"], "--seed must be >= 0"),
+    (["--eval_batch_seed=-3"], "--eval_batch_seed must be >= 0"),
+    (["--data=folder:/no/such/dir"], "--data=folder:/no/such/dir: '/no/such/dir' is not"),
+    (["--data=s3://bucket"], "--data takes bundled, folder:PATH or tfds:NAME"),
 ])
 def test_bad_flags_are_refused_with_the_flag_named(flags, message):
     from experiments.config import ConfigError
@@ -172,7 +177,8 @@ def test_a_batch_larger_than_the_training_set_fails_before_the_experts(tmp_path)
 def test_the_cli_prints_one_line_and_exits_before_any_work(tmp_path):
     start = time.time()
     proc = _run(str(tmp_path / "wd"), "--targets=20000", ok=False)
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: --targets")
     assert "--targets: 20000 is outside [3072, 12288]" in proc.stderr
     assert not (tmp_path / "wd").exists() and time.time() - start < 60
 
@@ -214,8 +220,11 @@ def test_a_lock_held_by_another_process_is_refused(tmp_path):
         pass
 
 
-@pytest.mark.parametrize("victim", ["cache/test_outputs.npz", "data/test.npz", "bias.json",
-                                    "gates/enforce/shared/gate/saved_model.pb"])
+@pytest.mark.parametrize("victim", [
+    "cache/test_outputs.npz", "data/test.npz", "bias.json",
+    "gates/enforce/shared/gate/saved_model.pb",
+    "gates/enforce/shared/gate/variables/variables.data-00000-of-00001",
+    "experts/espcn_x3/variables/variables.data-00000-of-00001"])
 def test_a_corrupt_artefact_is_named_in_one_line(finished, tmp_path, victim):
     workdir = str(tmp_path / "corrupt")
     shutil.copytree(finished, workdir)
@@ -227,7 +236,8 @@ def test_a_corrupt_artefact_is_named_in_one_line(finished, tmp_path, victim):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: ") and victim.split("/")[-1] in last and "delete" in last
+    named = victim.split("/variables/")[0].replace("/saved_model.pb", "")  # a SavedModel
+    assert last.startswith("error: ") and f"{named} is corrupt" in last and "delete" in last
 
 
 def test_eval_images_added_to_a_finished_workdir_are_honoured(finished, tmp_path):
@@ -263,3 +273,48 @@ def test_every_curve_point_has_its_realised_cost_and_the_oracle_bounds_the_gates
     for method in ("enforce", "soft", "random"):
         for p, q in zip(report["points"][method], report["points"]["oracle"]):
             assert p["metric"] <= q["metric"] + 1e-9
+
+
+def test_a_corrupt_stage_key_says_what_it_is_and_not_to_delete_it(finished, tmp_path):
+    workdir = str(tmp_path / "key")
+    shutil.copytree(finished, workdir)
+    with open(os.path.join(workdir, "stages", "experts.json"), "w") as f:
+        f.write('{"stage": "exp')
+    proc = _run(workdir, ok=False)
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "the key of the experts stage) is corrupt" in last and "new --workdir" in last
+
+
+def test_a_data_stage_that_failed_can_be_run_again_with_corrected_flags(tmp_path):
+    """A data stage that never finished holds no work: other data flags are accepted."""
+    workdir = str(tmp_path / "typo")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = _run(workdir, f"--data=folder:{empty}", "--methods=random,oracle",
+                "--expert_epochs=1", ok=False)
+    assert proc.returncode == 2 and "contains no image files" in proc.stderr
+    with open(os.path.join(workdir, "stages", "data.json")) as f:
+        assert json.load(f)["settings"]["data"] == f"folder:{empty}"
+    _run(workdir, "--methods=random,oracle")  # the default --data now
+
+
+def test_changing_the_eval_images_reevaluates_them_from_scratch(finished, tmp_path):
+    """--eval_image_dir A then B on one workdir gives B's numbers, as a run with B only."""
+    from skimage import data, io
+
+    folders = {}
+    for name, image in (("a", data.camera()[:192, :192]), ("b", data.coins()[:192, :192])):
+        folders[name] = tmp_path / name
+        folders[name].mkdir()
+        io.imsave(str(folders[name] / f"{name}.png"), np.stack([image] * 3, axis=-1))
+    both, only_b = str(tmp_path / "both"), str(tmp_path / "only_b")
+    shutil.copytree(finished, both)
+    shutil.copytree(finished, only_b)
+    _run(both, f"--eval_image_dir={folders['a']}")
+    first = _report(both)["eval_images"]["rho"]
+    _run(both, f"--eval_image_dir={folders['b']}")
+    _run(only_b, f"--eval_image_dir={folders['b']}")
+    a, b = _report(both), _report(only_b)
+    assert a["eval_images"] == b["eval_images"] and a["experts"] == b["experts"]
+    assert first != a["eval_images"]["rho"]

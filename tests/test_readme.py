@@ -17,29 +17,18 @@ def _example_block():
     return blocks[0]
 
 
-def _photo_parts():
-    import skimage.data
+def test_readme_example_runs_as_written_on_a_smoke_workdir(sr_smoke, tmp_path, monkeypatch):
+    """The block as written, in a folder whose ``workdir`` is the smoke run's workdir
+    (its trained ESPCN SavedModels), on that run's own training / validation / test parts."""
+    from experiments.sr.data import PartSet
 
-    from experiments.sr.data import cut_parts
-
-    parts = []
-    for name in ("astronaut", "coffee"):
-        image = getattr(skimage.data, name)().astype(np.float32) / 255.0
-        parts.append(cut_parts(image[:256, :256])[0])  # 16 parts of 64x64 each
-    return np.concatenate(parts)  # [32, 64, 64, 3]
-
-
-def test_readme_example_runs_as_written(tmp_path, monkeypatch):
-    from experiments.sr.models import build_expert_model, export_expert
-
-    for s in (4, 3, 2):  # untrained residual ESPCN: exactly bicubic
-        export_expert(build_expert_model("espcn", s), tmp_path / "workdir" / "experts" /
-                      f"espcn_x{s}")
-    parts = _photo_parts()
-    rng = np.random.default_rng(0)
-    order = rng.permutation(len(parts))
-    scope = {"parts": parts[order[:20]], "val_parts": parts[order[20:26]],
-             "test_parts": parts[order[26:]]}
+    smoke_workdir, _ = sr_smoke
+    os.symlink(smoke_workdir, tmp_path / "workdir")
+    sets = {s: PartSet.load(os.path.join(smoke_workdir, "data", f"{s}.npz")).parts
+            for s in ("train", "validation", "test")}
+    scope = {"parts": sets["train"], "val_parts": sets["validation"],
+             "test_parts": sets["test"]}
+    assert len(scope["parts"]) >= 128  # at least one full batch
     monkeypatch.chdir(tmp_path)
     exec(compile(_example_block(), "README.md", "exec"), scope)  # noqa: S102
 
@@ -47,11 +36,12 @@ def test_readme_example_runs_as_written(tmp_path, monkeypatch):
     np.testing.assert_allclose(b, [0.0, 6144 / 6996, 1 - 6144 / 6996], atol=1e-9)
     assert [e.data_cost for e in scope["experts"]] == [3072, 5292, 12288]
     y = scope["y"]
-    assert y.shape == (6, 64, 64, 3) and np.all(np.isfinite(y))
+    assert y.shape == sets["test"].shape and np.all(np.isfinite(y))
     mix = scope["mix"]
-    assert int(mix.optimizer.iterations) == 2  # 2 epochs of one batch of 20
+    assert int(mix.optimizer.iterations) == 2 * (len(sets["train"]) // 128)
     assert np.all(np.isfinite(mix.offsets.numpy()))
     # calibrated offsets reproduce b's capacities on the calibration set, x4 unused
     picks = mix.select_experts(scope["val_parts"])
-    np.testing.assert_array_equal(np.bincount(picks, minlength=3), expert_capacities(6, b))
+    np.testing.assert_array_equal(np.bincount(picks, minlength=3),
+                                  expert_capacities(len(picks), b))
     assert not np.any(picks == 0)

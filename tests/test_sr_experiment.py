@@ -18,15 +18,10 @@ def _run(workdir, *extra):
     return proc.stdout
 
 
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    root = tmp_path_factory.mktemp("sr")
-    extra = root / "extra_images"
-    extra.mkdir()
-    from skimage import data, io
-    io.imsave(str(extra / "coffee_crop.png"), data.coffee()[:256, :256])
-    workdir = str(root / "wd")
-    return workdir, _run(workdir, f"--eval_image_dir={extra}")
+@pytest.fixture
+def smoke(sr_smoke):
+    """The shared smoke workdir (conftest.py) and what the run printed."""
+    return sr_smoke
 
 
 def test_smoke_run_writes_the_report(smoke):
