@@ -1,0 +1,148 @@
+"""A second, tiny task through experiments.pipeline, in-process: a metric that is not a
+mean over examples (an F1-like ratio of totals), a "scores" cache, raw-array experts.
+Nothing in the pipeline knows about it: the interface is enough."""
+import dataclasses
+import os
+
+import numpy as np
+import pytest
+
+from bmoe_tf import Expert
+from bmoe_tf.backend import keras
+from bmoe_tf.cache import score_cache
+from experiments import config, pipeline
+from experiments.stages import write_json
+
+
+@dataclasses.dataclass(frozen=True)
+class ToySettings:
+    examples: int = 240
+
+
+class ToyTask(pipeline.Task):
+    """Inputs x [M, 4]; expert n sees the first 1, 2 or 4 features (d_n = 4, 8, 16 bytes);
+    per example and expert a hit h[M, N] in {0, 1} and false alarms f[M, N] in {0, 1, 2};
+    metric = F1 = 2 TP / (2 TP + FP + FN) over the whole split: a ratio of totals (like
+    mAP), not a mean of per-example values. Scores (oracle, training) = h - f / 2."""
+
+    name = "toy"
+    title = "Toy"
+    metric_name = "F1-like"
+    cost_unit = "bytes"
+    example_name = "example"
+
+    def __init__(self):
+        self.data = {}
+
+    def presets(self):
+        schedule = config.Schedule(targets=config.Targets(count=3), batch_size=16,
+                                   learning_rate=1e-2, epochs=2)
+        return {name: config.Preset(schedule, ToySettings()) for name in config.PRESET_NAMES}
+
+    def data_costs(self, cfg):
+        return np.array([4.0, 8.0, 16.0])
+
+    def stage_settings(self, cfg):
+        return {"data": dict(examples=cfg.task.examples), "experts": {}, "cache": {}}
+
+    def prepare_data(self, cfg, wd):
+        rng = np.random.default_rng(cfg.seed)
+        for split in pipeline.SPLITS:
+            x = rng.normal(size=(cfg.task.examples, 4)).astype(np.float32)
+            difficulty = np.abs(x[:, 3])  # hard examples need more features
+            hits = (difficulty[:, None] < np.array([0.3, 0.8, 5.0])[None]).astype(np.float32)
+            false = rng.integers(0, 3, size=(len(x), 3)) * (np.abs(x[:, 2:3]) > 0.5)
+            np.savez(wd.path("data", f"{split}.npz"), x=x, hits=hits,
+                     false=false.astype(np.float32))
+        write_json(wd.path("data", "split.json"), {"ok": True})
+
+    def load_data(self, cfg, wd):
+        for split in pipeline.SPLITS:
+            with np.load(wd.path("data", f"{split}.npz")) as f:
+                self.data[split] = dict(x=f["x"], hits=f["hits"], false=f["false"])
+        return {s: len(v["x"]) for s, v in self.data.items()}
+
+    def build_experts(self, cfg, wd):
+        experts = []
+        for k in (1, 2, 4):
+            model = keras.Sequential([keras.Input((k,)), keras.layers.Dense(1)])
+            experts.append(Expert(model, preprocess=lambda t, k=k: t[:, :k], name=f"k{k}",
+                                  input_shape=(4,)))
+        return experts
+
+    def build_caches(self, cfg, wd, experts, splits):
+        pass
+
+    def training_set(self, cfg):
+        d = self.data["train"]
+        return pipeline.TrainingSet(d["x"], score_cache(d["hits"] - d["false"] / 2))
+
+    def gate_inputs(self, split):
+        return self.data[split]["x"]
+
+    def scores(self, split):
+        return self.data[split]["hits"] - self.data[split]["false"] / 2
+
+    def metric(self, split, assignment):
+        return f1(self.data[split], np.asarray(assignment))
+
+    def build_gate(self, cfg, num_experts):
+        return keras.Sequential([keras.Input((4,)), keras.layers.Dense(16, activation="relu"),
+                                 keras.layers.Dense(num_experts)])
+
+
+def f1(data, assignment):
+    rows = np.arange(len(assignment))
+    tp = data["hits"][rows, assignment].sum()
+    fp = data["false"][rows, assignment].sum()
+    fn = len(assignment) - tp
+    return float(2 * tp / (2 * tp + fp + fn))
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory):
+    task = ToyTask()
+    cfg = config.build_config(task, preset_name="smoke", preset=task.presets()["smoke"],
+                              verbose=0, bias_weights=(1.0,))
+    workdir = str(tmp_path_factory.mktemp("toy") / "wd")
+    return task, cfg, workdir, pipeline.run(task, cfg, workdir, command="toy")
+
+
+def test_a_task_with_a_non_mean_metric_runs_through_the_pipeline(toy_run):
+    task, cfg, workdir, report = toy_run
+    assert report["task"] == "toy" and report["metric"] == "F1-like"
+    assert set(report["curves"]) == {"enforce", "soft", "random", "benchmark", "oracle"}
+    assert set(report["rho"]) == {"enforce", "soft", "random", "benchmark", "oracle"}
+    # every curve point is the task's own metric of the routing the pipeline chose
+    for method in ("enforce", "soft"):
+        for index, entry in report_subsets(workdir, method).items():
+            picks = np.asarray(entry["picks"])
+            point = report["points"][method][int(index)]
+            assert point["metric"] == pytest.approx(f1(task.data["test"], picks))
+            assert point["cost"] == pytest.approx(np.array([4.0, 8.0, 16.0])[picks].mean())
+            # not a mean of per-example values: F1 of the halves does not average to it
+            half = len(picks) // 2
+            parts = [f1({k: v[s] for k, v in task.data["test"].items()}, picks[s])
+                     for s in (slice(0, half), slice(half, None))]
+            assert point["metric"] != pytest.approx(np.mean(parts), abs=1e-9)
+    # the oracle maximises summed scores, a proxy of F1: any point above it is listed
+    above = [(m, p["target"]) for m, pts in report["points"].items() if m != "oracle"
+             for p, q in zip(pts, report["points"]["oracle"]) if p["metric"] > q["metric"] + 1e-9]
+    assert above == [(e["method"], e["target"]) for e in report["oracle_exceeded"]]
+    for name in ("report.md", "reports/curves.png", "gates/enforce/shared/gate/saved_model.pb"):
+        assert os.path.exists(os.path.join(workdir, name)), name
+
+
+def test_the_toy_task_resumes_with_every_stage_skipped(toy_run, capsys):
+    task, cfg, workdir, report = toy_run
+    again = pipeline.run(ToyTask(), cfg, workdir, command="toy")
+    assert "running ..." not in capsys.readouterr().out
+    assert {k: v for k, v in again.items() if k != "commands"} == \
+        {k: v for k, v in report.items() if k != "commands"}
+
+
+def report_subsets(workdir, method):
+    import json
+
+    with open(os.path.join(workdir, "evaluation.json")) as f:
+        return json.load(f)["test"]["subsets"][method]
