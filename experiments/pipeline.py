@@ -511,7 +511,8 @@ def run(task, cfg, workdir, *, command=None):
 def main(task, argv):
     """The body of a task CLI's absl ``main``: flags -> config -> :func:`run`.
 
-    Every error a user can fix is one line on stderr and exit status 2.
+    Every error a user can fix (a bad flag, a refused workdir, a corrupt artefact or
+    input) is one `error:` line on stderr and exit status 2.
     """
     from absl import app, flags, logging
 
