@@ -23,10 +23,13 @@ setup(
         # tflite-micro is published only as dated dev builds: pinned exactly.
         "ai-edge-litert>=2.3,<2.4",
         "tflite-micro==0.dev20261023182759",
+        # COCO mAP of the detection task (a cp311 wheel, numpy only).
+        "pycocotools>=2.0.11,<2.1",
     ],
     entry_points={
         "console_scripts": [
             "bmoe-super-resolution = experiments.super_resolution:run",
+            "bmoe-detection = experiments.detection:run",
             "bmoe-benchmark = benchmarks.core:main",
             "bmoe-export-gate = gating_tflite.export:run",
         ],

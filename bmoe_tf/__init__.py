@@ -9,13 +9,15 @@ Where each part of the paper lives:
 * the gating model f(x; W_g), Tables III/V/VII -- :mod:`bmoe_tf.gating`
 * MAC counts C_g of any Keras model -- :mod:`bmoe_tf.macs`
 * experts E_n with P_n and d_n -- :mod:`bmoe_tf.experts`
+* frozen TF1 graphs (Object Detection API exports) as experts -- :mod:`bmoe_tf.frozen_graph`
 * Eq. 2 and training the gate -- :mod:`bmoe_tf.mixture`
 * the expert cache (outputs, mse statistics, scores) -- :mod:`bmoe_tf.cache`
 * shared argument checks -- :mod:`bmoe_tf.checks`
 """
 from bmoe_tf import backend  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from bmoe_tf.experts import Expert
+from bmoe_tf.frozen_graph import FrozenGraph, detection_outputs
 from bmoe_tf.mixture import BiasedMixture
 
 __version__ = "0.1.0"
-__all__ = ["Expert", "BiasedMixture"]
+__all__ = ["Expert", "BiasedMixture", "FrozenGraph", "detection_outputs"]

@@ -4,7 +4,10 @@ An :class:`Expert` wraps one of:
 
 * a TF2 SavedModel directory, or a TF Hub handle, loaded with
   ``hub.KerasLayer(path_or_handle, trainable=False)``;
-* a Keras layer or model (its weights are frozen: ``trainable = False``).
+* a Keras layer or model (its weights are frozen: ``trainable = False``);
+* a frozen TF1 GraphDef (e.g. an Object Detection API ``frozen_inference_graph.pb``)
+  through :meth:`Expert.from_frozen_graph` (a :class:`bmoe_tf.frozen_graph.FrozenGraph`
+  layer).
 
 ``expert(x)`` computes ``E_n(P_n(x))`` for a batch ``x`` of ``[M, ...]`` raw inputs.
 The data cost ``d_n`` is what the sensor must send for one example: by default
@@ -35,12 +38,19 @@ def _load(model):
         import tensorflow_hub as hub  # imported lazily: it pulls in a lot
 
         path = os.fspath(model)
+        if os.path.isfile(path) and path.endswith((".pb", ".pbtxt")):
+            if os.path.basename(path) in ("saved_model.pb", "saved_model.pbtxt"):
+                raise ValueError(f"expert model {path!r} is a SavedModel's graph file: pass its "
+                                 f"directory {os.path.dirname(path) or '.'!r}")
+            raise ValueError(
+                f"expert model {path!r} is a file, not a SavedModel directory; if it is a "
+                f"frozen TF1 GraphDef use Expert.from_frozen_graph(path, inputs, outputs, ...)")
         if "://" not in path and not os.path.exists(path):
             raise ValueError(
                 f"expert model {path!r} is neither an existing SavedModel directory nor a "
                 f"TF Hub URL handle")
         return hub.KerasLayer(path, trainable=False)
-    if isinstance(model, keras.layers.Layer):
+    if isinstance(model, keras.layers.Layer):  # FrozenGraph layers included
         model.trainable = False
         return model
     raise ValueError(
@@ -52,7 +62,9 @@ class Expert:
     """One frozen expert of the mixture.
 
     Args:
-      model: SavedModel directory / TF Hub handle (str or path) or Keras layer/model.
+      model: SavedModel directory / TF Hub handle (str or path) or Keras layer/model
+        (a :class:`bmoe_tf.frozen_graph.FrozenGraph` too; see
+        :meth:`from_frozen_graph`).
       preprocess: P_n, a callable ``[M, ...] -> [M, ...]`` applied before the model
         (e.g. a downsample); None for the identity.
       data_cost: d_n in bytes per example; None to use the float32 bytes of P_n(x),
@@ -79,6 +91,31 @@ class Expert:
         self.output_dtype = None
         if input_shape is not None:
             self.resolve(input_shape)
+
+    @classmethod
+    def from_frozen_graph(cls, path, inputs, outputs, *, combine=None, input_dtype=None,
+                          preprocess=None, data_cost=None, name=None, input_shape=None):
+        """An expert from a frozen TF1 GraphDef (``.pb``), e.g. an Object Detection API
+        ``frozen_inference_graph.pb``.
+
+        Args:
+          path, inputs, outputs, combine, input_dtype: as
+            :class:`bmoe_tf.frozen_graph.FrozenGraph`. For the Object Detection API:
+            ``inputs="image_tensor:0"``, ``outputs=["detection_boxes:0",
+            "detection_scores:0", "detection_classes:0", "num_detections:0"]``,
+            ``combine=bmoe_tf.frozen_graph.detection_outputs`` (one ``[M, K, 6]``
+            tensor), ``input_dtype=tf.uint8``.
+          preprocess: P_n; it must produce what the graph expects (for
+            ``image_tensor``: pixel values 0..255 at the expert's resolution R_n; the
+            layer rounds and saturates them to uint8).
+          data_cost, name, input_shape: as the constructor (d_n is by default the
+            float32 bytes of P_n(x), e.g. 3 x R_n x R_n x 4).
+        """
+        from bmoe_tf.frozen_graph import FrozenGraph  # noqa: PLC0415 - no import cycle
+
+        layer = FrozenGraph(path, inputs, outputs, combine=combine, input_dtype=input_dtype)
+        return cls(layer, preprocess=preprocess, data_cost=data_cost, name=name,
+                   input_shape=input_shape)
 
     def _prepare(self, x):
         return x if self.preprocess is None else self.preprocess(x)
