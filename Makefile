@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo bench firmware clean
+.PHONY: install test demo demo-detection bench firmware firmware-detection clean
 
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,17 @@ bench: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m experiments.super_resolution --preset=quick --workdir=workdir/super_resolution
+
+# The detection task on the generated set (experts trained here; ~15 min on 2 cores).
+demo-detection: $(STAMP)
+	$(PY) -m experiments.detection --preset=quick --workdir=workdir/detection
+
+# The detection demo's compact gate (quick preset) as int8 for an STM32H743 held to
+# 256 KiB of flash and 256 KiB of arena: workdir/detection/firmware/.
+firmware-detection: demo-detection
+	$(PY) -m gating_tflite.export --task=detection --gate=workdir/detection/gates/enforce/shared \
+	  --calibration=workdir/detection --out=workdir/detection/firmware/gate.tflite \
+	  --target=stm32h743 --flash_kib=256 --ram_kib=256 --emit_c
 
 # A compact gate for a Cortex-M7 (experts retrained in their own workdir), exported
 # to int8 TFLite Micro with the firmware C files: workdir/sr_compact/firmware/.

@@ -75,6 +75,8 @@ class Schedule:
     #: Epochs of each soft gate (one per target and w_bias: the expensive part);
     #: None: the same as ``epochs``.
     soft_epochs: int | None = None
+    #: The gating model (``--gate``): "paper" (the paper's table) or "compact".
+    gate: str = "paper"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,7 +180,8 @@ SHARED_FLAGS = ("workdir", "preset", "methods", "targets", "bias", "batch_size",
                 "data", "tfds_data_dir", "eval_data", "eval_batch_seed")
 
 
-def define_shared_flags(flag_values=None, *, data_help="bundled | folder:PATH | tfds:NAME"):
+def define_shared_flags(flag_values=None, *, data_help="bundled | folder:PATH | tfds:NAME",
+                        data_default="bundled"):
     """Defines the shared flags on ``flag_values`` (absl's global FLAGS by default).
 
     Every flag of a preset value defaults to None: None means "from --preset".
@@ -208,8 +211,9 @@ def define_shared_flags(flag_values=None, *, data_help="bundled | folder:PATH | 
                          "gates too unless --soft_epochs). Default from --preset.", **d)
     flags.DEFINE_integer("soft_epochs", None, "Training epochs of each soft gate (one per "
                          "target and w_bias). Default from --preset, else --epochs.", **d)
-    flags.DEFINE_enum("gate", "paper", list(GATE_KINDS),
-                      "Gating model: the paper's table or the compact (Cortex-M7) gate.", **d)
+    flags.DEFINE_enum("gate", None, list(GATE_KINDS),
+                      "Gating model: the paper's table or the compact (Cortex-M7) gate. "
+                      "Default from --preset.", **d)
     flags.DEFINE_enum("training_loss", None, list(TRAINING_LOSSES),
                       "Gate training loss (bmoe_tf.mixture.TRAINING_LOSSES): 'selected' is the "
                       "paper's Eq. 2 loss; 'relative' regresses the logits onto the experts' "
@@ -223,7 +227,7 @@ def define_shared_flags(flag_values=None, *, data_help="bundled | folder:PATH | 
                          "selection.", **d)
     flags.DEFINE_integer("verbose", 1, "Keras verbosity (0 silent, 1 progress bars, "
                          "2 per epoch).", **d)
-    flags.DEFINE_string("data", "bundled", data_help + " (never downloads).", **d)
+    flags.DEFINE_string("data", data_default, data_help + " (never downloads).", **d)
     flags.DEFINE_string("tfds_data_dir", None, "data_dir of prepared TFDS datasets.", **d)
     flags.DEFINE_string("eval_data", None, "Extra held-out data (a folder, in the task's own "
                         "format), evaluated and reported separately.", **d)
@@ -258,7 +262,7 @@ def from_flags(task, flag_values=None) -> Config:
                                       if values["bias_weights"] is not None else s.bias_weights),
                         methods=tuple(m.strip() for m in values["methods"]),
                         bias=parse_numbers(values["bias"], "bias"),
-                        gate=values["gate"], combine=values["combine"], seed=values["seed"],
+                        gate=_or(values["gate"], s.gate), combine=values["combine"], seed=values["seed"],
                         verbose=values["verbose"], data=values["data"],
                         tfds_data_dir=values["tfds_data_dir"],
                         eval_data=task.eval_data_from_flags(fv) or values["eval_data"],
@@ -276,7 +280,8 @@ def build_config(task, *, preset_name, preset, task_settings=None, **overrides) 
     fields = dict(targets=s.targets, batch_size=s.batch_size, learning_rate=s.learning_rate,
                   epochs=s.epochs, training_loss=s.training_loss, bias_weights=s.bias_weights,
                   methods=("enforce", "soft", "random", "benchmark", "oracle"), bias=None,
-                  gate="paper", combine="gate", seed=0, verbose=1, data="bundled",
+                  gate=s.gate, combine="gate", seed=0, verbose=1,
+                  data=getattr(task, "default_data", "bundled"),
                   tfds_data_dir=None, eval_data=None, eval_batch_seed=DEFAULT_EVAL_BATCH_SEED)
     fields.update(overrides)
     if fields.get("soft_epochs") is None:
@@ -316,8 +321,10 @@ def check(cfg: Config, task) -> None:
     for name in ("seed", "eval_batch_seed"):
         if getattr(cfg, name) < 0:
             raise ConfigError(f"--{name} must be >= 0, got {getattr(cfg, name)}")
-    if cfg.data != "bundled" and not cfg.data.startswith(("folder:", "tfds:")):
-        raise ConfigError(f"--data takes bundled, folder:PATH or tfds:NAME, got {cfg.data!r}")
+    default_data = getattr(task, "default_data", "bundled")
+    if cfg.data != default_data and not cfg.data.startswith(("folder:", "tfds:")):
+        raise ConfigError(f"--data takes {default_data}, folder:PATH or tfds:NAME, got "
+                          f"{cfg.data!r}")
     if cfg.data.startswith("folder:"):
         import os
 

@@ -68,6 +68,9 @@ class Task(abc.ABC):
 
     name = "task"
     title = "task"
+    #: ``--data``'s default (the data the task ships or makes) and its help text.
+    default_data = "bundled"
+    data_help = "bundled | folder:PATH | tfds:NAME"
     metric_name = "metric"
     cost_unit = "bytes per example"
     example_name = "example"
@@ -98,7 +101,9 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def stage_settings(self, cfg) -> dict:
         """``{"data": {...}, "experts": {...}, "cache": {...}, "eval_data": {...}}``: the
-        task settings each protected stage depends on (JSON-able)."""
+        task settings each protected stage depends on (JSON-able); an optional
+        ``"gates": {...}`` holds task settings that only retrain the gates (e.g. the
+        view the gate sees)."""
 
     # ---- stages ------------------------------------------------------------------------
     @abc.abstractmethod
@@ -191,9 +196,22 @@ class Task(abc.ABC):
         """Extra report.json keys."""
         return {}
 
+    def evaluation_extras(self, cfg, results) -> dict:
+        """Extra report.json keys computed from the evaluation results
+        (``{split: evaluate_split(...)}``, with each gate's picks under ``"subsets"``)."""
+        return {}
+
     def figures(self, cfg, wd, report, evaluation) -> dict:
         """Extra figures ``{name: path}``."""
         return {}
+
+    def extra_stages(self, cfg, wd, experts, report) -> None:
+        """Task stages after the report (e.g. ablations), run under the workdir lock; they
+        may add keys to ``report`` (and rewrite report.json)."""
+
+    def markdown_extras(self, cfg, report) -> list:
+        """Extra report.md lines (task tables), appended after the generic sections."""
+        return []
 
     # ---- export ------------------------------------------------------------------------
     def export_data(self, workdir):
@@ -310,7 +328,8 @@ def _keys(task, cfg, wd):
                                        learning_rate=cfg.learning_rate, gate=cfg.gate,
                                        training_loss=cfg.training_loss, combine=cfg.combine,
                                        bias_weights=list(cfg.bias_weights), seed=cfg.seed,
-                                       eval_batch_seed=cfg.eval_batch_seed),
+                                       eval_batch_seed=cfg.eval_batch_seed,
+                                       **s.get("gates", {})),
                      parent=bias, artefacts=["gates"])
     eval_data = StageKey(wd, "eval_data", dict(eval_data=cfg.eval_data, **s.get("eval_data", {})),
                          parent=experts,
@@ -501,6 +520,7 @@ def run(task, cfg, workdir, *, command=None):
         gate_model = task.build_gate(cfg, len(experts))
         report = report_lib.write_report(task, cfg, wd, table, points, results, splits, command,
                                          gate_model=gate_model)
+        task.extra_stages(cfg, wd, experts, report)
     print(report_lib.format_table(report), flush=True)
     for line in report_lib.warnings(report):
         print(line, flush=True)
@@ -542,7 +562,7 @@ def cli(task_factory):
     from absl import app, flags
 
     task = task_factory()
-    config_lib.define_shared_flags()
+    config_lib.define_shared_flags(data_help=task.data_help, data_default=task.default_data)
     task.define_flags(flags.FLAGS)
     for name in config_lib.SHARED_FLAGS:  # --help lists the shared flags beside the task's
         flags.FLAGS.register_flag_by_module(sys.argv[0], flags.FLAGS[name])

@@ -49,12 +49,16 @@ def write_report(task, cfg, wd, table, points, results, splits, command, *, gate
         "commands": commands,
         "examples": {k: int(v) for k, v in splits.items()},
     }
+    report.update(task.evaluation_extras(cfg, results))
     report.update(task.report_extras(cfg, report))
     write_json(wd.path("report.json"), report)
     figures = {"curves": _figure_curves(task, wd, report)}
     figures.update(task.figures(cfg, wd, report, results))
     with open(wd.path("report.md"), "w") as f:
         f.write(_markdown(task, report, test, figures, wd))
+        extra = task.markdown_extras(cfg, report)
+        if extra:
+            f.write("\n".join(extra) + "\n")
     return report
 
 

@@ -11,6 +11,7 @@ __all__ = ["TASKS", "get_task", "task_names"]
 #: task name -> "module:attribute" of its Task class.
 TASKS = {
     "super_resolution": "experiments.super_resolution:SuperResolutionTask",
+    "detection": "experiments.detection:DetectionTask",
 }
 
 

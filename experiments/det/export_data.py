@@ -1,0 +1,71 @@
+"""The detection workdir as inputs for an int8 gate export
+(``gating_tflite.export --task=detection``).
+
+Sets (gate views ``float32[M, r, r, 3]``, RGB in [0, 1], exactly as the experiment
+feeds its gates: the 224x224 centre crop, resized to the run's gate view r):
+
+* representative: a seeded sample of 300 training images;
+* calibration (offsets): the validation images (the gate never trained on them);
+* heldout: the validation images mirrored left-right -- inputs neither the offsets
+  nor the quantization saw, from the same distribution;
+* test: the test images; the metric is the experiment's test mAP (%) of the routing,
+  from the cached detections (no expert runs).
+"""
+import os
+
+import numpy as np
+
+from experiments.stages import read_json
+from gating_tflite.calibration import ExportData
+
+__all__ = ["export_data", "REPRESENTATIVE_IMAGES"]
+
+REPRESENTATIVE_IMAGES = 300
+
+
+def export_data(workdir):
+    """:class:`gating_tflite.calibration.ExportData` of a detection experiment workdir."""
+    from experiments.det.coco_metric import RoutingEvaluator
+    from experiments.det.data import DetectionSet
+    from experiments.detection import gate_view
+
+    def path(*parts):
+        return os.path.join(workdir, *parts)
+
+    needed = [path("data", f"{s}.npz") for s in ("train", "validation", "test")]
+    needed += [path("cache", "test_detections.npz"), path("experts.json"), path("report.json")]
+    missing = [p for p in needed if not os.path.exists(p)]
+    if missing:
+        raise ValueError(f"{workdir} is not a finished detection workdir: missing {missing}; "
+                         "run python -m experiments.detection first")
+    view = int(read_json(path("report.json"))["gate_view"])
+    sets = {s: DetectionSet.load(path("data", f"{s}.npz")) for s in ("train", "validation",
+                                                                        "test")}
+    with np.load(path("cache", "test_detections.npz")) as f:
+        detections = f["detections"]
+    experts = read_json(path("experts.json"))
+    train = sets["train"]
+    pick = np.sort(np.random.default_rng(0).choice(
+        len(train), min(REPRESENTATIVE_IMAGES, len(train)), replace=False))
+    test = sets["test"]
+    evaluator = RoutingEvaluator(test.boxes, test.labels, test.image_index, len(test),
+                                 len(test.class_names), detections)
+    validation = gate_view(sets["validation"].images, view)
+
+    def test_map(assignment):
+        return 100.0 * evaluator.map(np.asarray(assignment, np.int64))
+
+    return ExportData(
+        representative=gate_view(train.images[pick], view),
+        calibration=validation,
+        heldout=np.ascontiguousarray(validation[:, :, ::-1]),
+        test=gate_view(test.images, view),
+        test_metric=test_map,
+        metric_name="test mAP@[.5:.95] (%)",
+        data_costs=np.array([e["data_cost"] for e in experts], np.float64),
+        expert_names=tuple(e["name"] for e in experts),
+        input_description=f"RGB in [0, 1], the 224x224 centre crop resized to {view}x{view}",
+        notes={"representative": f"{len(pick)} training images (seed 0)",
+               "calibration": f"the {len(validation)} validation images",
+               "heldout": "the validation images mirrored left-right",
+               "test": f"the {len(test)} test images"})

@@ -1,0 +1,117 @@
+"""Detection report tables: the paper's Table I (with its VGG16 / ResNet50 rows), the
+per-expert mAP on assigned vs all images (the paper's "Table V" for detection), and
+the ablation tables (Table II, Fig. 5) when they were run."""
+import numpy as np
+
+from experiments.report import AT, LABELS, METHOD_ORDER
+
+__all__ = ["subset_map", "assigned_map_tables", "markdown_lines"]
+
+
+def subset_map(data, detections, images, expert):
+    """COCO mAP / AP50 (%) of ``expert`` on the images ``images`` (indices) of ``data``.
+
+    Args:
+      data: an :class:`experiments.det.data.DetectionSet` (M images).
+      detections: ``float32[M, N, K, 6]`` cached detections.
+      images: ``int[m]`` image indices.
+      expert: n.
+    Returns:
+      ``{"map": %, "ap50": %}``, or None for an empty subset.
+    """
+    from experiments.det.coco_metric import coco_map
+
+    images = np.asarray(images, np.int64)
+    if len(images) == 0:
+        return None
+    remap = np.full(len(data), -1, np.int64)
+    remap[images] = np.arange(len(images))
+    keep = remap[data.image_index] >= 0
+    result = coco_map(data.boxes[keep], data.labels[keep],
+                      remap[data.image_index[keep]].astype(np.int32), len(images),
+                      len(data.class_names), detections[images, expert])
+    return {k: 100.0 * float(result[k]) for k in ("map", "ap50")}
+
+
+def assigned_map_tables(task, results, split="test"):
+    """``{method: [{"target", "bias", "rows": [{expert, share, assigned, all, delta}]}]}``:
+    each expert's mAP (%) on the images its gate assigned to it vs on all images."""
+    data, detections = task.sets[split], task.detections[split]
+    everything = np.arange(len(data))
+    whole = [subset_map(data, detections, everything, n)["map"]
+             for n in range(detections.shape[1])]
+    out = {}
+    for method, by_index in (results[split].get("subsets") or {}).items():
+        tables = []
+        for index, entry in sorted(by_index.items(), key=lambda kv: int(kv[0])):
+            picks = np.asarray(entry["picks"])
+            rows = []
+            for n, row in enumerate(entry["table"]):
+                sub = subset_map(data, detections, np.flatnonzero(picks == n), n)
+                assigned = None if sub is None else sub["map"]
+                rows.append(dict(expert=row["expert"], share=float(np.mean(picks == n)),
+                                 assigned=assigned, all=whole[n],
+                                 delta=None if assigned is None else assigned - whole[n]))
+            tables.append(dict(target=entry["target"], bias=entry["bias"], rows=rows))
+        out[method] = tables
+    return out
+
+
+def _fmt(v, width=6):
+    return f"{'-':>{width}}" if v is None else f"{v:>{width}.1f}"
+
+
+def markdown_lines(report):
+    """report.md sections of the detection task."""
+    out = ["", "## Table I layout (test split, mAP@[.5:.95] %, next to the paper's COCO rows)", ""]
+    if report.get("generated_data"):
+        out += ["The data is the *generated* set (experiments.det.data): its mAP values show the "
+                "routing effect, they are not comparable with the paper's COCO numbers.", ""]
+    out += ["| rows | method | d_max | d_max/2 | d_max/3 | rho |", "|---|---|---|---|---|---|"]
+    for method in METHOD_ORDER:
+        if method not in report["curves"]:
+            continue
+        vals = [report["at"][a].get(method) for a in AT] + [report["rho"].get(method)]
+        out.append(f"| this run | {LABELS[method]} | " + " | ".join(_fmt(v) for v in vals) + " |")
+    for backbone, rows in (report.get("paper_table_i") or {}).items():
+        for method in METHOD_ORDER:
+            if method in rows:
+                out.append(f"| paper {backbone} | {LABELS[method]} | "
+                           + " | ".join(_fmt(v) for v in rows[method]) + " |")
+    tables = report.get("assigned_map") or {}
+    if tables:
+        out += ["", "## Table V layout: each expert's mAP (%) on its assigned images vs all "
+                "test images", ""]
+        for method, entries in tables.items():
+            for entry in entries:
+                b = ", ".join(f"{v:.2f}" for v in entry["bias"])
+                out += [f"**{method}**, target {entry['target']:.0f} B, b = [{b}]", "",
+                        "| expert | share | assigned | all | delta |", "|---|---|---|---|---|"]
+                for row in entry["rows"]:
+                    delta = "-" if row["delta"] is None else f"{row['delta']:+.1f}"
+                    out.append(f"| {row['expert']} | {row['share']:.2f} | {_fmt(row['assigned'])}"
+                               f" | {_fmt(row['all'])} | {delta} |")
+                out.append("")
+    ablation = report.get("ablation") or {}
+    if "complexity" in ablation:
+        comp = ablation["complexity"]
+        out += ["", "## Table II layout: rho (enforce) vs gate complexity C_g and batch size M",
+                ""]
+        heads = [f"N={n} ({'/'.join(map(str, r))})" for n, r in comp["experts"].items()]
+        out += ["| C_g (MACs) | M | " + " | ".join(heads) + " |",
+                "|---|---|" + "---|" * len(heads)]
+        for row in comp["rows"]:
+            out.append(f"| {row['macs']:,} | {row['batch_size']} | "
+                       + " | ".join(_fmt(row["rho"].get(n), 5) for n in comp["experts"]) + " |")
+        if comp.get("figure"):
+            out += ["", f"![table2]({comp['figure']})"]
+    if "experts" in ablation:
+        exp = ablation["experts"]
+        out += ["", "## Fig. 5 layout: rho (enforce) vs number of experts N", "",
+                "| (R_min, R_max) | N | resolutions | rho |", "|---|---|---|---|"]
+        for row in exp["rows"]:
+            out.append(f"| ({row['range'][0]}, {row['range'][1]}) | {row['n']} | "
+                       f"{', '.join(map(str, row['resolutions']))} | {_fmt(row['rho'], 5)} |")
+        if exp.get("figure"):
+            out += ["", f"![fig5]({exp['figure']})"]
+    return out
