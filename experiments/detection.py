@@ -391,8 +391,12 @@ class DetectionTask(pipeline.Task):
         if cfg.task.ablation:
             from experiments.det.ablation import run_ablations
 
+            from experiments.det.report import ablation_lines
+
             report.update(run_ablations(self, cfg, wd, experts, report))
             write_json(wd.path("report.json"), report)
+            with open(wd.path("report.md"), "a") as f:
+                f.write("\n".join(ablation_lines(report)) + "\n")
 
     # ---- export ------------------------------------------------------------------------
     def export_data(self, workdir):

@@ -70,3 +70,22 @@ def sr_smoke(tmp_path_factory):
     proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return workdir, proc.stdout
+
+
+@pytest.fixture(scope="session")
+def det_smoke(tmp_path_factory):
+    """``(workdir, first, second)``: ``python -m experiments.detection --preset=smoke`` run
+    twice in one workdir (the second resumes: every stage skipped); about 70 s, shared."""
+    import subprocess
+    import sys
+
+    wd = tmp_path_factory.mktemp("det") / "smoke"
+    args = [sys.executable, "-m", "experiments.detection", "--preset=smoke",
+            f"--workdir={wd}", "--verbose=0"]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    runs = []
+    for _ in range(2):
+        out = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env)
+        assert out.returncode == 0, out.stderr[-3000:]
+        runs.append(out)
+    return wd, runs[0], runs[1]

@@ -5,7 +5,7 @@ import numpy as np
 
 from experiments.report import AT, LABELS, METHOD_ORDER
 
-__all__ = ["subset_map", "assigned_map_tables", "markdown_lines"]
+__all__ = ["subset_map", "assigned_map_tables", "markdown_lines", "ablation_lines"]
 
 
 def subset_map(data, detections, images, expert):
@@ -92,6 +92,12 @@ def markdown_lines(report):
                     out.append(f"| {row['expert']} | {row['share']:.2f} | {_fmt(row['assigned'])}"
                                f" | {_fmt(row['all'])} | {delta} |")
                 out.append("")
+    return out
+
+
+def ablation_lines(report):
+    """report.md sections of the ablations (appended after they ran)."""
+    out = []
     ablation = report.get("ablation") or {}
     if "complexity" in ablation:
         comp = ablation["complexity"]
