@@ -34,7 +34,7 @@ from bmoe_tf.cache import load_cache, save_cache, score_cache
 from bmoe_tf.gating import compact_gate, paper_gate
 from experiments import pipeline
 from experiments.config import ConfigError, Preset, Schedule, Targets, parse_numbers
-from experiments.stages import ArtefactError, load_artefact, read_json, write_json
+from experiments.stages import ArtefactError, load_artefact, write_json
 
 __all__ = ["DetectionTask", "DetectionSettings", "PRESETS", "PAPER_TABLE_I", "ABLATIONS",
            "gate_view", "run"]

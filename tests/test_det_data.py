@@ -1,4 +1,5 @@
-"""Detection data (experiments/det/data.py): generated set, DetectionSet, folder and tfds loaders."""
+"""Detection data (experiments/det/data.py): generated set, DetectionSet, folder and tfds
+loaders."""
 import json
 import os
 

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from experiments import config, pipeline
+from experiments import config
 from experiments.detection import DetectionTask, gate_view
 
 CLI = [sys.executable, "-m", "experiments.detection"]
@@ -128,3 +128,21 @@ def test_paper_table_i_reading():
         assert rows["enforce"][3] > rows["benchmark"][3] > rows["random"][3]
     assert PAPER_TABLE_I["resnet50"]["benchmark"] == [75.7, 65.1, 61.3, 66.1]
     assert PAPER_TABLE_I["resnet50"]["benchmark"] != PAPER_TABLE_I["resnet50"]["enforce"]
+
+
+def test_export_data_of_a_detection_workdir(det_smoke, tmp_path):
+    """gating_tflite finds the detection task's export inputs through the registry."""
+    from experiments.tasks import get_task
+
+    wd, _, _ = det_smoke
+    data = get_task("detection").export_data(str(wd))
+    report = json.loads((wd / "report.json").read_text())
+    view = report["gate_view"]
+    assert data.representative.shape[1:] == (view, view, 3)
+    assert len(data.test) == report["examples"]["test"]
+    np.testing.assert_array_equal(data.heldout, data.calibration[:, :, ::-1])
+    assert list(data.data_costs) == [120000.0, 270000.0, 1080000.0]
+    # the metric of a routing is the experiment's own (every image to the 300 px expert)
+    assert np.isclose(data.test_metric(np.full(len(data.test), 2)), report["experts"][2]["metric"])
+    with pytest.raises(ValueError, match="not a finished detection workdir"):
+        get_task("detection").export_data(str(tmp_path))
