@@ -35,10 +35,13 @@ class ConfigError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class Targets:
     """Data-cost targets: ``count`` grid points over ``[d_min, d_max]`` (plus d_max/2 and
-    d_max/3), or explicit ``costs`` in the task's cost unit."""
+    d_max/3), or explicit ``costs`` in the task's cost unit; ``experts`` also adds every
+    expert's own d_n (``--targets=3,experts``), where the LP's b is usually one expert,
+    so every curve passes through the single experts on the upper hull."""
 
     count: int | None = None
     costs: tuple[float, ...] = ()
+    experts: bool = False
 
     def resolve(self, data_costs) -> list[float]:
         """Sorted target costs for experts with ``data_costs`` ``[N]``.
@@ -47,19 +50,21 @@ class Targets:
           ConfigError: an explicit cost outside ``[d_min, d_max]``.
         """
         d_min, d_max = float(min(data_costs)), float(max(data_costs))
+        extra = {float(d) for d in data_costs} if self.experts else set()
         if self.count is not None:
             step = (d_max - d_min) / (self.count - 1)
             grid = {d_min + i * step for i in range(self.count - 1)} | {d_max}
             grid |= {t for t in (d_max / 2, d_max / 3) if d_min <= t <= d_max}
-            return sorted(grid)
+            return sorted(grid | extra)
         for t in self.costs:
             if not d_min <= t <= d_max:
                 raise ConfigError(f"--targets: {t:g} is outside [{d_min:g}, {d_max:g}], the "
                                   "range of the experts' data costs d_n")
-        return sorted(self.costs)
+        return sorted(set(self.costs) | extra)
 
     def as_flag(self) -> list[str]:
-        return [str(self.count)] if self.count is not None else [f"{c:g}" for c in self.costs]
+        out = [str(self.count)] if self.count is not None else [f"{c:g}" for c in self.costs]
+        return out + (["experts"] if self.experts else [])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,21 +160,25 @@ def parse_numbers(values: Sequence[str] | None, flag: str, kind=float) -> tuple 
 
 
 def parse_targets(values: Sequence[str]) -> Targets:
-    """One integer below 100 = a number of grid points; otherwise explicit costs."""
+    """One integer below 100 = a number of grid points; otherwise explicit costs; the
+    word ``experts`` beside either adds every expert's d_n."""
     values = [str(v).strip() for v in values]
+    experts = "experts" in values
+    values = [v for v in values if v != "experts"]
     if not values or not all(values):
-        raise ConfigError("--targets needs a number of grid points (2-99) or data costs")
+        raise ConfigError("--targets needs a number of grid points (2-99) or data costs "
+                          "(optionally with 'experts')")
     if len(values) == 1 and values[0].isdigit() and int(values[0]) < 100:
         count = int(values[0])
         if count < 2:
             raise ConfigError("--targets as a count needs at least 2 grid points")
-        return Targets(count=count)
+        return Targets(count=count, experts=experts)
     costs = parse_numbers(values, "targets")
     if len(set(costs)) != len(costs):
         raise ConfigError(f"--targets: duplicate costs in {','.join(values)}")
     if min(costs) <= 0:
         raise ConfigError(f"--targets: data costs must be positive, got {','.join(values)}")
-    return Targets(costs=tuple(sorted(costs)))
+    return Targets(costs=tuple(sorted(costs)), experts=experts)
 
 
 # ---- flags --------------------------------------------------------------------------
@@ -201,7 +210,8 @@ def define_shared_flags(flag_values=None, *, data_help="bundled | folder:PATH | 
                       "Curves: enforce, soft (trained gates), random, benchmark, oracle.", **d)
     flags.DEFINE_list("targets", None, "Data-cost targets: one integer = number of grid points "
                       "over [d_min, d_max] (d_max/2 and d_max/3 are always added), or explicit "
-                      "costs. Default from --preset.", **d)
+                      "costs; add 'experts' for every expert's own d_n too (e.g. 3,experts). "
+                      "Default from --preset.", **d)
     flags.DEFINE_list("bias", None, "An explicit bias vector b (instead of the LP), "
                       "e.g. 0.5,0.3,0.2.", **d)
     flags.DEFINE_integer("batch_size", None, "Gate training and test-time routing batch size "

@@ -77,17 +77,18 @@ class DetectionSettings:
 
 
 PRESETS = {
-    "full": Preset(Schedule(targets=Targets(count=6), batch_size=128, learning_rate=1e-3,
-                            epochs=60, soft_epochs=30, bias_weights=(0.1, 0.3, 1.0, 3.0)),
+    "full": Preset(Schedule(targets=Targets(count=6, experts=True), batch_size=128,
+                            learning_rate=1e-3, epochs=60, soft_epochs=30,
+                            bias_weights=(0.1, 0.3, 1.0, 3.0)),
                    DetectionSettings(expert_epochs=(40, 40, 40), train_images=3000,
                                      validation_images=500, test_images=500)),
     # quick: the compact gate (the paper gate's 29 M-weight FC layer trains at ~20 s per
     # epoch on 1200 images on 2 cores; WORKSPACE.md, "Detection task").
-    "quick": Preset(Schedule(targets=Targets(count=3), batch_size=64, learning_rate=3e-3,
-                             epochs=60, soft_epochs=30, gate="compact"),
+    "quick": Preset(Schedule(targets=Targets(count=3, experts=True), batch_size=64,
+                             learning_rate=3e-3, epochs=60, soft_epochs=30, gate="compact"),
                     DetectionSettings()),
-    "smoke": Preset(Schedule(targets=Targets(count=3), batch_size=16, learning_rate=1e-3,
-                             epochs=1),
+    "smoke": Preset(Schedule(targets=Targets(count=3, experts=True), batch_size=16,
+                             learning_rate=1e-3, epochs=1),
                     DetectionSettings(expert_epochs=(1, 1, 1), train_images=48,
                                       validation_images=24, test_images=24)),
 }
@@ -173,7 +174,7 @@ class DetectionTask(pipeline.Task):
             if len(epochs) == 1:
                 epochs = epochs * len(resolutions)
             changes["expert_epochs"] = epochs
-        elif len(resolutions) != len(default.expert_epochs):
+        elif tuple(resolutions) != tuple(default.resolutions):
             changes["expert_epochs"] = _interpolate_epochs(default, resolutions)
         for name in ("train_images", "validation_images", "test_images", "gate_resolution"):
             if getattr(fv, name) is not None:

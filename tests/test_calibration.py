@@ -45,8 +45,8 @@ def test_a_registry_task_reads_its_workdir(registry, tmp_path):
 
 
 def test_registry_errors(registry, tmp_path):
-    with pytest.raises(ValueError, match=r"unknown task 'detection'; known tasks: \[.*'fake'"):
-        load_export_data(str(tmp_path), task="detection")
+    with pytest.raises(ValueError, match=r"unknown task 'no_such_task'; known tasks: \[.*'fake'"):
+        load_export_data(str(tmp_path), task="no_such_task")
     with pytest.raises(ValueError, match="not a directory"):
         load_export_data(str(tmp_path / "nowhere"), task="fake")
     assert FakeTask.calls == []  # a missing workdir is refused before the task runs

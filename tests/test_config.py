@@ -60,6 +60,19 @@ def test_targets_grid_adds_half_and_third_of_d_max():
         config.parse_targets(["2000", "5000"]).resolve([3072, 12288])
 
 
+def test_targets_with_the_experts_own_costs():
+    t = config.parse_targets(["3", "experts"])
+    assert t == config.Targets(count=3, experts=True) and t.as_flag() == ["3", "experts"]
+    assert t.resolve([120000, 270000, 1080000]) == [120000, 270000, 360000, 540000, 600000,
+                                                    1080000]
+    assert config.parse_targets(["3"]).resolve([120000, 270000, 1080000]) == [
+        120000, 360000, 540000, 600000, 1080000]
+    assert config.parse_targets(["5000", "experts"]).resolve([3072, 12288]) == [3072, 5000,
+                                                                              12288]
+    with pytest.raises(config.ConfigError, match="grid points"):
+        config.parse_targets(["experts"])
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--soft_epochs=0"], "--soft_epochs must be >= 1"),
     (["--epochs=0"], "--epochs must be >= 1"),

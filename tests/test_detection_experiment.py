@@ -1,6 +1,7 @@
 """The detection CLI end to end (smoke preset, generated data), resumed; flags refused
 before work; the quick-preset bar (slow)."""
 import json
+import re
 import os
 import shutil
 import subprocess
@@ -47,10 +48,11 @@ def test_smoke_resume_skips_and_gives_same_numbers(det_smoke):
         assert any(stage in line and "skipped" in line for line in second.stdout.splitlines()), \
             stage
     report = json.loads((wd / "report.json").read_text())
-    # drop the evaluation and gates: retrained from the same seeds, the numbers repeat
+    assert json.loads((wd / "evaluation.json").read_text())  # the second run rewrote nothing
+    # drop the evaluation and the soft gates: redone from the same seeds, the numbers repeat
     copy = wd.parent / "again"
     shutil.copytree(wd, copy)
-    shutil.rmtree(copy / "gates")
+    shutil.rmtree(copy / "gates" / "soft")
     os.remove(copy / "evaluation.json")
     third = _run(["--preset=smoke", f"--workdir={copy}", "--verbose=0"])
     assert third.returncode == 0, third.stderr[-3000:]
@@ -59,19 +61,41 @@ def test_smoke_resume_skips_and_gives_same_numbers(det_smoke):
     assert again["rho"] == report["rho"]
 
 
-def test_flags_refused_before_work(tmp_path):
-    wd = tmp_path / "w"
-    out = _run(["--preset=smoke", f"--workdir={wd}", "--resolutions=150,100"])
-    assert out.returncode == 2 and "--resolutions" in out.stderr
-    out = _run(["--preset=smoke", f"--workdir={wd}", "--resolutions=100,400"])
-    assert out.returncode == 2 and "[32, 300]" in out.stderr
-    out = _run(["--preset=smoke", f"--workdir={wd}", "--expert_epochs=1,2"])
-    assert out.returncode == 2 and "--expert_epochs" in out.stderr
-    out = _run(["--preset=smoke", f"--workdir={wd}", "--ablation=bogus"])
-    assert out.returncode == 2 and "--ablation" in out.stderr
-    out = _run(["--preset=smoke", f"--workdir={wd}", "--data=bundled"])
-    assert out.returncode == 2 and "--data takes generated" in out.stderr
-    assert not (wd / "experts").exists()
+def _config(*argv):
+    from absl import flags
+
+    task = DetectionTask()
+    fv = flags.FlagValues()
+    config.define_shared_flags(fv, data_default=task.default_data)
+    task.define_flags(fv)
+    fv(["prog", "--workdir=x", "--preset=smoke", *argv])
+    return config.from_flags(task, fv)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--resolutions=150,100"], "--resolutions must be strictly increasing"),
+    (["--resolutions=100,400"], "[32, 300]"),
+    (["--resolutions=100,1x"], "--resolutions: '1x' is not an integer"),
+    (["--expert_epochs=1,2"], "--expert_epochs gives 2 values for 3 resolutions"),
+    (["--ablation=bogus"], "--ablation takes any of"),
+    (["--data=bundled"], "--data takes generated"),
+    (["--gate_resolution=8"], "--gate_resolution"),
+    (["--train_images=8"], "smaller than --batch_size"),
+    (["--eval_data=/tmp"], "--eval_data is not supported"),
+])
+def test_flags_refused_before_work(argv, message):
+    with pytest.raises(config.ConfigError, match=re.escape(message)):
+        _config(*argv)
+
+
+def test_flags_reach_the_settings():
+    cfg = _config("--resolutions=100,200", "--expert_epochs=3", "--gate_resolution=64",
+                  "--ablation=experts")
+    assert cfg.task.resolutions == (100, 200) and cfg.task.expert_epochs == (3, 3)
+    assert cfg.task.gate_resolution == 64 and cfg.task.ablation == ("experts",)
+    # expert epochs for resolutions the preset does not list: interpolated in R
+    quick = _config("--preset=quick", "--resolutions=100,200,300")
+    assert quick.task.expert_epochs == (24, 19, 18)
 
 
 def test_config_defaults_and_costs():
@@ -146,3 +170,31 @@ def test_export_data_of_a_detection_workdir(det_smoke, tmp_path):
     assert np.isclose(data.test_metric(np.full(len(data.test), 2)), report["experts"][2]["metric"])
     with pytest.raises(ValueError, match="not a finished detection workdir"):
         get_task("detection").export_data(str(tmp_path))
+
+
+def test_bad_annotations_named_on_one_line(tmp_path):
+    """A folder whose annotations.json has a box outside the image: exit 2, one error line
+    naming the file and the annotation; nothing else written."""
+    from skimage import data, io
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    image = data.astronaut()[:320, :320]
+    for i in range(3):
+        io.imsave(folder / f"im{i}.png", image)
+    ann = {"images": [{"id": i + 1, "file_name": f"im{i}.png", "width": 320, "height": 320}
+                      for i in range(3)],
+           "annotations": [{"id": 7, "image_id": 1, "category_id": 1,
+                            "bbox": [300, 10, 50, 20]}],
+           "categories": [{"id": 1, "name": "thing"}]}
+    (folder / "annotations.json").write_text(json.dumps(ann))
+    wd = tmp_path / "w"
+    out = _run(["--preset=smoke", f"--workdir={wd}", f"--data=folder:{folder}",
+                "--train_images=0", "--validation_images=0", "--test_images=0",
+                "--batch_size=3"])
+    assert out.returncode == 2, out.stderr[-2000:]
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1
+    assert "annotations.json" in errors[0] and "7" in errors[0]
+    assert not (wd / "data" / "split.json").exists()
+    assert not os.listdir(wd / "experts")
