@@ -57,8 +57,8 @@ def assigned_map_tables(task, results, split="test"):
     return out
 
 
-def _fmt(v, width=6):
-    return f"{'-':>{width}}" if v is None else f"{v:>{width}.1f}"
+def _fmt(v, width=6, digits=1):
+    return f"{'-':>{width}}" if v is None else f"{v:>{width}.{digits}f}"
 
 
 def markdown_lines(report):
@@ -108,7 +108,8 @@ def ablation_lines(report):
                 "|---|---|" + "---|" * len(heads)]
         for row in comp["rows"]:
             out.append(f"| {row['macs']:,} | {row['batch_size']} | "
-                       + " | ".join(_fmt(row["rho"].get(n), 5) for n in comp["experts"]) + " |")
+                       + " | ".join(_fmt(row["rho"].get(n), 5, 2) for n in comp["experts"])
+                       + " |")
         if comp.get("figure"):
             out += ["", f"![table2]({comp['figure']})"]
     if "experts" in ablation:
@@ -117,7 +118,7 @@ def ablation_lines(report):
                 "| (R_min, R_max) | N | resolutions | rho |", "|---|---|---|---|"]
         for row in exp["rows"]:
             out.append(f"| ({row['range'][0]}, {row['range'][1]}) | {row['n']} | "
-                       f"{', '.join(map(str, row['resolutions']))} | {_fmt(row['rho'], 5)} |")
+                       f"{', '.join(map(str, row['resolutions']))} | {_fmt(row['rho'], 5, 2)} |")
         if exp.get("figure"):
             out += ["", f"![fig5]({exp['figure']})"]
     return out
