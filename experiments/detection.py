@@ -37,7 +37,7 @@ from experiments.config import ConfigError, Preset, Schedule, Targets, parse_num
 from experiments.stages import ArtefactError, load_artefact, write_json
 
 __all__ = ["DetectionTask", "DetectionSettings", "PRESETS", "PAPER_TABLE_I", "ABLATIONS",
-           "gate_view", "run"]
+           "gate_view", "interpolate_epochs", "run"]
 
 #: Table I of the paper (COCO, {R_n} = {100, 150, 300}): mAP (%) at d_max, d_max/2,
 #: d_max/3 and rho. The printed table is garbled (see WORKSPACE.md, D26): at d_max
@@ -175,7 +175,7 @@ class DetectionTask(pipeline.Task):
                 epochs = epochs * len(resolutions)
             changes["expert_epochs"] = epochs
         elif tuple(resolutions) != tuple(default.resolutions):
-            changes["expert_epochs"] = _interpolate_epochs(default, resolutions)
+            changes["expert_epochs"] = interpolate_epochs(default, resolutions)
         for name in ("train_images", "validation_images", "test_images", "gate_resolution"):
             if getattr(fv, name) is not None:
                 changes[name] = getattr(fv, name)
@@ -406,7 +406,7 @@ class DetectionTask(pipeline.Task):
         return export_data(workdir)
 
 
-def _interpolate_epochs(default, resolutions):
+def interpolate_epochs(default, resolutions):
     """Expert epochs for resolutions the preset does not list: interpolated in R."""
     return tuple(int(round(np.interp(r, default.resolutions, default.expert_epochs)))
                  for r in resolutions)

@@ -77,12 +77,12 @@ class _ExpertPool:
             return
         from bmoe_tf.backend import keras
         from experiments.det import coco_metric, ssd
-        from experiments.detection import _interpolate_epochs
+        from experiments.detection import interpolate_epochs
 
         task, cfg, wd = self.task, self.cfg, self.wd
         name = f"ssd{resolution}"
         path = wd.path("ablations", "experts", name)
-        epochs = _interpolate_epochs(cfg.task, [resolution])[0]
+        epochs = interpolate_epochs(cfg.task, [resolution])[0]
         num_classes = len(task.sets["train"].class_names)
 
         def build():
