@@ -11,11 +11,10 @@ Every figure is a ratio of two timings measured in this one run, on this machine
    ``sum_n b_n cost_n / sum_n cost_n`` with cost_n each expert's own time per input.
 """
 import argparse
-import statistics
-import time
 
 import numpy as np
 
+from benchmarks.timing import median_seconds
 from bmoe_tf import BiasedMixture, Expert
 from bmoe_tf.backend import keras, tf
 from bmoe_tf.cache import build_expert_cache, cache_dataset
@@ -24,14 +23,7 @@ from bmoe_tf.routing import enforce_bias
 
 
 def _time(fn, repeats, warmup=2):
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
+    return median_seconds(fn, repeats, warmup)
 
 
 def bench_enforce(sizes, experts_counts, repeats):

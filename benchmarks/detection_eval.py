@@ -19,6 +19,7 @@ import time
 
 import numpy as np
 
+from benchmarks.timing import median_seconds
 from experiments.det.coco_metric import (CONFIDENT_SCORE, SCORE_KINDS, RoutingEvaluator,
                                          coco_map)
 
@@ -95,14 +96,7 @@ def synthetic_detections(num_images=300, *, num_classes=4, resolutions=RESOLUTIO
 
 
 def _time(fn, repeats, warmup=1):
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
+    return median_seconds(fn, repeats, warmup)
 
 
 def bench_routing(num_images, num_classes, repeats, seed=0):
