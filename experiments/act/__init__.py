@@ -1,0 +1,1 @@
+"""Pieces of the action classification task (experiments.action)."""
