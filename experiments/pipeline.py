@@ -167,6 +167,12 @@ class Task(abc.ABC):
     oracle_description = ("capacity-constrained assignment maximising the summed "
                           "per-example scores")
 
+    def gate_view(self, cfg):
+        """``(raw input shape, P_g)`` when the gate sees only part of the experts' raw input
+        x (P_g: raw ``[M, ...]`` -> gate inputs, see :class:`bmoe_tf.BiasedMixture`'s
+        ``gate_preprocess``); None when the gate sees x itself."""
+        return None
+
     @abc.abstractmethod
     def build_gate(self, cfg, num_experts):
         """A new Keras gate ``[M, ...] -> logits [M, N]`` (``cfg.gate``: paper or compact)."""
@@ -415,6 +421,9 @@ def _stage_gates(task, cfg, wd, experts, points, splits):
     common = dict(build_gate=lambda: task.build_gate(cfg, n), experts=experts, train=train,
                   batch_size=cfg.batch_size, learning_rate=cfg.learning_rate, combine=cfg.combine,
                   training_loss=cfg.training_loss, seed=cfg.seed, verbose=cfg.verbose)
+    view = task.gate_view(cfg)
+    if view is not None:
+        common.update(input_shape=view[0], gate_preprocess=view[1])
     val_inputs = task.gate_inputs("validation")
     for method in cfg.gate_methods:
         gates[method] = {}

@@ -7,7 +7,8 @@ import numpy as np
 from bmoe_tf.gating import count_macs
 from experiments.stages import read_json, write_json
 
-__all__ = ["write_report", "format_table", "warnings", "METHOD_ORDER", "LABELS", "COLOURS"]
+__all__ = ["write_report", "format_table", "warnings", "pick_routing", "METHOD_ORDER", "LABELS",
+           "COLOURS"]
 
 AT = ("d_max", "d_max/2", "d_max/3")
 METHOD_ORDER = ("benchmark", "enforce", "soft", "random", "oracle")
@@ -81,6 +82,20 @@ def format_table(report):
         lines.append("share of the oracle's rho gain over random: " + ", ".join(
             f"{m} {100 * v:.0f}%" for m, v in share.items()))
     return "\n".join(lines)
+
+
+def pick_routing(results_test):
+    """``(method, entry)`` of the gate routing shown: enforce (else soft) at the target
+    nearest a third of the largest target; None when no gate was evaluated."""
+    subsets = results_test.get("subsets") or {}
+    for method in ("enforce", "soft"):
+        entries = subsets.get(method)
+        if entries:
+            targets = {k: v["target"] for k, v in entries.items()}
+            goal = max(targets.values()) / 3
+            key = min(targets, key=lambda k: abs(targets[k] - goal))
+            return method, entries[key]
+    return None
 
 
 def warnings(report):

@@ -12,6 +12,7 @@ __all__ = ["TASKS", "get_task", "task_names"]
 TASKS = {
     "super_resolution": "experiments.super_resolution:SuperResolutionTask",
     "detection": "experiments.detection:DetectionTask",
+    "action": "experiments.action:ActionTask",
 }
 
 

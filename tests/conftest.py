@@ -89,3 +89,22 @@ def det_smoke(tmp_path_factory):
         assert out.returncode == 0, out.stderr[-3000:]
         runs.append(out)
     return wd, runs[0], runs[1]
+
+
+@pytest.fixture(scope="session")
+def act_smoke(tmp_path_factory):
+    """``(workdir, first, second)``: ``python -m experiments.action --preset=smoke`` run
+    twice in one workdir (the second resumes: every stage skipped); shared."""
+    import subprocess
+    import sys
+
+    wd = tmp_path_factory.mktemp("act") / "smoke"
+    args = [sys.executable, "-m", "experiments.action", "--preset=smoke",
+            f"--workdir={wd}", "--verbose=0"]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    runs = []
+    for _ in range(2):
+        out = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env)
+        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+        runs.append(out)
+    return wd, runs[0], runs[1]

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from bmoe_tf.gating import count_macs
 from experiments.det.ablation import GRIDS, RANGES, complexity_gates, spaced_resolutions
@@ -32,6 +33,7 @@ def test_complexity_gates_rise_and_bracket_the_paper():
                for _, build in complexity_gates("compact", 96, 2))
 
 
+@pytest.mark.slow  # ~100 s: keeps `make test` under 15 minutes (the CLI smoke runs stay)
 def test_ablation_smoke_run(det_smoke, tmp_path):
     wd, _, _ = det_smoke
     copy = tmp_path / "abl"

@@ -324,3 +324,19 @@ def test_select_and_compute_gate_loss_return_named_results():
     assert result.per_example.shape == (12,) and result.gates.shape == (12, 3)
     with pytest.raises(Exception):
         result.total = 0.0  # frozen
+
+
+def test_gate_preprocess_lets_the_gate_see_part_of_the_input(toy_problem):
+    x, y, experts = toy_problem
+    keras.utils.set_random_seed(3)
+    gate = keras.Sequential([keras.Input((2,)), keras.layers.Dense(3)])
+    with pytest.raises(ValueError, match="input_shape"):
+        BiasedMixture(gate, experts, [0.2, 0.3, 0.5], gate_preprocess=lambda t: t[:, 4:])
+    mixture = BiasedMixture(gate, experts, [0.2, 0.3, 0.5], input_shape=(6,),
+                            gate_preprocess=lambda t: t[:, 4:])
+    mixture.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
+    result = mixture.compute_gate_loss(tf.constant(x), tf.constant(y), training=False)
+    # the routing is that of the gate on the last two features alone
+    routed = mixture.select(gate(x[:, 4:]), training=False)[2]
+    np.testing.assert_array_equal(result.assignment.numpy(), routed.numpy())
+    assert result.gates.shape == (64, 3)

@@ -1,26 +1,12 @@
 """Detection figures: test images framed by the expert the gate chose."""
 import numpy as np
 
-from experiments.report import COLOURS
+from experiments.report import COLOURS, pick_routing
 
 __all__ = ["figure_examples", "pick_routing"]
 
 #: Detections drawn on the example figure: score at least this.
 DRAW_SCORE = 0.3
-
-
-def pick_routing(results_test):
-    """``(method, entry)`` of the gate routing shown: enforce (else soft) at the target
-    nearest a third of the largest target; None when no gate was evaluated."""
-    subsets = results_test.get("subsets") or {}
-    for method in ("enforce", "soft"):
-        entries = subsets.get(method)
-        if entries:
-            targets = {k: v["target"] for k, v in entries.items()}
-            goal = max(targets.values()) / 3
-            key = min(targets, key=lambda k: abs(targets[k] - goal))
-            return method, entries[key]
-    return None
 
 
 def figure_examples(wd, task, report, results_test, *, per_expert=4, seed=0):
