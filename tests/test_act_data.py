@@ -28,10 +28,12 @@ def _frames(n, dx, seed, h=48, w=64):
     return np.stack([big[:h, x0 - dx * t: x0 - dx * t + w] for t in range(n)]).astype(np.uint8)
 
 
-def _write_avi(path, frames):
+def _write_avi(path, frames, b_frames=0):
     """MPEG-4 part 2 in an AVI container (UCF-101's container), PyAV defaults."""
     with av.open(str(path), mode="w", format="avi") as out:
         stream = out.add_stream("mpeg4", rate=25)
+        if b_frames:
+            stream.codec_context.max_b_frames = b_frames
         stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
         for rgb in frames:
             out.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
@@ -257,3 +259,16 @@ def test_tfds_mock_odd_sizes_caps_and_short_clips():
 def test_tfds_unprepared_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match=r"ucf101.*tfds_data_dir"):
         D.load_tfds("ucf101/ucf101_1_256", data_dir=str(tmp_path), progress=False)
+
+
+def test_folder_warns_about_b_frames(tmp_path, capsys):
+    """xvid-style B-frames: FFmpeg exports no usable vectors for them (WORKSPACE D40)."""
+    for k, name in enumerate(CLASSES):
+        os.makedirs(tmp_path / name)
+        for g in (1, 2, 3, 4):
+            _write_avi(tmp_path / name / f"v_{name}_g{g:02d}_c01.avi",
+                       _frames(10, 2, seed=10 * k + g), b_frames=2)
+    sets = D.load_folder(tmp_path, mv_frames=F_T, frame_size=SIZE, progress=False)
+    out = capsys.readouterr().out
+    total = sum(len(v) for v in sets.values())
+    assert f"WARNING: folder {tmp_path}: {total} of {total} clips have B-frames" in out

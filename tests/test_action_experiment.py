@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from experiments import config
-from experiments.action import ActionTask, gate_input, mode_costs, paper_costs
+from experiments.action import GATE_MV_CLIP, ActionTask, gate_input, mode_costs, paper_costs
 
 CLI = [sys.executable, "-m", "experiments.action"]
 
@@ -42,8 +42,11 @@ def test_paper_costs_implied_by_table_vi():
 
 
 def test_gate_input_stacks_maps_on_channels():
-    mv = np.arange(2 * 3 * 24 * 24 * 2, dtype=np.float32).reshape(2, 3, 24, 24, 2)
+    mv = np.random.default_rng(0).normal(size=(2, 3, 24, 24, 2)).astype(np.float32)
+    mv[0, 0, 0, 0] = [50.0, -50.0]
     x = gate_input(mv)
+    assert x[0, 0, 0, 0] == GATE_MV_CLIP and x[0, 0, 0, 1] == -GATE_MV_CLIP
+    mv = np.clip(mv, -GATE_MV_CLIP, GATE_MV_CLIP)
     assert x.shape == (2, 24, 24, 6)
     for t in range(3):
         np.testing.assert_array_equal(x[:, :, :, 2 * t], mv[:, t, :, :, 0])
@@ -58,6 +61,20 @@ def test_mirror_negates_horizontal_motion():
     np.testing.assert_array_equal(y[:, :, ::-1, 0::2], -x[..., 0::2])
     np.testing.assert_array_equal(y[:, :, ::-1, 1::2], x[..., 1::2])
     np.testing.assert_array_equal(mirror(y), x)
+
+
+def test_gate_view_in_tf_equals_gate_input():
+    """The mixture's P_g (packed clips -> gate input, in TF) is gate_input of the MV maps."""
+    from experiments.act.experts import pack
+
+    cfg = _config()
+    rng = np.random.default_rng(1)
+    mv = (rng.normal(size=(3, 8, 24, 24, 2)) * 6).astype(np.float16)
+    rgb = rng.integers(0, 256, size=(3, 2, 64, 64, 3)).astype(np.uint8)
+    shape, view = ActionTask().gate_view(cfg)
+    packed = pack(mv, rgb)
+    assert packed.shape[1:] == shape
+    np.testing.assert_array_equal(np.asarray(view(packed)), gate_input(mv))
 
 
 # ---- report helpers --------------------------------------------------------------------

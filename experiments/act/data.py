@@ -438,8 +438,9 @@ def _decode_file(clip, mv_frames, rgb_frames, frame_size):
         raise ValueError(f"{clip.path}: the video has {n} frame(s), fewer than the "
                          f"{mv_frames + 1} (mv_frames + 1) needed for {mv_frames} "
                          f"motion-vector maps")
-    return clip_arrays(decoded, mv_frames=mv_frames, rgb_frames=rgb_frames,
-                       frame_size=frame_size)
+    mv, rgb = clip_arrays(decoded, mv_frames=mv_frames, rgb_frames=rgb_frames,
+                          frame_size=frame_size)
+    return mv, rgb, bool(np.any(np.asarray(decoded.pict_types[1:mv_frames + 1]) == "B"))
 
 
 def load_folder(path, *, mv_frames=16, rgb_frames=2, frame_size=96, seed=0, max_clips=None,
@@ -473,12 +474,14 @@ def load_folder(path, *, mv_frames=16, rgb_frames=2, frame_size=96, seed=0, max_
         keep = _round_robin(labels, caps[split], np.random.default_rng([int(seed), 1, k]))
         chosen[split] = idx[keep]
     total = sum(len(v) for v in chosen.values())
-    start, done = time.time(), 0
+    start, done, with_b = time.time(), 0, 0
     out = {}
     for split in SPLIT_NAMES:
         rows = []
         for i in chosen[split]:
-            rows.append(_row(*_decode_file(clips[i], mv_frames, rgb_frames, frame_size)))
+            mv, rgb, has_b = _decode_file(clips[i], mv_frames, rgb_frames, frame_size)
+            rows.append(_row(mv, rgb))
+            with_b += has_b
             done += 1
             if progress and done % _PROGRESS_EVERY == 0:
                 _progress(f"folder {path}", done, total, start)
@@ -486,6 +489,11 @@ def load_folder(path, *, mv_frames=16, rgb_frames=2, frame_size=96, seed=0, max_
         out[split] = _build(rows, [c.label for c in sel], [c.group for c in sel],
                             [c.rel for c in sel], class_names, f"folder:{path}", mv_frames,
                             rgb_frames, frame_size)
+    if with_b:
+        print(f"WARNING: folder {path}: {with_b} of {total} clips have B-frames among their "
+              f"first {mv_frames + 1} frames; FFmpeg exports no usable vectors for them (zero "
+              "maps) and the P-frames' vectors then span several frames (WORKSPACE.md, D40)",
+              flush=True)
     if progress:
         print(f"folder {path}: {len(class_names)} classes, "
               + ", ".join(f"{s} {len(out[s])}" for s in SPLIT_NAMES)

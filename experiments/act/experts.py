@@ -61,7 +61,7 @@ from experiments.act.clips import MV_GRID
 from experiments.stages import atomic_dir
 
 __all__ = [
-    "HIDDEN_UNITS", "KINDS", "MV_SCALE", "LateFusion", "ModalitySlice", "MotionInput",
+    "ClipStandardize", "HIDDEN_UNITS", "KINDS", "MV_SCALE", "LateFusion", "ModalitySlice", "MotionInput",
     "StackFrames", "StatelessDropout", "build_fusion", "build_spatial", "build_temporal",
     "export_expert", "fit_fusion", "load_expert", "load_stream_model", "pack", "packed_length",
     "predict_probabilities", "preprocess", "stream_logits", "temporal_features",
@@ -341,9 +341,31 @@ def build_temporal(mv_frames, num_classes):
     return keras.Model(inputs, _head(x, num_classes), name="temporal")
 
 
+@keras.utils.register_keras_serializable(package="bmoe_act")
+class ClipStandardize(keras.layers.Layer):
+    """Per-clip auto-gain: ``(x - mean) / max(std, floor)`` over all of a clip's values
+    (``[B, ...]``, statistics per example), so that a low-contrast (flat) clip reaches
+    the network at full contrast, as a camera's automatic gain would deliver it."""
+
+    def __init__(self, floor=0.01, **kwargs):
+        super().__init__(**kwargs)
+        self.floor = float(floor)
+
+    def call(self, inputs):
+        axes = list(range(1, inputs.shape.rank))
+        mean, var = tf.nn.moments(inputs, axes=axes, keepdims=True)
+        return (inputs - mean) / tf.maximum(tf.sqrt(var), self.floor)
+
+    def get_config(self):
+        return dict(super().get_config(), floor=self.floor)
+
+
 def build_spatial(rgb_frames, frame_size, num_classes):
     """The Spatial expert's network: rgb float32 ``[B, F_s, S, S, 3]`` in [0, 1] ->
-    logits ``[B, C]`` (S >= 16). 117,038 weights at F_s = 2, C = 13 (any S)."""
+    logits ``[B, C]`` (S >= 16). 117,038 weights at F_s = 2, C = 13 (any S). Each clip
+    enters both as is (brightness and colour tell sources apart) and standardised
+    (:class:`ClipStandardize`: the flat, low-contrast clips of the generated set keep
+    their content)."""
     _check_classes(num_classes)
     f, s = int(rgb_frames), int(frame_size)
     if f < 1 or s < 16:
@@ -351,7 +373,8 @@ def build_spatial(rgb_frames, frame_size, num_classes):
                          f"{frame_size}")
     inputs = keras.Input((f, s, s, 3), name="rgb")
     x = StackFrames(name="stack_frames")(inputs)
-    x = keras.layers.Rescaling(2.0, -1.0, name="to_signed")(x)
+    x = keras.layers.Concatenate(name="with_auto_gain")(
+        [keras.layers.Rescaling(2.0, -1.0, name="to_signed")(x), ClipStandardize(name="auto_gain")(x)])
     for i, (filters, stride) in enumerate(((16, 2), (32, 2), (32, 1), (64, 2), (128, 2))):
         x = _conv_bn(x, filters, stride, f"conv{i + 1}")
     x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
