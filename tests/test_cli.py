@@ -127,7 +127,7 @@ def _bad_inputs(files, tmp_path):
         ([gate, f"--calibration=npz:{tmp_path / 'corrupt.npz'}", out],
          "corrupt.npz: cannot read it as .npz"),
         ([gate, f"--calibration={tmp_path}", "--task=no_such_task", out],
-         "unknown --task='no_such_task'; known tasks: ['detection', 'super_resolution'"),
+         "unknown --task='no_such_task'; known tasks: ['action', 'detection', 'super_resolution'"),
         ([gate, cal, out, "--target=esp32"], "known targets"),
         ([cal, out], "--gate is required"),
         ([gate, cal, out, "--bias=0.5,half"], "--bias must be numbers"),

@@ -118,6 +118,10 @@ def read_motion_vectors(source, *, max_frames=None, grid=MV_GRID, keep_frames=Fa
                 raise ValueError(f"{name} has no video stream")
             stream = container.streams.video[0]
             stream.codec_context.options = {"flags2": "+export_mvs"}
+            # one decoding thread: with FFmpeg's threaded decoding the exported vectors of
+            # a few clips changed between two runs of the same bitstream under load
+            stream.codec_context.thread_count = 1
+            stream.codec_context.thread_type = "NONE"
             width, height = stream.codec_context.width, stream.codec_context.height
             for frame in container.decode(stream):
                 if max_frames is not None and len(mvs) >= max_frames:
