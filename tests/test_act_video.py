@@ -167,3 +167,40 @@ def test_byte_counts():
     low, high = jpeg_bytes(frames, quality=30), jpeg_bytes(frames, quality=95)
     assert 0 < low < high
     assert jpeg_bytes(frames) == sum(jpeg_bytes(f[None]) for f in frames)
+
+
+def test_encoding_is_identical_across_processes():
+    """Two fresh processes encode the same generated clips to the same bitstreams (x264's
+    threads pinned: WORKSPACE.md, D40)."""
+    import subprocess
+    import sys
+
+    script = ("import hashlib\n"
+              "from experiments.act import footage, video\n"
+              "plans = footage.render_plan(0, dict(experts=24, test=8))['experts']\n"
+              "print(' '.join(hashlib.md5(video.encode_h264(footage.render_clip(p, 96), "
+              "crf=p.crf, keyint=p.keyint)).hexdigest() for p in plans))\n")
+    runs = [subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                           timeout=300) for _ in range(2)]
+    assert all(r.returncode == 0 for r in runs), runs[0].stderr[-2000:]
+    assert runs[0].stdout.split() == runs[1].stdout.split()
+    assert len(runs[0].stdout.split()) == 24
+
+
+def test_rgb_to_yuv420p_bt601_limited_range():
+    from experiments.act.video import rgb_to_yuv420p
+
+    rgb = np.zeros((4, 4, 3), np.uint8)
+    rgb[:2] = 255                       # top half white, bottom half black
+    rgb[2:, :2] = (255, 0, 0)           # bottom-left red
+    yuv = rgb_to_yuv420p(rgb)
+    assert yuv.shape == (6, 4)
+    np.testing.assert_array_equal(yuv[:2], 235)
+    np.testing.assert_array_equal(yuv[2:4, :2], 81)     # red: Y = 16 + 65.481
+    np.testing.assert_array_equal(yuv[2:4, 2:], 16)
+    u = yuv[4:5].reshape(2, 2)          # one row of 4 = the 2x2 chroma plane
+    v = yuv[5:6].reshape(2, 2)
+    np.testing.assert_array_equal(u[0], 128)            # white
+    np.testing.assert_array_equal(v[0], 128)
+    assert (u[1, 0], v[1, 0]) == (90, 240)             # red
+    assert (u[1, 1], v[1, 1]) == (128, 128)            # black

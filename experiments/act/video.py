@@ -32,7 +32,26 @@ from PIL import Image
 from experiments.act.clips import MV_GRID
 
 __all__ = ["MV_GRID", "DecodedVideo", "compressed_mv_bytes", "encode_h264", "jpeg_bytes",
+           "rgb_to_yuv420p",
            "rasterise_motion_vectors", "read_motion_vectors"]
+
+
+def rgb_to_yuv420p(rgb):
+    """``uint8[H * 3 / 2, W]`` planar YUV 4:2:0 (BT.601, limited range) of ``uint8[H, W, 3]``
+    RGB, in numpy: the encoder never goes through swscale (with it, the same frames gave
+    a different bitstream now and then, under load)."""
+    x = np.asarray(rgb, np.float32)
+    r, g, b = x[..., 0], x[..., 1], x[..., 2]
+    y = 16.0 + (65.481 * r + 128.553 * g + 24.966 * b) / 255.0
+    u = 128.0 + (-37.797 * r - 74.203 * g + 112.0 * b) / 255.0
+    v = 128.0 + (112.0 * r - 93.786 * g - 18.214 * b) / 255.0
+    h, w = y.shape
+
+    def half(c):
+        return c.reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
+
+    planes = [np.rint(y), np.rint(half(u)).reshape(h // 4, w), np.rint(half(v)).reshape(h // 4, w)]
+    return np.clip(np.concatenate(planes), 0, 255).astype(np.uint8)
 
 
 def encode_h264(frames, *, crf=23, keyint=250, fps=25, path=None) -> bytes:
@@ -64,10 +83,11 @@ def encode_h264(frames, *, crf=23, keyint=250, fps=25, path=None) -> bytes:
         stream.codec_context.options = {
             "crf": str(crf),
             "threads": "1",
-            "x264-params": (f"bframes=0:ref=1:scenecut=0:keyint={keyint}:min-keyint={keyint}"),
+            "x264-params": (f"bframes=0:ref=1:scenecut=0:keyint={keyint}:min-keyint={keyint}"
+                            ":threads=1:lookahead-threads=1:sliced-threads=0:sync-lookahead=0"),
         }
         for i, rgb in enumerate(frames):
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+            frame = av.VideoFrame.from_ndarray(rgb_to_yuv420p(rgb), format="yuv420p")
             frame.pts = i
             container.mux(stream.encode(frame))
         container.mux(stream.encode(None))
