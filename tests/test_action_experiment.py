@@ -212,8 +212,11 @@ def test_quick_preset_meets_the_bar(tmp_path):
     report = json.loads((wd / "report.json").read_text())
     rho = report["rho"]
     assert rho["enforce"] > rho["random"] and rho["enforce"] > rho["benchmark"]
-    routed = report["unreliable_routing"]["enforce"]
-    assert all(e["rgb_unreliable"] > e["rgb_reliable"] for e in routed)
+    # clips with degraded vectors go to Fusion more often, on average over the budgets
+    for method in ("enforce", "soft"):
+        routed = report["unreliable_routing"][method]
+        assert np.mean([e["unreliable"]["fusion"] for e in routed]) > np.mean(
+            [e["reliable"]["fusion"] for e in routed]), method
 
 
 def test_export_data_and_int8_gate_of_the_smoke_workdir(act_smoke, tmp_path):

@@ -414,7 +414,8 @@ def _assign(path, class_names, clips, seed, fractions):
         lacking = [class_names[k] for k in range(len(class_names)) if k not in present]
         if lacking:
             raise ValueError(
-                f"video folder {path}: class(es) {lacking[:10]}{' ...' if len(lacking) > 10 else ''}"
+                f"video folder {path}: class(es) {lacking[:10]}"
+                f"{' ...' if len(lacking) > 10 else ''}"
                 f" have no video in the {split} split after splitting by group (seed {seed}); "
                 f"every class needs groups in both the experts and the test split: add groups, "
                 f"change the seed or the fractions"
@@ -612,7 +613,8 @@ def load_tfds(name, *, data_dir=None, mv_frames=16, rgb_frames=2, frame_size=96,
     ``mv_frames + 1`` frames of each chosen example are cropped to an even height and
     width and re-encoded with libx264; the motion vectors come from that encoding (tfds
     keeps JPEG frames, not the bitstream); the RGB frames are the tfds frames. ``sizes``:
-    ``{split: cap}`` (0 / None = all), a seeded random subset of the examples. ValueError when the dataset is not prepared
+    ``{split: cap}`` (0 / None = all), a seeded random subset of the examples. ValueError
+    when the dataset is not prepared
     or an example is shorter than ``mv_frames + 1`` frames (naming its index).
     """
     _check_sizes(mv_frames, rgb_frames, frame_size)

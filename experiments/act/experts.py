@@ -15,8 +15,9 @@ probabilities ``float32[B, C]`` (softmax):
   ``hidden`` (dense 64, ReLU: the features of :func:`temporal_features`), dropout
   0.3 and the dense C logits.
 * **Spatial** (:func:`build_spatial`) sees only the F_s RGB frames
-  ``rgb [B, F_s, S, S, 3]`` (float32 in [0, 1]), stacked on channels (S x S x 3F_s)
-  and mapped to [-1, 1]; five 3x3 convolutions with BatchNorm and ReLU (16 /2, 32
+  ``rgb [B, F_s, S, S, 3]`` (float32 in [0, 1]), stacked on channels (S x S x 3F_s),
+  mapped to [-1, 1] and, beside that, standardised per clip (:class:`ClipStandardize`,
+  an automatic gain: 6F_s channels in all); five 3x3 convolutions with BatchNorm and ReLU (16 /2, 32
   /2, 32, 64 /2, 128 /2), global average pool, ``hidden`` (dense 64, ReLU), dropout
   0.3, dense C logits.
 * **Fusion** (:func:`build_fusion`) sees both: late fusion of the two trained,
@@ -61,7 +62,8 @@ from experiments.act.clips import MV_GRID
 from experiments.stages import atomic_dir
 
 __all__ = [
-    "ClipStandardize", "HIDDEN_UNITS", "KINDS", "MV_SCALE", "LateFusion", "ModalitySlice", "MotionInput",
+    "ClipStandardize", "HIDDEN_UNITS", "KINDS", "MV_SCALE", "LateFusion", "ModalitySlice",
+    "MotionInput",
     "StackFrames", "StatelessDropout", "build_fusion", "build_spatial", "build_temporal",
     "export_expert", "fit_fusion", "load_expert", "load_stream_model", "pack", "packed_length",
     "predict_probabilities", "preprocess", "stream_logits", "temporal_features",
@@ -362,7 +364,7 @@ class ClipStandardize(keras.layers.Layer):
 
 def build_spatial(rgb_frames, frame_size, num_classes):
     """The Spatial expert's network: rgb float32 ``[B, F_s, S, S, 3]`` in [0, 1] ->
-    logits ``[B, C]`` (S >= 16). 117,038 weights at F_s = 2, C = 13 (any S). Each clip
+    logits ``[B, C]`` (S >= 16). 117,902 weights at F_s = 2, C = 13 (any S). Each clip
     enters both as is (brightness and colour tell sources apart) and standardised
     (:class:`ClipStandardize`: the flat, low-contrast clips of the generated set keep
     their content)."""
@@ -374,7 +376,8 @@ def build_spatial(rgb_frames, frame_size, num_classes):
     inputs = keras.Input((f, s, s, 3), name="rgb")
     x = StackFrames(name="stack_frames")(inputs)
     x = keras.layers.Concatenate(name="with_auto_gain")(
-        [keras.layers.Rescaling(2.0, -1.0, name="to_signed")(x), ClipStandardize(name="auto_gain")(x)])
+        [keras.layers.Rescaling(2.0, -1.0, name="to_signed")(x),
+         ClipStandardize(name="auto_gain")(x)])
     for i, (filters, stride) in enumerate(((16, 2), (32, 2), (32, 1), (64, 2), (128, 2))):
         x = _conv_bn(x, filters, stride, f"conv{i + 1}")
     x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)

@@ -61,7 +61,8 @@ def figure_fusion_by_class(path, fusion, unreliable=None):
     ax.set_xticklabels([r["cls"] for r in rows], rotation=60, ha="right", fontsize=7)
     ax.set_ylabel("share of the class's clips sent to Fusion")
     b = ", ".join(f"{v:.2f}" for v in fusion["bias"])
-    title = f"Fig. 10 layout: {fusion['method']}, target {fusion['target'] / 1000:.0f} kB, b = [{b}]"
+    title = (f"Fig. 10 layout: {fusion['method']}, target {fusion['target'] / 1000:.0f} kB, "
+             f"b = [{b}]")
     if unreliable is not None:
         title += (f"\nFusion share: degraded MVs {unreliable['unreliable'].get('fusion', 0):.2f}, "
                   f"clean MVs {unreliable['reliable'].get('fusion', 0):.2f}")

@@ -33,7 +33,8 @@ frame in places): each source's global translation per frame is estimated once (
 correlation, :func:`source_track`) and the window follows the scene, so a label is the virtual
 camera's motion relative to the scene. Objects moving within the scene (bikers crossing at
 up to ~20 px per frame, the bunny, the man in the car) are left as they are: real content
-motion that the MV expert must see past (a static bikes shot can hold a fast biker). Clips avoid spanning a scene cut when their
+motion that the MV expert must see past (a static bikes shot can hold a fast biker). Clips
+avoid spanning a scene cut when their
 part of the source allows.
 
 Every clip gets mild sensor noise (sigma 2 on 0..255). A share ``unreliable_share`` of each
@@ -63,7 +64,8 @@ Everything is a function of ``seed``: the split's plan (labels, degradations) is
 index, 1, i])`` and its noise (slices of a fixed bank of normals, at offsets) from
 ``default_rng([seed, split index, 2, i])``, with the split index the position in
 :data:`SPLITS`; x264 runs on one thread, so a rerun gives identical arrays. A clip does not
-depend on the other splits' sizes except through the parts' boundaries. :func:`render_plan` gives the per-clip plan (source, frame indices, crop boxes)
+depend on the other splits' sizes except through the parts' boundaries. :func:`render_plan`
+gives the per-clip plan (source, frame indices, crop boxes)
 without rendering or encoding.
 """
 import dataclasses
@@ -78,7 +80,8 @@ from experiments.act import video
 from experiments.act.clips import MV_GRID, ClipSet
 
 __all__ = ["CLASSES", "DEGRADATIONS", "GUARD_FRAMES", "SOURCES", "SPLITS", "ClipPlan",
-           "bundled_videos", "encode_clip", "generate_splits", "render_clip", "render_plan", "source_frames",
+           "bundled_videos", "encode_clip", "generate_splits", "render_clip", "render_plan",
+           "source_frames",
            "source_track", "split_parts"]
 
 #: The bundled source videos, in the order their classes are listed.

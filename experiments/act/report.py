@@ -4,7 +4,7 @@ mode's accuracy on its assigned clips vs on all), where the clips with unreliabl
 motion vectors go, and the per-class share of clips sent to Fusion (Fig. 10)."""
 import numpy as np
 
-from experiments.report import AT, LABELS, METHOD_ORDER, pick_routing
+from experiments.report import assigned_tables_markdown, method_rows_markdown, pick_routing
 
 __all__ = ["evaluation_tables", "assigned_accuracy", "unreliable_routing", "class_shares",
            "markdown_lines"]
@@ -101,17 +101,7 @@ def markdown_lines(report):
         out += ["The data is *generated* from bundled footage (camera-motion classes, "
                 "experiments.act.footage): its accuracies show the routing effect; they are "
                 "not comparable with the paper's UCF-101 numbers.", ""]
-    out += ["| rows | method | d_max | d_max/2 | d_max/3 | rho |", "|---|---|---|---|---|---|"]
-    for method in METHOD_ORDER:
-        if method not in report["curves"]:
-            continue
-        vals = [report["at"][a].get(method) for a in AT] + [report["rho"].get(method)]
-        out.append(f"| this run | {LABELS[method]} | " + " | ".join(_fmt(v) for v in vals) + " |")
-    for model, rows in (report.get("paper_table_vi") or {}).items():
-        for method in METHOD_ORDER:
-            if method in rows:
-                out.append(f"| paper {model} | {LABELS[method]} | "
-                           + " | ".join(_fmt(v) for v in rows[method]) + " |")
+    out += method_rows_markdown(report, report.get("paper_table_vi"))
     clip = report.get("clip") or {}
     out += ["", "## Data costs per clip", "",
             f"F_t = {clip.get('mv_frames')} MV maps, F_s = {clip.get('rgb_frames')} RGB frames "
@@ -151,16 +141,7 @@ def markdown_lines(report):
     if tables:
         out += ["", "## Table VII layout: each mode's accuracy (%) on its assigned clips vs all "
                 "test clips", ""]
-        for method, entries in tables.items():
-            for entry in entries:
-                b = ", ".join(f"{v:.2f}" for v in entry["bias"])
-                out += [f"**{method}**, target {entry['target']:,.0f} B, b = [{b}]", "",
-                        "| mode | share | assigned | all | delta |", "|---|---|---|---|---|"]
-                for row in entry["rows"]:
-                    delta = "-" if row["delta"] is None else f"{row['delta']:+.1f}"
-                    out.append(f"| {row['expert']} | {row['share']:.2f} | {_fmt(row['assigned'])}"
-                               f" | {_fmt(row['all'])} | {delta} |")
-                out.append("")
+        out += assigned_tables_markdown(tables, column="mode")
     fusion = report.get("fusion_by_class")
     if fusion:
         b = ", ".join(f"{v:.2f}" for v in fusion["bias"])

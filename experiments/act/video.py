@@ -50,8 +50,8 @@ def rgb_to_yuv420p(rgb):
     def half(c):
         return c.reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
 
-    planes = [np.rint(y), np.rint(half(u)).reshape(h // 4, w), np.rint(half(v)).reshape(h // 4, w)]
-    return np.clip(np.concatenate(planes), 0, 255).astype(np.uint8)
+    planes = np.concatenate([np.rint(c).reshape(-1) for c in (y, half(u), half(v))])
+    return np.clip(planes, 0, 255).astype(np.uint8).reshape(h * 3 // 2, w)
 
 
 def encode_h264(frames, *, crf=23, keyint=250, fps=25, path=None) -> bytes:
@@ -179,7 +179,8 @@ def _cell_weights(size, grid, step=1):
 
 
 def rasterise_motion_vectors(vectors, width, height, grid=MV_GRID):
-    """``float32[grid, grid, 2]``: one frame's motion vectors as an area-averaged content-motion map.
+    """``float32[grid, grid, 2]``: one frame's motion vectors as an area-averaged
+    content-motion map.
 
     ``vectors``: the structured array of ``frame.side_data["MOTION_VECTORS"].to_ndarray()``
     (fields ``source, w, h, dst_x, dst_y, motion_x, motion_y, motion_scale``, ...). Each block

@@ -3,7 +3,7 @@ per-expert mAP on assigned vs all images (the paper's "Table V" for detection), 
 the ablation tables (Table II, Fig. 5) when they were run."""
 import numpy as np
 
-from experiments.report import AT, LABELS, METHOD_ORDER
+from experiments.report import assigned_tables_markdown, method_rows_markdown
 
 __all__ = ["subset_map", "assigned_map_tables", "markdown_lines", "ablation_lines"]
 
@@ -67,31 +67,12 @@ def markdown_lines(report):
     if report.get("generated_data"):
         out += ["The data is the *generated* set (experiments.det.data): its mAP values show the "
                 "routing effect, they are not comparable with the paper's COCO numbers.", ""]
-    out += ["| rows | method | d_max | d_max/2 | d_max/3 | rho |", "|---|---|---|---|---|---|"]
-    for method in METHOD_ORDER:
-        if method not in report["curves"]:
-            continue
-        vals = [report["at"][a].get(method) for a in AT] + [report["rho"].get(method)]
-        out.append(f"| this run | {LABELS[method]} | " + " | ".join(_fmt(v) for v in vals) + " |")
-    for backbone, rows in (report.get("paper_table_i") or {}).items():
-        for method in METHOD_ORDER:
-            if method in rows:
-                out.append(f"| paper {backbone} | {LABELS[method]} | "
-                           + " | ".join(_fmt(v) for v in rows[method]) + " |")
+    out += method_rows_markdown(report, report.get("paper_table_i"))
     tables = report.get("assigned_map") or {}
     if tables:
         out += ["", "## Table V layout: each expert's mAP (%) on its assigned images vs all "
                 "test images", ""]
-        for method, entries in tables.items():
-            for entry in entries:
-                b = ", ".join(f"{v:.2f}" for v in entry["bias"])
-                out += [f"**{method}**, target {entry['target']:.0f} B, b = [{b}]", "",
-                        "| expert | share | assigned | all | delta |", "|---|---|---|---|---|"]
-                for row in entry["rows"]:
-                    delta = "-" if row["delta"] is None else f"{row['delta']:+.1f}"
-                    out.append(f"| {row['expert']} | {row['share']:.2f} | {_fmt(row['assigned'])}"
-                               f" | {_fmt(row['all'])} | {delta} |")
-                out.append("")
+        out += assigned_tables_markdown(tables)
     return out
 
 
