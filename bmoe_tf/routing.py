@@ -379,3 +379,8 @@ def route_in_batches(logits, bias, batch_size):
             continue
         picks.append(pick(chunk).numpy())
     return np.concatenate(picks).astype(np.int64) if picks else np.zeros(0, np.int64)
+
+
+from bmoe_tf.budget import BudgetController  # noqa: E402  (re-exported: the routing API)
+
+__all__ += ["BudgetController"]
