@@ -42,6 +42,10 @@ class ExportData:
       expert_names: N names, or empty.
       input_description: how the float input is scaled, e.g. ``"RGB in [0, 1]"``.
       notes: ``{set name: how it was made}``.
+      test_frames: ``int[M_test]`` the frame of each test input, the test inputs in
+        their natural order (frame by frame, scene by scene; a frame's inputs
+        contiguous), or None: the scene-shift evaluation then treats each input as its
+        own frame.
     """
 
     representative: np.ndarray
@@ -54,6 +58,7 @@ class ExportData:
     expert_names: tuple = ()
     input_description: str = "float input"
     notes: dict = dataclasses.field(default_factory=dict)
+    test_frames: np.ndarray | None = None
 
 
 def _load_npz(path):

@@ -37,15 +37,17 @@ def test_deficits_and_windows_stay_within_the_stated_bounds_on_any_sequence(b, s
     logits[200:400, block] += 10.0 * scale                  # a scene that wants one expert
     c = BudgetController(b, COSTS, step=step, logit_range=4.0)
     picks = c.route_sequence(logits)
-    b = np.asarray(b)
+    b = c.bias_q / 2 ** 16  # b' (b at 1/65536 resolution): the frequencies' limit
     bound = 4.0 / step + 1.0
     used = b > 0
     d = _deficits(picks, b)
+    np.testing.assert_allclose(d[-1], c.deficits)
     assert d.min() >= -bound - 1e-9
     assert d.max() <= (used.sum() - 1) * bound + 1e-9
     assert not np.isin(picks, np.flatnonzero(~used)).any()  # b_n = 0: never chosen
     cost = np.concatenate([[0.0], np.cumsum(COSTS[picks])])
-    target = b @ COSTS
+    target = c.target_cost
+    assert abs(target - np.asarray(b) @ COSTS) < 1.0
     for w in (1, 16, 64, 256):
         worst = np.max(cost[w:] - cost[:-w] - w * target)
         assert worst <= c.window_slack + 1e-6
@@ -84,7 +86,7 @@ def test_hard_mode_never_overflows_the_bucket(b, seed, extra):
     c = BudgetController(b, COSTS, bucket_bytes=bucket)
     picks = c.route_sequence(rng.normal(size=(500, 3)) * 10 + [0.0, 0.0, 5.0])
     cost = np.concatenate([[0.0], np.cumsum(COSTS[picks])])
-    target = np.asarray(b) @ COSTS
+    target = c.target_cost
     for w in (1, 7, 64, 500):
         assert np.max(cost[w:] - cost[:-w] - w * target) <= bucket + 1e-6
     assert c.level >= -1e-9
@@ -104,3 +106,124 @@ def test_bad_input_is_refused_clearly():
         c.choose([0.0, 1.0])
     with pytest.raises(ValueError):
         BudgetController([0.5, 0.6, 0.1], COSTS)  # b does not sum to 1
+
+
+# ------------------------------------------------------------ scores, int8, frames
+
+@settings(max_examples=30, deadline=None)
+@given(b=biases, seed=st.integers(0, 2**16), tau=st.sampled_from([0.5, 4.0]),
+       offset=st.sampled_from([0.0, 3.0]))
+def test_log_scores_and_initial_offsets_keep_the_bounds_with_S(b, seed, tau, offset):
+    """The bounds hold with S = L + spread(o0), L = tau log(1 + R / tau)."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(size=(500, 3)) * 200.0
+    logits[100:300, rng.integers(0, 3)] += 500.0
+    o0 = np.array([offset, -offset, 0.5 * offset])
+    c = BudgetController(b, COSTS, step=0.3, logit_range=300.0, gap_scale=tau, offsets=o0)
+    assert c.spread == pytest.approx(tau * np.log1p(300.0 / tau)
+                                     + np.ptp((o0 - o0[c.used].mean())[c.used]), abs=1e-3)
+    picks = c.route_sequence(logits)
+    bq = c.bias_q / 2 ** 16
+    d = _deficits(picks, bq)
+    bound = c.spread / c.step + 1.0
+    assert d.min() >= -bound - 1e-6 and d.max() <= (c.used.sum() - 1) * bound + 1e-6
+    cost = np.concatenate([[0.0], np.cumsum(COSTS[picks])])
+    assert np.max(cost[64:] - cost[:-64] - 64 * c.target_cost) <= c.window_slack + 1e-6
+
+
+def test_quantized_bias_sums_to_the_resolution_and_keeps_zeros():
+    from bmoe_tf.budget import quantize_bias
+
+    for b in ([1 / 3, 1 / 3, 1 / 3], [0.0, 1e-7, 1 - 1e-7], [0.2, 0.5, 0.3], [1.0, 0.0]):
+        q = quantize_bias(b)
+        assert q.sum() == 2 ** 16
+        np.testing.assert_array_equal(q > 0, np.asarray(b) > 0)
+        assert np.all(np.abs(q / 2 ** 16 - b) <= 1.0 / 2 ** 16)
+
+
+def test_int8_controller_decides_like_the_float_one_on_exactly_representable_logits():
+    """With R and tau such that every int8 gap maps exactly (linear scores, an int8 step
+    of 1/4 logit, step a power of two), integer and float controllers agree choice by
+    choice; ints outside int8 are refused."""
+    rng = np.random.default_rng(3)
+    q = rng.integers(-128, 128, size=(400, 3))
+    q[150:250, 1] = 127
+    kw = dict(step=0.125, logit_range=16.0)
+    ci = BudgetController([0.2, 0.5, 0.3], COSTS, int8_scale=0.25, **kw)
+    cf = BudgetController([0.2, 0.5, 0.3], COSTS, **kw)
+    np.testing.assert_array_equal(ci.route_sequence(q), cf.route_sequence(q * 0.25))
+    assert ci.integer_tables()["score_table"][4] == -(2 ** 16 / 0.125)  # gap 1 logit
+    with pytest.raises(ValueError, match="int8"):
+        ci.choose([0, 200, 1])
+    with pytest.raises(ValueError, match="int8"):
+        ci.choose([0.5, 1.0, 2.0])
+    with pytest.raises(ValueError, match="int8 controller"):
+        cf.integer_tables()
+
+
+def _algorithm1_reference(z, caps, used):
+    """Brute force: experts in order take their capacity of the highest margins over
+    the best other used expert among the free rows, ties to the lower row."""
+    m = len(z)
+    out = [-1] * m
+    for n in range(z.shape[1]):
+        others = [k for k in np.flatnonzero(used) if k != n]
+        value = [z[i, n] - max(z[i, k] for k in others) for i in range(m)]
+        free = sorted((i for i in range(m) if out[i] < 0), key=lambda i: (-value[i], i))
+        for i in free[:caps[n]]:
+            out[i] = n
+    return np.array(out)
+
+
+@settings(max_examples=25, deadline=None)
+@given(b=biases, seed=st.integers(0, 2**16), sizes=st.lists(st.integers(1, 40), min_size=1,
+                                                            max_size=12))
+def test_route_frame_is_algorithm1_with_carried_capacities(b, seed, sizes):
+    rng = np.random.default_rng(seed)
+    c = BudgetController(b, COSTS)
+    bq = c.bias_q / 2 ** 16
+    seen = 0
+    for size in sizes:
+        z = np.round(rng.normal(size=(size, 3)) * 3, 1)
+        caps = c.frame_capacities(size)
+        assert caps.sum() == size and np.all(caps[~c.used] == 0)
+        picks = c.route_frame(z)
+        np.testing.assert_array_equal(np.bincount(picks, minlength=3), caps)
+        np.testing.assert_array_equal(picks, _algorithm1_reference(z, caps, c.used))
+        seen += size
+        assert np.all(c.deficits > -1.0) and np.all(c.deficits < c.used.sum())
+        np.testing.assert_allclose(c.deficits, seen * bq - c.counts)
+
+
+def test_route_frames_holds_b_exactly_where_per_frame_rounding_drifts():
+    """Frames of 77 inputs at b = (0.539, 0.461): each frame's own rounding would give
+    41/36 every time (0.532); carried capacities give b over the sequence."""
+    from bmoe_tf.routing import route_frames
+
+    rng = np.random.default_rng(0)
+    frames = np.repeat(np.arange(20), 77)
+    b = [0.5387387387387388, 0.4612612612612612, 0.0]
+    picks = route_frames(rng.normal(size=(len(frames), 3)), frames, b, COSTS)
+    assert abs(np.mean(picks == 0) - b[0]) < 1.0 / len(frames)
+    with pytest.raises(ValueError, match="contiguous"):
+        route_frames(np.zeros((4, 3)), [0, 1, 0, 1], b)
+    with pytest.raises(ValueError, match="one frame per row"):
+        route_frames(np.zeros((4, 3)), [0, 1, 1], b)
+    with pytest.raises(ValueError, match="hard-mode"):
+        BudgetController(b, COSTS, bucket_bytes=6000).route_frame(np.zeros((4, 3)))
+
+
+def test_from_calibration_starts_at_the_static_offsets():
+    """On its own calibration set the controller's first choices are static routing's."""
+    from bmoe_tf.routing import calibrate_offsets, route
+
+    rng = np.random.default_rng(5)
+    z = rng.normal(size=(600, 3)) * [1.0, 3.0, 10.0]
+    b = [0.2, 0.5, 0.3]
+    c = BudgetController.from_calibration(z, b, COSTS, crossing=1e9, logit_range=1e3,
+                                          gap_scale=None)
+    static = route(z, calibrate_offsets(z, b))
+    assert np.mean(c.route_sequence(z) == static) > 0.99
+    auto = BudgetController.from_calibration(z, b, COSTS)
+    assert auto.gap_scale > 0 and auto.logit_range > auto.gap_scale
+    assert auto.step == pytest.approx(auto.score_range / 50)
