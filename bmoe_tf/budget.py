@@ -48,7 +48,7 @@ import numpy as np
 from bmoe_tf.bias import validate_bias
 from bmoe_tf.checks import as_float_array, check_finite, check_vector
 
-__all__ = ["BudgetController", "route_frames", "quantize_bias", "RESOLUTION"]
+__all__ = ["BudgetController", "route_frames", "quantize_bias", "sequence_cost", "RESOLUTION"]
 
 #: Q: b is held as integers summing to Q.
 RESOLUTION = 2 ** 16
@@ -378,3 +378,41 @@ def route_frames(logits, frames, bias, data_costs=None, **kwargs):
     ends = np.r_[starts[1:], len(x)]
     parts = [c.route_frame(x[s:e]) for s, e in zip(starts, ends)]
     return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+
+def sequence_cost(assignment, data_costs, bias, *, window=64):
+    """What a routed sequence sent, against the budget ``d_t = b . d``.
+
+    Args:
+      assignment: ``int[M]`` experts in the order the inputs were routed.
+      data_costs: ``float[N]`` bytes per input; bias: ``float[N]``; window: W.
+    Returns:
+      dict: ``budget`` (d_t), ``mean`` (bytes per input), ``mean_over`` (``mean / d_t -
+      1``), ``worst_window_over`` (the largest mean of W consecutive inputs, ``/ d_t -
+      1``; the whole sequence when shorter than W), ``worst_window_excess`` (the largest
+      ``bytes(window) - W d_t`` over windows of every length: the bucket size a hard
+      budget would have needed), ``frequencies`` (``float[N]``), ``inputs``, ``window``.
+    """
+    b = validate_bias(bias, name="bias")
+    d = check_vector(data_costs, "data_costs", size=len(b))
+    a = np.asarray(assignment, np.int64).reshape(-1)
+    if a.size and (a.min() < 0 or a.max() >= len(b)):
+        raise ValueError(f"assignment must hold experts in [0, {len(b)}), got "
+                         f"[{a.min()}, {a.max()}]")
+    if int(window) < 1:
+        raise ValueError(f"window must be a positive number of inputs, got {window}")
+    budget = float(b @ d)
+    if not a.size:
+        return {"budget": budget, "mean": 0.0, "mean_over": -1.0, "worst_window_over": -1.0,
+                "worst_window_excess": 0.0, "frequencies": [0.0] * len(b), "inputs": 0,
+                "window": int(window)}
+    spent = d[a] - budget
+    cum = np.concatenate([[0.0], np.cumsum(spent)])
+    w = min(int(window), a.size)
+    worst = float(np.max(cum[w:] - cum[:-w])) / w
+    excess = float(np.max(cum - np.minimum.accumulate(cum)))  # max over all windows
+    return {"budget": budget, "mean": float(d[a].mean()), "mean_over": float(d[a].mean() / budget
+                                                                              - 1.0),
+            "worst_window_over": worst / budget, "worst_window_excess": excess,
+            "frequencies": (np.bincount(a, minlength=len(b)) / a.size).tolist(),
+            "inputs": int(a.size), "window": int(window)}

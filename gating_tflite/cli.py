@@ -53,6 +53,11 @@ flags.DEFINE_list("bias", None, "b, e.g. 0.5,0.5,0 (default: the gate's gate.jso
 flags.DEFINE_integer("qat_epochs", 3, "QAT fine-tuning epochs (--mode=qat).")
 flags.DEFINE_float("qat_learning_rate", 1e-5, "QAT fine-tuning learning rate.")
 flags.DEFINE_bool("strict", False, "Also exit non-zero when a quality check is missed.")
+flags.DEFINE_float("router_crossing", 16.0, "Online controller: its offsets cross the whole "
+                   "score range in this many inputs (smaller: faster on a new scene, rougher).")
+flags.DEFINE_float("bucket_bytes", None, "Hard budget: a leaky bucket of this many bytes "
+                   "(>= the largest used data cost) in the emitted gate_router.c and the "
+                   "report's controller_hard row (default there: 10% of 64 inputs' budget).")
 
 
 def _fail(message, code=EXIT_BAD_INPUT):
@@ -87,6 +92,12 @@ def _check_flags():
     known = task_names()
     if FLAGS.task not in known:
         raise ValueError(f"unknown --task={FLAGS.task!r}; known tasks: {known}")
+    if not FLAGS.router_crossing > 0:
+        raise ValueError(f"--router_crossing must be a positive number of inputs, got "
+                         f"{FLAGS.router_crossing}")
+    if FLAGS.bucket_bytes is not None and not FLAGS.bucket_bytes > 0:
+        raise ValueError(f"--bucket_bytes must be a positive number of bytes, got "
+                         f"{FLAGS.bucket_bytes}")
     check_output_path(FLAGS.out, emit_c=FLAGS.emit_c)
     return target, bias
 
@@ -103,7 +114,9 @@ def main(argv):
         report, problems = export_gate(gate, data, b, out=FLAGS.out, mode=FLAGS.mode,
                                        output=FLAGS.output, target=target, emit_c=FLAGS.emit_c,
                                        qat_epochs=FLAGS.qat_epochs,
-                                       qat_learning_rate=FLAGS.qat_learning_rate)
+                                       qat_learning_rate=FLAGS.qat_learning_rate,
+                                       crossing=FLAGS.router_crossing,
+                                       bucket_bytes=FLAGS.bucket_bytes)
     except (ValueError, OSError) as err:  # includes UnsupportedOpError and bad flags
         _fail(_error_text(err))
     print(summary(report), flush=True)

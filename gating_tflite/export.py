@@ -23,8 +23,12 @@ or uses an op TFLite Micro lacks (``--strict`` also fails on missed quality chec
 5. :func:`inspect_model` -- ops, fully-integer and TFLite Micro checks, smallest arena;
 6. :func:`check_test_inputs` -- float vs LiteRT vs TFLM choices, task metric;
 7. :func:`check_heldout` -- int8 frequencies on held-out inputs vs b;
-8. :func:`quality_checks`, :func:`data_cost`, :func:`latency_estimate`, the budget;
-9. :func:`write_outputs` -- ``.tflite``, firmware files, ``export_report.json``.
+8. :func:`scene_shift` -- the test inputs in their natural order (frame by frame):
+   static offsets vs the online controller (soft, hard) vs per-frame enforcement on
+   the int8 logits (:class:`bmoe_tf.routing.BudgetController`);
+9. :func:`quality_checks`, :func:`data_cost`, :func:`latency_estimate`, the budget;
+10. :func:`write_outputs` -- ``.tflite``, firmware files (with ``--output=logits`` also
+    the router ``gate_router.h/.c``, :mod:`gating_tflite.router_c`), ``export_report.json``.
 
 The result is an :class:`ExportReport`; ``report.as_dict()`` is the JSON.
 """
@@ -40,8 +44,9 @@ import numpy as np
 from bmoe_tf.backend import keras
 from bmoe_tf.bias import validate_bias
 from bmoe_tf.gating import count_macs
-from bmoe_tf.routing import calibrate_offsets
-from gating_tflite import c_array, convert, interpreters, model_file
+from bmoe_tf.routing import (BudgetController, calibrate_offsets, route_frames, route_in_batches,
+                             sequence_cost)
+from gating_tflite import c_array, convert, interpreters, model_file, router_c
 from gating_tflite.model_file import TensorInfo
 from gating_tflite.targets import resolve_target
 
@@ -49,7 +54,8 @@ __all__ = ["export_gate", "load_gate_and_bias", "summary", "run", "CHECKS", "REP
            "ExportError", "ExportReport", "Int8Gate", "ModelFacts", "TestResult",
            "HeldoutResult", "check_output_path", "routing_offsets", "routing_model", "quantize",
            "calibrate_int8", "inspect_model", "check_test_inputs", "check_heldout",
-           "quality_checks", "data_cost", "latency_estimate", "write_outputs"]
+           "quality_checks", "data_cost", "latency_estimate", "write_outputs", "scene_shift",
+           "SceneShift", "ROUTER_CROSSING", "SCENE_WINDOW", "default_bucket_bytes"]
 
 #: Targets of the quality checks (the issue's acceptance figures).
 CHECKS = {"min_agreement": 0.99, "max_frequency_error": 0.02, "max_metric_drop": 0.05}
@@ -61,6 +67,22 @@ MACS_PER_CYCLE = 1.0
 
 #: The report's file name, next to ``--out``.
 REPORT_NAME = "export_report.json"
+
+#: The online controller's speed: its offsets cross the whole score range in this many
+#: inputs (``BudgetController.from_calibration(crossing=...)``; WORKSPACE D45).
+ROUTER_CROSSING = 16
+
+#: W of the scene-shift evaluation's windows (the issue's bar: 64 SR parts).
+SCENE_WINDOW = 64
+
+
+def default_bucket_bytes(b, data_costs, window=SCENE_WINDOW, tolerance=0.1):
+    """The hard mode's default bucket: ``tolerance`` of a window's budget (so that every
+    window of ``window`` inputs stays within ``tolerance`` of it), at least the largest
+    used d_n (so every used expert can be sent)."""
+    d = np.asarray(data_costs, np.float64)
+    b = np.asarray(b, np.float64)
+    return float(max(tolerance * window * (b @ d), d[b > 0].max()))
 
 
 class ExportError(ValueError):
@@ -121,10 +143,12 @@ class ExportReport:
     check_thresholds: dict            # CHECKS
     seconds: float
     firmware_files: list | None = None
+    scene_shift: dict | None = None   # method -> sequence_cost(...) + metric (test, in order)
+    router: dict | None = None        # the online controller's parameters
 
     OPTIONAL = ("latency_ms_estimate", "latency_assumption", "agreement", "frequencies_test",
                 "metric", "frequencies", "frequencies_float", "frequency_error",
-                "heldout_inputs", "data_cost", "firmware_files")
+                "heldout_inputs", "data_cost", "firmware_files", "scene_shift", "router")
 
     def as_dict(self):
         """The JSON report: every field, optional ones only when measured (a deep copy)."""
@@ -165,6 +189,17 @@ class Int8Gate:
     offsets: np.ndarray
     calibration_frequencies: np.ndarray
     correction: np.ndarray | None
+
+
+@dataclasses.dataclass
+class SceneShift:
+    """The result of :func:`scene_shift`: ``rows`` (method -> JSON dict), ``router`` (the
+    controller's parameters, JSON) and the int8 ``controller`` the router files are
+    generated from (soft, or hard with ``bucket_bytes``)."""
+
+    rows: dict
+    router: dict
+    controller: BudgetController
 
 
 @dataclasses.dataclass
@@ -274,7 +309,8 @@ def check_output_path(out, *, emit_c=False):
     except OSError as err:
         raise ValueError(f"--out={out}: cannot make the directory {out_dir} "
                          f"({err.strerror or err})") from err
-    names = [REPORT_NAME] + (list(c_array.FIRMWARE_FILES) if emit_c else [])
+    names = [REPORT_NAME] + (list(c_array.FIRMWARE_FILES) + list(router_c.ROUTER_FILES)
+                             if emit_c else [])
     for other in [path] + [os.path.join(out_dir, name) for name in names]:
         if os.path.isdir(other):
             raise ValueError(f"--out={out}: {other} is a directory; the export writes a file there")
@@ -450,6 +486,82 @@ def check_heldout(gate, tflite, facts, data, b, *, output, offsets, float_offset
                          _frequency_error(freq, b), int(len(data.heldout)))
 
 
+def scene_shift(gate, tflite, data, b, test, *, output, crossing=ROUTER_CROSSING,
+                bucket_bytes=None, window=SCENE_WINDOW, batch_size=128, seed=0):
+    """The test inputs routed in their natural order (``data.test_frames``: frame by
+    frame), on the int8 gate: a :class:`SceneShift` (None without test inputs).
+
+    Methods: ``static`` (the exported model's own choices, TFLite Micro: the offsets
+    calibrated once), ``controller`` (:class:`BudgetController` from the int8
+    calibration logits, soft), ``controller_hard`` (the same with a leaky bucket of
+    ``bucket_bytes``, default :func:`default_bucket_bytes`), ``per_frame``
+    (:func:`bmoe_tf.routing.route_frames`, only with ``data.test_frames``) and the
+    reference ``per_batch`` (Algorithm 1 over batches of ``batch_size`` of the test
+    inputs shuffled with ``seed``: the bar's "per-batch enforcement"). The
+    controllers run on int8 logits: for ``output="logits"`` the exported model's, for
+    ``"index"`` those of a PTQ logits model of the same float gate (the index head has
+    no logits to give). Each row: :func:`bmoe_tf.routing.sequence_cost` and the metric.
+    """
+    if data.test is None or not len(data.test):
+        return None
+    n = len(b)
+    costs = data.data_costs
+    if costs is None:
+        if bucket_bytes is not None:
+            raise ValueError("--bucket_bytes needs the experts' data costs; the calibration "
+                             "data has none")
+        costs = np.ones(n)
+    costs = np.asarray(costs, np.float64)
+    frames = None if data.test_frames is None else np.asarray(data.test_frames).reshape(-1)
+    if frames is not None and len(frames) != len(data.test):
+        raise ValueError(f"test_frames has {len(frames)} entries for {len(data.test)} test "
+                         "inputs")
+    if output == "logits":
+        logits_model = tflite
+    else:
+        logits_model = convert.convert_int8(gate, data.representative, output="logits")
+    (_,), (info,) = model_file.model_io(logits_model)
+    if info.scale is None:
+        raise ValueError("the logits model's output is not quantized; cannot route int8 logits")
+    _log(f"scene shift: {len(data.test)} test inputs in their natural order "
+         f"({'one input per frame' if frames is None else f'{len(np.unique(frames))} frames'})")
+    calibration = info.dequantize(interpreters.run_litert(logits_model, data.calibration))
+    q_test = np.asarray(interpreters.run_litert(logits_model, data.test)).reshape(len(data.test),
+                                                                                  n)
+    bucket = default_bucket_bytes(b, costs, window) if bucket_bytes is None else bucket_bytes
+    kwargs = dict(crossing=crossing, int8_scale=info.scale)
+    soft = BudgetController.from_calibration(calibration, b, costs, **kwargs)
+    hard = BudgetController.from_calibration(calibration, b, costs, bucket_bytes=bucket,
+                                             **kwargs)
+    choices = {"static": test.decisions, "controller": soft.route_sequence(q_test),
+               "controller_hard": hard.route_sequence(q_test)}
+    permutation = np.random.default_rng(seed).permutation(len(q_test))
+    per_batch = np.empty(len(q_test), np.int64)
+    per_batch[permutation] = route_in_batches(info.dequantize(q_test)[permutation], b,
+                                              batch_size)
+    choices["per_batch"] = per_batch
+    if frames is not None:
+        choices["per_frame"] = route_frames(q_test, frames, b, costs, int8_scale=info.scale,
+                                            logit_range=soft.logit_range,
+                                            gap_scale=soft.gap_scale)
+    rows = {}
+    for name, assignment in choices.items():
+        row = sequence_cost(assignment, costs, b, window=window)
+        if data.test_metric is not None:
+            row["metric"] = float(data.test_metric(np.asarray(assignment, np.int64)))
+        rows[name] = row
+    rows["controller_hard"]["bucket_bytes"] = float(bucket)
+    router = {"crossing": float(crossing), "step": soft.step, "logit_range": soft.logit_range,
+              "gap_scale": soft.gap_scale, "int8_scale": float(info.scale),
+              "initial_offsets": [float(v) for v in np.where(soft.used, soft.offsets, 0.0)],
+              "bias_q": soft.bias_q.tolist(), "bucket_bytes": bucket_bytes,
+              "logits_model": "exported" if output == "logits" else "PTQ logits model",
+              "metric_name": data.metric_name}
+    controller = soft if bucket_bytes is None else hard
+    controller.reset()
+    return SceneShift(rows, router, controller)
+
+
 def quality_checks(test, heldout, thresholds=None):
     """``{check: met}`` for the measured results (agreement, metric, frequencies)."""
     thresholds = CHECKS if thresholds is None else thresholds
@@ -483,14 +595,18 @@ def latency_estimate(macs, target):
             f"{MACS_PER_CYCLE:g} MAC/cycle (CMSIS-NN int8) at {target.clock_mhz:g} MHz")
 
 
-def write_outputs(report, out_dir, tflite, *, firmware=None):
+def write_outputs(report, out_dir, tflite, *, firmware=None, router=None):
     """Writes the ``.tflite`` (``report.model``), the firmware files (``firmware``: the
-    keyword arguments of :func:`c_array.write_firmware_files`, or None) and the JSON
-    report; returns the report's path."""
+    keyword arguments of :func:`c_array.write_firmware_files`, or None), the router
+    files (``router``: keyword arguments of :func:`router_c.write_router_files`, or
+    None) and the JSON report; returns the report's path."""
     with open(report.model, "wb") as f:
         f.write(tflite)
     if firmware is not None:
         report.firmware_files = c_array.write_firmware_files(out_dir, tflite, **firmware)
+    if router is not None:
+        report.firmware_files = (report.firmware_files or []) + router_c.write_router_files(
+            out_dir, **router)
     path = os.path.join(out_dir, REPORT_NAME)
     with open(path, "w") as f:
         json.dump(report.as_dict(), f, indent=2)
@@ -514,7 +630,7 @@ def _check_arguments(gate, data, bias, mode, output):
 
 def export_gate(gate, data, bias, *, out, mode="ptq", output="index", target=None,
                 emit_c=False, qat_epochs=3, qat_learning_rate=1e-5, seed=0,
-                recalibration_rounds=3):
+                recalibration_rounds=3, crossing=ROUTER_CROSSING, bucket_bytes=None):
     """Converts, checks and writes one gate; returns ``(report, problems)``.
 
     Args:
@@ -524,7 +640,10 @@ def export_gate(gate, data, bias, *, out, mode="ptq", output="index", target=Non
       out: path of the ``.tflite`` to write (``export_report.json`` goes next to it).
       mode: ``"ptq"`` or ``"qat"``; output: ``"index"`` or ``"logits"``.
       target: :class:`gating_tflite.targets.Target` (None: nothing checked).
-      emit_c: also write the firmware files next to ``out``.
+      emit_c: also write the firmware files next to ``out`` (and, for ``logits``
+        output, the router ``gate_router.h/.c``).
+      crossing, bucket_bytes: the online controller (:func:`scene_shift`); a
+        ``bucket_bytes`` makes the emitted router a hard-mode one.
     Returns:
       the :class:`ExportReport` (also written as JSON) and a list of budget problems
       (str; empty when the model fits the target).
@@ -553,6 +672,9 @@ def export_gate(gate, data, bias, *, out, mode="ptq", output="index", target=Non
     if heldout is not None:
         agreement = agreement or {}
         agreement["heldout_tflm"] = heldout.agreement
+    shift = None if test is None else scene_shift(gate, tflite, data, b, test, output=output,
+                                                   crossing=crossing,
+                                                   bucket_bytes=bucket_bytes)
     macs = count_macs(gate)
     latency_ms, latency_assumption = latency_estimate(macs, target)
     report = ExportReport(
@@ -576,6 +698,8 @@ def export_gate(gate, data, bias, *, out, mode="ptq", output="index", target=Non
         data_cost=data_cost(b, data.data_costs, test, heldout),
         target=target.as_dict(len(tflite), facts.arena_bytes),
         checks=quality_checks(test, heldout), check_thresholds=dict(CHECKS),
+        scene_shift=None if shift is None else shift.rows,
+        router=None if shift is None else shift.router,
         seconds=time.time() - t0)
     firmware = None
     if emit_c:
@@ -584,7 +708,14 @@ def export_gate(gate, data, bias, *, out, mode="ptq", output="index", target=Non
                         arena_bytes=facts.arena_bytes, num_experts=len(b),
                         expert_names=data.expert_names, offsets=offsets,
                         input_description=data.input_description)
-    write_outputs(report, out_dir, tflite, firmware=firmware)
+    router = None
+    if emit_c and output == "logits" and shift is not None:
+        router = dict(controller=shift.controller, expert_names=data.expert_names)
+    elif emit_c:
+        _log("gate_router.h/.c not written: the router works on int8 logits "
+             "(--output=logits)" + ("" if output == "logits" else
+                                    ", and needs test inputs to be measured"))
+    write_outputs(report, out_dir, tflite, firmware=firmware, router=router)
     return report, target.check(len(tflite), facts.arena_bytes)
 
 
@@ -620,6 +751,12 @@ def summary(report):
         m = report["metric"]
         lines.append(f"metric       {m['name']}: float {m['float']:.3f}, int8 {m['int8']:.3f} "
                      f"(drop {m['drop']:+.3f})")
+    for i, (name, row) in enumerate(report.get("scene_shift", {}).items()):
+        metric = f", metric {row['metric']:.3f}" if "metric" in row else ""
+        lines.append(("scene shift  " if i == 0 else "             ")
+                     + f"{name}: cost {100 * row['mean_over']:+.1f}% vs budget, worst "
+                     f"{row['window']}-window {100 * row['worst_window_over']:+.1f}%, "
+                     f"frequencies {np.round(row['frequencies'], 3).tolist()}{metric}")
     t = report["target"]
     lines.append(f"target       {t['name']}: flash {t['flash_kib']} KiB, RAM {t['ram_kib']} KiB, "
                  f"fits: {t['fits']}")

@@ -227,3 +227,23 @@ def test_from_calibration_starts_at_the_static_offsets():
     auto = BudgetController.from_calibration(z, b, COSTS)
     assert auto.gap_scale > 0 and auto.logit_range > auto.gap_scale
     assert auto.step == pytest.approx(auto.score_range / 50)
+
+
+def test_sequence_cost_against_a_brute_force_window_scan():
+    from bmoe_tf.routing import sequence_cost
+
+    rng = np.random.default_rng(2)
+    b = [0.5, 0.5, 0.0]
+    a = rng.integers(0, 3, size=90)
+    r = sequence_cost(a, COSTS, b, window=16)
+    d_t = 0.5 * (3072 + 5292)
+    c = COSTS[a]
+    assert r["budget"] == d_t and r["mean_over"] == pytest.approx(c.mean() / d_t - 1)
+    worst = max(c[i:i + 16].sum() for i in range(90 - 15)) / 16
+    assert r["worst_window_over"] == pytest.approx(worst / d_t - 1)
+    excess = max(c[i:j].sum() - (j - i) * d_t for i in range(90) for j in range(i, 91))
+    assert r["worst_window_excess"] == pytest.approx(excess)
+    np.testing.assert_allclose(r["frequencies"], np.bincount(a, minlength=3) / 90)
+    assert sequence_cost(a[:5], COSTS, b, window=16)["inputs"] == 5
+    with pytest.raises(ValueError, match="assignment"):
+        sequence_cost([0, 3], COSTS, b)

@@ -24,7 +24,8 @@ ALL_KEYS = {"model", "mode", "output", "flash_bytes", "arena_bytes", "macs", "pa
             "int8_correction", "frequencies_calibration", "expert_names", "data",
             "latency_ms_estimate", "latency_assumption", "agreement", "frequencies_test",
             "metric", "frequencies", "frequencies_float", "frequency_error", "heldout_inputs",
-            "data_cost", "target", "checks", "check_thresholds", "seconds", "firmware_files"}
+            "data_cost", "target", "checks", "check_thresholds", "seconds", "firmware_files",
+            "scene_shift", "router"}
 
 
 def test_index_export_matches_the_float_gate(gate, data, exported, tflite_bytes):
@@ -115,8 +116,25 @@ def test_quality_checks_data_cost_and_latency_steps():
 
 
 def test_logits_output_routes_with_offsets(gate, data, tmp_path):
-    report, _ = export_gate(gate, data, BIAS, out=str(tmp_path / "g.tflite"), output="logits")
+    frames = np.repeat(np.arange(10), 30)  # the 300 test inputs as 10 frames of 30
+    report, _ = export_gate(gate, dataclasses.replace(data, test_frames=frames), BIAS,
+                            out=str(tmp_path / "g.tflite"), output="logits", emit_c=True)
     assert report.ops[-1] != "ARG_MAX" and report.output_tensor["dtype"] == "INT8"
+    # scene shift: the test inputs in order, every method; the router files for the int8 logits
+    rows = report.scene_shift
+    assert list(rows) == ["static", "controller", "controller_hard", "per_batch", "per_frame"]
+    np.testing.assert_allclose(rows["static"]["frequencies"], report.frequencies_test)
+    budget = BIAS @ data.data_costs
+    for name in ("controller", "controller_hard", "per_batch", "per_frame"):
+        assert abs(rows[name]["mean_over"]) < 0.05, name
+        assert rows[name]["budget"] == pytest.approx(budget)
+    assert rows["controller_hard"]["worst_window_excess"] <= rows["controller_hard"][
+        "bucket_bytes"] + 1e-9
+    assert rows["per_frame"]["frequencies"] == pytest.approx(BIAS, abs=1 / 300 + 1e-9)
+    assert report.router["crossing"] == export.ROUTER_CROSSING
+    names = [os.path.basename(p) for p in report.firmware_files]
+    assert names[-2:] == ["gate_router.h", "gate_router.c"]
+    assert "#define GATE_ROUTER_NUM_EXPERTS 3" in (tmp_path / "gate_router.h").read_text()
     assert report.agreement["tflm"] >= 0.98
     assert np.max(np.abs(np.asarray(report.frequencies) - BIAS)) <= 0.03
     assert report.routing_clip is None and report.int8_correction is None
