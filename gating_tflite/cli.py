@@ -50,8 +50,9 @@ flags.DEFINE_float("flash_kib", None, "Flash budget in KiB (overrides the preset
 flags.DEFINE_float("ram_kib", None, "RAM budget in KiB for the arena (overrides the preset).")
 flags.DEFINE_bool("emit_c", False, "Write gate_model.h/.cc and gate_ops.h next to --out.")
 flags.DEFINE_list("bias", None, "b, e.g. 0.5,0.5,0 (default: the gate's gate.json).")
-flags.DEFINE_integer("qat_epochs", 3, "QAT fine-tuning epochs (--mode=qat).")
-flags.DEFINE_float("qat_learning_rate", 1e-5, "QAT fine-tuning learning rate.")
+flags.DEFINE_integer("qat_epochs", convert.QAT_EPOCHS, "QAT fine-tuning epochs (--mode=qat).")
+flags.DEFINE_float("qat_learning_rate", convert.QAT_LEARNING_RATE,
+                  "QAT fine-tuning learning rate.")
 flags.DEFINE_bool("strict", False, "Also exit non-zero when a quality check is missed.")
 flags.DEFINE_float("router_crossing", 16.0, "Online controller: its offsets cross the whole "
                    "score range in this many inputs (smaller: faster on a new scene, rougher).")

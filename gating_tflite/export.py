@@ -418,7 +418,8 @@ def calibrate_int8(model, data, b, offsets, output, rounds):
     return Int8Gate(tflite, offsets, freq, chosen)
 
 
-def quantize(model, data, b, offsets, *, mode, output, qat_epochs=3, qat_learning_rate=1e-5,
+def quantize(model, data, b, offsets, *, mode, output, qat_epochs=convert.QAT_EPOCHS,
+             qat_learning_rate=convert.QAT_LEARNING_RATE,
              seed=0, rounds=3):
     """(QAT fine-tuning on the calibration inputs, then) int8 conversion: an :class:`Int8Gate`."""
     if mode == "qat":
@@ -629,7 +630,8 @@ def _check_arguments(gate, data, bias, mode, output):
 
 
 def export_gate(gate, data, bias, *, out, mode="ptq", output="index", target=None,
-                emit_c=False, qat_epochs=3, qat_learning_rate=1e-5, seed=0,
+                emit_c=False, qat_epochs=convert.QAT_EPOCHS,
+                qat_learning_rate=convert.QAT_LEARNING_RATE, seed=0,
                 recalibration_rounds=3, crossing=ROUTER_CROSSING, bucket_bytes=None):
     """Converts, checks and writes one gate; returns ``(report, problems)``.
 
