@@ -55,13 +55,17 @@ firmware-detection: demo-detection
 	  --target=stm32h743 --flash_kib=256 --ram_kib=256 --emit_c
 
 # A compact gate for a Cortex-M7 (experts retrained in their own workdir), exported
-# to int8 TFLite Micro with the firmware C files: workdir/sr_compact/firmware/.
+# to int8 TFLite Micro with the firmware C files: workdir/sr_compact/firmware/ (index
+# output) and workdir/sr_compact/firmware_router/ (int8 logits + gate_router.h/.c).
 firmware: $(STAMP)
 	$(PY) -m experiments.super_resolution --preset=quick --gate=compact --epochs=200 \
 	  --learning_rate=0.01 --methods=enforce,random,benchmark,oracle --workdir=workdir/sr_compact
 	$(PY) -m gating_tflite.export --gate=workdir/sr_compact/gates/enforce/shared \
 	  --calibration=workdir/sr_compact --out=workdir/sr_compact/firmware/gate.tflite \
 	  --target=stm32h743 --emit_c
+	$(PY) -m gating_tflite.export --gate=workdir/sr_compact/gates/enforce/shared \
+	  --calibration=workdir/sr_compact --out=workdir/sr_compact/firmware_router/gate.tflite \
+	  --target=stm32h743 --output=logits --emit_c
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
