@@ -617,7 +617,7 @@ def write_outputs(report, out_dir, tflite, *, firmware=None, router=None):
 # --------------------------------------------------------------------------- export
 
 
-def _check_arguments(gate, data, bias, mode, output):
+def _check_arguments(gate, data, bias, mode, output, bucket_bytes=None):
     if mode not in convert.MODES:
         raise ValueError(f"mode must be one of {convert.MODES}, got {mode!r}")
     if output not in convert.OUTPUTS:
@@ -626,6 +626,14 @@ def _check_arguments(gate, data, bias, mode, output):
     b = validate_bias(bias, n)
     if data.data_costs is not None and len(data.data_costs) != n:
         raise ValueError(f"{len(data.data_costs)} data costs for a gate with {n} experts")
+    if bucket_bytes is not None:
+        if data.data_costs is None:
+            raise ValueError("--bucket_bytes needs the experts' data costs; the calibration "
+                             "data has none (add data_costs to the .npz)")
+        largest = float(np.ceil(np.asarray(data.data_costs)[b > 0]).max())
+        if not bucket_bytes >= largest:
+            raise ValueError(f"--bucket_bytes={bucket_bytes:g} is smaller than the largest "
+                             f"data cost of a used expert ({largest:g} bytes)")
     return b
 
 
@@ -654,7 +662,7 @@ def export_gate(gate, data, bias, *, out, mode="ptq", output="index", target=Non
         model that is not fully integer.
       ValueError: bad arguments, or an ``out`` that cannot be written.
     """
-    b = _check_arguments(gate, data, bias, mode, output)
+    b = _check_arguments(gate, data, bias, mode, output, bucket_bytes)
     target = target or resolve_target()
     out_dir = check_output_path(out, emit_c=emit_c)
     t0 = time.time()

@@ -132,6 +132,8 @@ def _bad_inputs(files, tmp_path):
         ([cal, out], "--gate is required"),
         ([gate, cal, out, "--bias=0.5,half"], "--bias must be numbers"),
         ([gate, cal, out, "--bias=0.5,0.5"], "--bias"),
+        ([gate, cal, out, "--router_crossing=0"], "--router_crossing must be a positive"),
+        ([gate, cal, out, "--bucket_bytes=-5"], "--bucket_bytes must be a positive"),
     ]
 
 

@@ -188,6 +188,11 @@ def test_export_rejects_bad_arguments(gate, data, tmp_path):
         export_gate(gate, data, [0.5, 0.6, 0.1], out=str(tmp_path / "x.tflite"))
     with pytest.raises(ValueError, match="is a directory"):
         export_gate(gate, data, BIAS, out=str(tmp_path))
+    with pytest.raises(ValueError, match="smaller than the largest data cost"):
+        export_gate(gate, data, BIAS, out=str(tmp_path / "x.tflite"), bucket_bytes=1.5)
+    with pytest.raises(ValueError, match="needs the experts' data costs"):
+        export_gate(gate, dataclasses.replace(data, data_costs=None), BIAS,
+                    out=str(tmp_path / "x.tflite"), bucket_bytes=100.0)
 
 
 def test_check_output_path(tmp_path):
