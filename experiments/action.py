@@ -44,7 +44,7 @@ from experiments.stages import ArtefactError, load_artefact, write_json
 
 __all__ = ["ActionTask", "ActionSettings", "PRESETS", "PAPER_TABLE_VI", "MODES", "CLIP_SPLITS",
            "GATE_MV_CLIP", "GATE_TARGETS",
-           "mode_costs", "gate_input", "paper_costs", "run"]
+           "mode_costs", "gate_input", "paper_costs", "natural_order", "run"]
 
 #: The modes (experts), cheapest first.
 MODES = ("temporal", "spatial", "fusion")
@@ -370,6 +370,19 @@ class ActionTask(pipeline.Task):
         a = np.asarray(assignment, np.int64)
         return 100.0 * float(self._correct[split][np.arange(len(a)), a].mean())
 
+    # ---- natural order of the test split ----------------------------------------------
+    test_order_description = ("source video by source video (ClipSet.groups, in order of "
+                              "first appearance), clips of one source in clip-id order; one "
+                              "clip per frame")
+
+    def test_order(self, cfg, wd):
+        """:func:`natural_order` of the test clips (they are stored shuffled)."""
+        return natural_order(self.sets["test"])
+
+    def test_frames(self, cfg, wd):
+        """None: one clip is one input of the sensor (the per-frame routing is skipped)."""
+        return None
+
     def gate_view(self, cfg):
         """The experts take packed clips ``[M, L]`` (:func:`experiments.act.experts.pack`);
         the gate sees their MV maps stacked on channels (:func:`gate_input`, in TF)."""
@@ -444,6 +457,21 @@ def _load_probabilities(path):
     if out.ndim != 3:
         raise ValueError(f"{path}: probabilities of shape {out.shape}, expected [M, N, C]")
     return out
+
+
+def natural_order(clips):
+    """``int64[M]``: the clips of a :class:`ClipSet` in the order a camera would produce
+    them, scene by scene: grouped by source video (``groups``: a generated set's source
+    region, a UCF-101 group of one class), groups in the order they first appear in the
+    stored set, and within a group by ``clip_ids`` (generated: creation order; UCF-101:
+    ``..._gNN_cMM``, the clips of a group in time order). The set does not record where
+    in its source a generated clip starts, so that order is the creation order."""
+    groups = np.asarray(clips.groups)
+    first = {}
+    for i, g in enumerate(groups.tolist()):
+        first.setdefault(g, i)
+    rank = np.array([first[g] for g in groups.tolist()], np.int64)
+    return np.lexsort((np.arange(len(groups)), np.asarray(clips.clip_ids), rank)).astype(np.int64)
 
 
 def run():

@@ -350,6 +350,18 @@ class DetectionTask(pipeline.Task):
     def metric(self, split, assignment):
         return 100.0 * self.evaluator(split).map(np.asarray(assignment, np.int64))
 
+    # ---- natural order of the test split ----------------------------------------------
+    test_order_description = ("the test images in their stored order (data/test.npz: the "
+                              "generator's, the folder's or tfds' order), one image per frame")
+
+    def test_order(self, cfg, wd):
+        """None: a sensor sees the test images in their stored (file) order."""
+        return None
+
+    def test_frames(self, cfg, wd):
+        """None: one image is one frame (the per-frame routing is skipped)."""
+        return None
+
     def build_gate(self, cfg, num_experts):
         r = self.view_resolution(cfg)
         if cfg.gate == "compact":

@@ -1,11 +1,13 @@
 """One experiment pipeline for every task: data -> experts -> cache -> bias -> gates ->
-evaluation -> report.
+evaluation -> scene shift -> report.
 
 A task (super-resolution, detection, action classification) implements
 :class:`Task`; :func:`run` does the rest the same way for all of them: it checks
 the config, keys every stage by the settings it depends on, chooses b with the LP,
 trains the gates (enforce, soft), evaluates every curve (enforce, soft, random,
-benchmark, oracle) with the task's own dataset-level metric, and writes
+benchmark, oracle) with the task's own dataset-level metric, routes the test split in
+its natural order as a sensor would (the scene-shift stage, :mod:`experiments.scene_shift`:
+static offsets, budget controller, per frame, shuffled batches), and writes
 ``report.json`` / ``report.md`` and the figures.
 
 Shapes: ``M`` examples of a split, ``N`` experts. A routing (assignment) is
@@ -30,7 +32,7 @@ from experiments.stages import (ArtefactError, StageKey, StageMismatch, Workdir,
                                 WorkdirLock, read_json, write_json)
 
 __all__ = ["Task", "TrainingSet", "run", "main", "gate_assignment", "evaluate_split",
-           "RANDOM_SEEDS", "SPLITS"]
+           "scene_shift_point", "RANDOM_SEEDS", "SPLITS"]
 
 SPLITS = ("train", "validation", "test")
 #: Random selection is averaged over these seeds.
@@ -166,6 +168,22 @@ class Task(abc.ABC):
 
     oracle_description = ("capacity-constrained assignment maximising the summed "
                           "per-example scores")
+
+    # ---- natural order of the test split (the scene-shift evaluation) -----------------
+    #: What the natural order of the test split is (report.md's scene-shift section).
+    test_order_description = "the stored order, one input per frame"
+
+    def test_order(self, cfg, wd) -> np.ndarray | None:
+        """The test split's natural order: ``int[M]`` indices of the stored test inputs
+        (``gate_inputs("test")``, ``scores``, ``metric``) in the order a sensor would see
+        them (frame by frame, scene by scene), or None: the stored order is natural.
+        Called after :meth:`load_data` and the gates (the scene-shift stage)."""
+        return None
+
+    def test_frames(self, cfg, wd) -> np.ndarray | None:
+        """``int[M]``: the frame of each test input IN NATURAL ORDER (a frame's inputs
+        contiguous; SR: the photo of each part), or None: one input per frame."""
+        return None
 
     def gate_view(self, cfg):
         """``(raw input shape, P_g)`` when the gate sees only part of the experts' raw input
@@ -314,6 +332,85 @@ def evaluate_split(task, cfg, split, table, points, gates):
                                          oracle_cost=orc["cost"]))
     return dict(curves=curves, points=detail, rho=rho, at=at, oracle_gain_share=share,
                 subsets=subsets, oracle_exceeded=exceeded)
+
+
+def scene_shift_point(points, gates, methods):
+    """``(method, index)`` of the gate the scene-shift evaluation routes: enforce (else
+    soft) at the gated target nearest a third of the largest target (the report's main b,
+    as :func:`experiments.report.pick_routing`); None without a gate."""
+    for method in ("enforce", "soft"):
+        if method not in methods or not gates.get(method):
+            continue
+        indices = sorted(gates[method])
+        goal = max(p["target"] for p in points) / 3
+        return method, min(indices, key=lambda i: abs(points[i]["target"] - goal))
+    return None
+
+
+def _natural_order(task, cfg, wd, m):
+    order = task.test_order(cfg, wd)
+    if order is not None:
+        order = np.asarray(order, np.int64).reshape(-1)
+        if len(order) != m or not np.array_equal(np.sort(order), np.arange(m)):
+            raise ValueError(f"{task.name}.test_order must be a permutation of the {m} test "
+                             "inputs")
+    frames = task.test_frames(cfg, wd)
+    if frames is not None:
+        frames = np.asarray(frames, np.int64).reshape(-1)
+    return order, frames
+
+
+def _stage_scene_shift(task, cfg, wd, parent, points, gates):
+    """The scene-shift evaluation (:mod:`experiments.scene_shift`) of every gated target
+    of the chosen method, test split in natural order: ``scene_shift.json``, keyed by its
+    settings, the natural order and the gates (skipped when done); None without a gate."""
+    from experiments import scene_shift as ss
+    from experiments.stages import fingerprint
+
+    chosen = scene_shift_point(points, gates, cfg.gate_methods)
+    if chosen is None:
+        return None
+    method, main = chosen
+    m = len(task.gate_inputs("test"))
+    order, frames = _natural_order(task, cfg, wd, m)
+    settings = dict(gate_method=method, methods=list(ss.METHODS), window=ss.WINDOW,
+                    batch_size=ss.BATCH_SIZE, crossing=ss.CROSSING,
+                    bucket_fraction=ss.BUCKET_FRACTION, seed=cfg.eval_batch_seed,
+                    calibration="validation",
+                    order=None if order is None else fingerprint(order.tolist()),
+                    frames=None if frames is None else fingerprint(frames.tolist()))
+    key = StageKey(wd, "scene_shift", settings, parent=parent, artefacts=["scene_shift.json"])
+    key.claim()
+    path = wd.path("scene_shift.json")
+    d = np.asarray(task.data_costs(cfg), np.float64)
+
+    def compute():
+        stored = np.arange(m) if order is None else order
+        logits_of, out = {}, []
+        for index in sorted(gates[method]):
+            gate = gates[method][index]
+            if id(gate) not in logits_of:  # a shared gate runs once
+                logits_of[id(gate)] = (
+                    gate.predict(task.gate_inputs("test"), batch_size=256, verbose=0)[stored],
+                    gate.predict(task.gate_inputs("validation"), batch_size=256, verbose=0))
+            test_logits, val_logits = logits_of[id(gate)]
+
+            def metric(natural, stored=stored):
+                a = np.empty(m, np.int64)
+                a[stored] = natural
+                return task.metric("test", a)
+
+            b = points[index]["bias"]
+            rows = ss.scene_shift_rows(test_logits, frames, val_logits, b, d, metric,
+                                       seed=cfg.eval_batch_seed)
+            out.append(dict(index=int(index), target=float(points[index]["target"]),
+                            bias=list(b), rows=rows))
+        write_json(path, dict(settings, main=int(main), inputs=m,
+                              frame_count=m if frames is None else int(len(np.unique(frames))),
+                              natural_order=task.test_order_description, points=out))
+
+    wd.run("scene shift", path, compute)
+    return read_json(path)
 
 
 # ---- the run ---------------------------------------------------------------------------
@@ -526,11 +623,14 @@ def run(task, cfg, workdir, *, command=None):
 
         wd.run("evaluation", path, evaluate)
         results = read_json(path)
+        scene_shift = _stage_scene_shift(task, cfg, wd, keys["gates"], points, gates)
         gate_model = task.build_gate(cfg, len(experts))
         report = report_lib.write_report(task, cfg, wd, table, points, results, splits, command,
-                                         gate_model=gate_model)
+                                         gate_model=gate_model, scene_shift=scene_shift)
         task.extra_stages(cfg, wd, experts, report)
     print(report_lib.format_table(report), flush=True)
+    for line in report_lib.scene_shift_lines(report):
+        print(line, flush=True)
     for line in report_lib.warnings(report):
         print(line, flush=True)
     print(f"\nreport: {wd.path('report.md')}\nfigures: {wd.path('reports')}", flush=True)

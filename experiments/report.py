@@ -8,6 +8,7 @@ from bmoe_tf.gating import count_macs
 from experiments.stages import read_json, write_json
 
 __all__ = ["write_report", "format_table", "warnings", "pick_routing", "method_rows_markdown",
+           "scene_shift_lines", "scene_shift_section",
            "assigned_tables_markdown", "METHOD_ORDER", "LABELS", "COLOURS"]
 
 AT = ("d_max", "d_max/2", "d_max/3")
@@ -23,8 +24,13 @@ def _summary(split_result):
     return {k: split_result[k] for k in _SUMMARY_KEYS if k in split_result}
 
 
-def write_report(task, cfg, wd, table, points, results, splits, command, *, gate_model):
-    """Writes report.json / report.md / figures; returns the report dict."""
+def write_report(task, cfg, wd, table, points, results, splits, command, *, gate_model,
+                 scene_shift=None):
+    """Writes report.json / report.md / figures; returns the report dict.
+
+    ``scene_shift``: the scene-shift stage's result (``scene_shift.json``), reported under
+    the key ``scene_shift`` and in report.md's section "Scene shift: the test split in its
+    natural order"; None: neither."""
     commands_path = wd.path("commands.json")
     commands = read_json(commands_path) if os.path.exists(commands_path) else []
     if not commands or commands[-1] != command:
@@ -50,6 +56,8 @@ def write_report(task, cfg, wd, table, points, results, splits, command, *, gate
         "commands": commands,
         "examples": {k: int(v) for k, v in splits.items()},
     }
+    if scene_shift is not None:
+        report["scene_shift"] = scene_shift
     report.update(task.evaluation_extras(cfg, results))
     report.update(task.report_extras(cfg, report))
     write_json(wd.path("report.json"), report)
@@ -194,7 +202,71 @@ def _markdown(task, report, test, figures, wd):
     if report["eval"]:
         ev = dict(report, **report["eval"])
         out += ["## Extra held-out data (--eval_data)", "", "```", format_table(ev), "```"]
+    out += scene_shift_section(report, example_name=task.example_name)
     return "\n".join(out) + "\n"
+
+
+def _scene_point_label(point, main):
+    b = ", ".join(f"{v:.3f}" for v in point["bias"])
+    return (f"target {point['target']:,.0f} B, b = [{b}]"
+            + (" (the report's main b)" if point["index"] == main else ""))
+
+
+def scene_shift_lines(report):
+    """CLI lines of the scene-shift evaluation at the report's main b (one per method)."""
+    ss = report.get("scene_shift")
+    if not ss:
+        return []
+    point = next((p for p in ss["points"] if p["index"] == ss["main"]), None)
+    if point is None:
+        return []
+    out = [f"scene shift (test split in natural order, {ss['gate_method']} gate, "
+           f"{_scene_point_label(point, None)}; budget {point['rows'][0]['budget']:,.0f} B):"]
+    for r in point["rows"]:
+        if r["skipped"]:
+            out.append(f"  {r['method']:<16} skipped: {r['skipped']}")
+            continue
+        bucket = ""
+        if r["bucket_bytes"] is not None:
+            bucket = (f", bucket {r['bucket_bytes']:,.0f} B "
+                      + ("never over" if r["bucket_overrun_bytes"] == 0
+                         else f"OVER by {r['bucket_overrun_bytes']:,.0f} B"))
+        freqs = "/".join(f"{x:.3f}" for x in r["frequencies"])
+        metric = "-" if r["metric"] is None else f"{r['metric']:.3f}"
+        out.append(f"  {r['method']:<16} mean cost {r['mean_vs_budget_pct']:+7.2f}%, worst "
+                   f"{r['window']}-window {r['worst_window_vs_budget_pct']:+6.1f}%{bucket}, "
+                   f"frequencies {freqs}, {report['metric']} {metric}")
+    return out
+
+
+def scene_shift_section(report, *, example_name="input"):
+    """report.md's section "Scene shift: the test split in its natural order"."""
+    from experiments.scene_shift import scene_shift_markdown
+
+    ss = report.get("scene_shift")
+    if not ss:
+        return []
+    names = [e["name"] for e in report["experts"]]
+    frames = ss.get("frame_count")
+    out = ["", "## Scene shift: the test split in its natural order", "",
+           f"The {ss['inputs']} test {example_name}s routed one at a time in their natural "
+           f"order ({ss['natural_order']}; {frames} frames) by the {ss['gate_method']} gate, as "
+           "a sensor would, against the shuffled batches the curves above use. static: "
+           "argmax(logits + offsets), offsets calibrated on the validation split (the int8 "
+           f"firmware today); controller: the budget controller from the same calibration "
+           f"(crossing {ss['crossing']:g}), soft; controller_hard: with a leaky bucket of B = "
+           f"max({ss['bucket_fraction']:g} x {ss['window']} d_t, largest d_n) bytes (never "
+           "over: no window of any length sent more than its budget plus B); per_frame: "
+           "Algorithm 1 over each frame's inputs, capacities carried across frames; "
+           f"per_batch: Algorithm 1 over shuffled batches of {ss['batch_size']} (seed "
+           f"{ss['seed']}). Costs against the budget d_t = b . d; worst window: the "
+           f"{ss['window']} consecutive {example_name}s (in natural order) of the highest "
+           "mean cost.", ""]
+    for point in ss["points"]:
+        out += [f"**{_scene_point_label(point, ss['main'])}**", "",
+                scene_shift_markdown(point["rows"], metric_name=report["metric"],
+                                     expert_names=names), ""]
+    return out
 
 
 def _figure_curves(task, wd, report):

@@ -24,7 +24,8 @@ from experiments.sr import models as sr_models
 from experiments.sr.evaluate import assignment_psnr, part_scores
 from experiments.stages import load_artefact, write_json
 
-__all__ = ["SuperResolutionTask", "SRSettings", "PRESETS", "PAPER_TABLE_IV", "run"]
+__all__ = ["SuperResolutionTask", "SRSettings", "PRESETS", "PAPER_TABLE_IV", "run",
+           "test_frames"]
 
 PART = sr_data.PART_SIZE
 
@@ -291,6 +292,19 @@ class SuperResolutionTask(pipeline.Task):
             a, best = candidate, value
         return a
 
+    # ---- natural order of the test split ----------------------------------------------
+    test_order_description = ("the test photos one after another as stored in data/test.npz, "
+                              "each photo's 64x64 parts in raster order; a frame is one photo")
+
+    def test_order(self, cfg, wd):
+        """None: ``data/test.npz`` stores the photos one after another and each photo's
+        parts in raster (row-major grid) order (:func:`experiments.sr.data.cut_parts`)."""
+        return None
+
+    def test_frames(self, cfg, wd):
+        """``int[M]``: the photo of each test part (``PartSet.image_index``, contiguous)."""
+        return test_frames(self.sets["test"])
+
     def build_gate(self, cfg, num_experts):
         if cfg.gate == "compact":
             return compact_gate((PART, PART, 3), num_experts)
@@ -336,6 +350,17 @@ class SuperResolutionTask(pipeline.Task):
         from experiments.sr.export_data import export_data
 
         return export_data(workdir)
+
+
+def test_frames(part_set):
+    """``int64[P]``: the photo of each part of ``part_set`` in stored order, checked to be
+    a sequence of whole photos (each photo's parts contiguous, photos in ``names`` order)."""
+    index = np.asarray(part_set.image_index, np.int64)
+    expected = np.repeat(np.arange(len(part_set.grids)), [r * c for r, c in part_set.grids])
+    if not np.array_equal(index, expected):
+        raise ValueError("the test parts are not stored photo by photo (image_index is not "
+                         "the photos' contiguous runs); delete data/ and run again")
+    return index
 
 
 def run():

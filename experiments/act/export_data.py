@@ -9,8 +9,10 @@ pixels per frame, exactly as the experiment feeds its gates):
 * heldout: the validation clips mirrored left-right, horizontal motion negated (the
   same clips filmed in a mirror: a pan left becomes a pan right) -- inputs neither
   the offsets nor the quantization saw;
-* test: the test clips; the metric is the experiment's test top-1 accuracy (%) of the
-  routing, from the cached class probabilities (no expert runs).
+* test: the test clips in their natural order (:func:`experiments.action.natural_order`:
+  source video by source video; one clip per frame, ``test_frames`` None); the metric
+  is the experiment's test top-1 accuracy (%) of the routing (one expert per clip in
+  that order), from the cached class probabilities (no expert runs).
 """
 import os
 
@@ -35,7 +37,7 @@ def mirror(inputs):
 def export_data(workdir):
     """:class:`gating_tflite.calibration.ExportData` of an action experiment workdir."""
     from experiments.act.clips import ClipSet
-    from experiments.action import gate_input
+    from experiments.action import gate_input, natural_order
 
     def path(*parts):
         return os.path.join(workdir, *parts)
@@ -58,16 +60,19 @@ def export_data(workdir):
         len(train), min(REPRESENTATIVE_CLIPS, len(train)), replace=False))
     validation = gate_input(sets["validation"].mv)
 
-    def test_accuracy(assignment):
+    order = natural_order(test)  # the test clips are stored shuffled
+
+    def test_accuracy(assignment):  # assignment: one expert per clip in natural order
         a = np.asarray(assignment, np.int64)
-        return 100.0 * float(correct[np.arange(len(a)), a].mean())
+        return 100.0 * float(correct[order, a].mean())
 
     f_t = test.mv_frames
     return ExportData(
         representative=gate_input(train.mv[pick]),
         calibration=validation,
         heldout=mirror(validation),
-        test=gate_input(test.mv),
+        test=gate_input(test.mv[order]),
+        test_frames=None,  # one clip per frame
         test_metric=test_accuracy,
         metric_name="test top-1 accuracy (%)",
         data_costs=np.array([e["data_cost"] for e in experts], np.float64),
@@ -77,4 +82,5 @@ def export_data(workdir):
         notes={"representative": f"{len(pick)} gate-training clips (seed 0)",
                "calibration": f"the {len(validation)} validation clips",
                "heldout": "the validation clips mirrored left-right (horizontal motion negated)",
-               "test": f"the {len(test)} test clips"})
+               "test": f"the {len(test)} test clips in natural order (source video by "
+                       "source video, clip-id order within one; one clip per frame)"})

@@ -8,7 +8,8 @@ feeds its gates: the 224x224 centre crop, resized to the run's gate view r):
 * calibration (offsets): the validation images (the gate never trained on them);
 * heldout: the validation images mirrored left-right -- inputs neither the offsets
   nor the quantization saw, from the same distribution;
-* test: the test images; the metric is the experiment's test mAP (%) of the routing,
+* test: the test images in their natural order, the stored one (one image per frame:
+  ``test_frames`` None); the metric is the experiment's test mAP (%) of the routing,
   from the cached detections (no expert runs).
 """
 import os
@@ -60,6 +61,7 @@ def export_data(workdir):
         calibration=validation,
         heldout=np.ascontiguousarray(validation[:, :, ::-1]),
         test=gate_view(test.images, view),
+        test_frames=None,  # natural order = the stored one, one image per frame
         test_metric=test_map,
         metric_name="test mAP@[.5:.95] (%)",
         data_costs=np.array([e["data_cost"] for e in experts], np.float64),
@@ -68,4 +70,4 @@ def export_data(workdir):
         notes={"representative": f"{len(pick)} training images (seed 0)",
                "calibration": f"the {len(validation)} validation images",
                "heldout": "the validation images mirrored left-right",
-               "test": f"the {len(test)} test images"})
+               "test": f"the {len(test)} test images in stored order (one per frame)"})

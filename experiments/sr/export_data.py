@@ -14,9 +14,11 @@ Why shifted windows: the gate was trained on the experiment's (0, 0) grid of the
 training images, and its logits there are not those of unseen inputs -- offsets
 calibrated on them missed b by 3.5 points on every shifted grid, while offsets from
 the (16, 16) + (48, 48) windows land within 1 point on the others (WORKSPACE.md).
-* test: the test parts; the metric is the experiment's test PSNR-Y of the stitched
-  images when each part is reconstructed by the expert the gate picks (from the
-  ``cache/test_outputs.npz`` expert outputs).
+* test: the test parts in their natural order (the stored one: photo by photo, each
+  photo's parts in raster order; ``test_frames`` is the photo of each part); the metric
+  is the experiment's test PSNR-Y of the stitched images when each part is
+  reconstructed by the expert the gate picks (from the ``cache/test_outputs.npz``
+  expert outputs).
 """
 import os
 
@@ -46,6 +48,8 @@ def shifted_parts(part_set, shift):
 
 def export_data(workdir):
     """:class:`gating_tflite.calibration.ExportData` of an SR experiment workdir."""
+    from experiments.super_resolution import test_frames
+
     def path(*parts):
         return os.path.join(workdir, *parts)
 
@@ -76,6 +80,7 @@ def export_data(workdir):
                                     for s in ("train", "validation")]),
         heldout=np.concatenate([shifted_parts(sets[s], half) for s in ("train", "validation")]),
         test=test_set.parts,
+        test_frames=test_frames(test_set),
         test_metric=test_psnr,
         metric_name="test PSNR-Y (dB)",
         data_costs=np.array([e["data_cost"] for e in experts], np.float64),
@@ -85,4 +90,5 @@ def export_data(workdir):
                "calibration": f"training + validation images on the grids shifted by "
                               f"{half // 2} and {half + half // 2} px",
                "heldout": f"training + validation images on the grid shifted by {half} px",
-               "test": f"test parts ({', '.join(test_set.names)})"})
+               "test": f"test parts ({', '.join(test_set.names)}), photo by photo, each "
+                       "photo's parts in raster order (test_frames: the photo of each part)"})
