@@ -189,6 +189,7 @@ class Int8Gate:
     offsets: np.ndarray
     calibration_frequencies: np.ndarray
     correction: np.ndarray | None
+    calibration_logits: np.ndarray | None = None  # dequantized int8 (logits output)
 
 
 @dataclasses.dataclass
@@ -391,7 +392,7 @@ def calibrate_int8(model, data, b, offsets, output, rounds):
     if output == "logits":
         offsets = calibrate_offsets(int8_logits, b)
         freq = _frequencies(np.argmax(int8_logits + offsets, axis=-1), n)
-        return Int8Gate(logits_model, offsets, freq, None)
+        return Int8Gate(logits_model, offsets, freq, None, int8_logits)
     used = b > 0
     best = None
     total = np.zeros(n, np.float32)
@@ -487,21 +488,25 @@ def check_heldout(gate, tflite, facts, data, b, *, output, offsets, float_offset
                          _frequency_error(freq, b), int(len(data.heldout)))
 
 
-def scene_shift(gate, tflite, data, b, test, *, output, crossing=ROUTER_CROSSING,
-                bucket_bytes=None, window=SCENE_WINDOW, batch_size=128, seed=0):
+def scene_shift(gate, tflite, data, b, test, *, output, calibration_logits,
+                crossing=ROUTER_CROSSING, bucket_bytes=None, window=SCENE_WINDOW,
+                batch_size=128, seed=0):
     """The test inputs routed in their natural order (``data.test_frames``: frame by
-    frame), on the int8 gate: a :class:`SceneShift` (None without test inputs).
+    frame): a :class:`SceneShift` (None without test inputs).
 
     Methods: ``static`` (the exported model's own choices, TFLite Micro: the offsets
-    calibrated once), ``controller`` (:class:`BudgetController` from the int8
-    calibration logits, soft), ``controller_hard`` (the same with a leaky bucket of
-    ``bucket_bytes``, default :func:`default_bucket_bytes`), ``per_frame``
+    calibrated once), ``controller`` (:class:`BudgetController` started at the
+    calibration set's static offsets, soft), ``controller_hard`` (the same with a leaky
+    bucket of ``bucket_bytes``, default :func:`default_bucket_bytes`), ``per_frame``
     (:func:`bmoe_tf.routing.route_frames`, only with ``data.test_frames``) and the
     reference ``per_batch`` (Algorithm 1 over batches of ``batch_size`` of the test
-    inputs shuffled with ``seed``: the bar's "per-batch enforcement"). The
-    controllers run on int8 logits: for ``output="logits"`` the exported model's, for
-    ``"index"`` those of a PTQ logits model of the same float gate (the index head has
-    no logits to give). Each row: :func:`bmoe_tf.routing.sequence_cost` and the metric.
+    inputs shuffled with ``seed``: the bar's "per-batch enforcement").
+
+    For ``output="logits"`` the controllers run on the exported model's int8 logits
+    (``calibration_logits``: its dequantized calibration logits; an int8 controller, as
+    ``gate_router.c`` runs); for ``"index"`` (no logits on the sensor) on the float
+    gate's logits (``calibration_logits``: float). Each row:
+    :func:`bmoe_tf.routing.sequence_cost` and the metric.
     """
     if data.test is None or not len(data.test):
         return None
@@ -517,34 +522,30 @@ def scene_shift(gate, tflite, data, b, test, *, output, crossing=ROUTER_CROSSING
     if frames is not None and len(frames) != len(data.test):
         raise ValueError(f"test_frames has {len(frames)} entries for {len(data.test)} test "
                          "inputs")
+    kwargs = dict(crossing=crossing)
     if output == "logits":
-        logits_model = tflite
+        (_,), (info,) = model_file.model_io(tflite)
+        kwargs["int8_scale"] = info.scale
+        test_logits = np.asarray(interpreters.run_litert(tflite, data.test)).reshape(-1, n)
+        batch_logits = info.dequantize(test_logits)
     else:
-        logits_model = convert.convert_int8(gate, data.representative, output="logits")
-    (_,), (info,) = model_file.model_io(logits_model)
-    if info.scale is None:
-        raise ValueError("the logits model's output is not quantized; cannot route int8 logits")
+        test_logits = batch_logits = gate.predict(data.test, batch_size=256, verbose=0)
     _log(f"scene shift: {len(data.test)} test inputs in their natural order "
-         f"({'one input per frame' if frames is None else f'{len(np.unique(frames))} frames'})")
-    calibration = info.dequantize(interpreters.run_litert(logits_model, data.calibration))
-    q_test = np.asarray(interpreters.run_litert(logits_model, data.test)).reshape(len(data.test),
-                                                                                  n)
+         f"({'one input per frame' if frames is None else f'{len(np.unique(frames))} frames'}"
+         f", {'int8' if output == 'logits' else 'float'} logits)")
     bucket = default_bucket_bytes(b, costs, window) if bucket_bytes is None else bucket_bytes
-    kwargs = dict(crossing=crossing, int8_scale=info.scale)
-    soft = BudgetController.from_calibration(calibration, b, costs, **kwargs)
-    hard = BudgetController.from_calibration(calibration, b, costs, bucket_bytes=bucket,
+    soft = BudgetController.from_calibration(calibration_logits, b, costs, **kwargs)
+    hard = BudgetController.from_calibration(calibration_logits, b, costs, bucket_bytes=bucket,
                                              **kwargs)
-    choices = {"static": test.decisions, "controller": soft.route_sequence(q_test),
-               "controller_hard": hard.route_sequence(q_test)}
-    permutation = np.random.default_rng(seed).permutation(len(q_test))
-    per_batch = np.empty(len(q_test), np.int64)
-    per_batch[permutation] = route_in_batches(info.dequantize(q_test)[permutation], b,
-                                              batch_size)
+    choices = {"static": test.decisions, "controller": soft.route_sequence(test_logits),
+               "controller_hard": hard.route_sequence(test_logits)}
+    permutation = np.random.default_rng(seed).permutation(len(test_logits))
+    per_batch = np.empty(len(test_logits), np.int64)
+    per_batch[permutation] = route_in_batches(batch_logits[permutation], b, batch_size)
     choices["per_batch"] = per_batch
     if frames is not None:
-        choices["per_frame"] = route_frames(q_test, frames, b, costs, int8_scale=info.scale,
-                                            logit_range=soft.logit_range,
-                                            gap_scale=soft.gap_scale)
+        frame_kwargs = {k: v for k, v in kwargs.items() if k == "int8_scale"}
+        choices["per_frame"] = route_frames(test_logits, frames, b, costs, **frame_kwargs)
     rows = {}
     for name, assignment in choices.items():
         row = sequence_cost(assignment, costs, b, window=window)
@@ -553,10 +554,10 @@ def scene_shift(gate, tflite, data, b, test, *, output, crossing=ROUTER_CROSSING
         rows[name] = row
     rows["controller_hard"]["bucket_bytes"] = float(bucket)
     router = {"crossing": float(crossing), "step": soft.step, "logit_range": soft.logit_range,
-              "gap_scale": soft.gap_scale, "int8_scale": float(info.scale),
+              "gap_scale": soft.gap_scale, "int8_scale": kwargs.get("int8_scale"),
               "initial_offsets": [float(v) for v in np.where(soft.used, soft.offsets, 0.0)],
               "bias_q": soft.bias_q.tolist(), "bucket_bytes": bucket_bytes,
-              "logits_model": "exported" if output == "logits" else "PTQ logits model",
+              "logits": "int8 (the exported model)" if output == "logits" else "float gate",
               "metric_name": data.metric_name}
     controller = soft if bucket_bytes is None else hard
     controller.reset()
@@ -682,9 +683,9 @@ def export_gate(gate, data, bias, *, out, mode="ptq", output="index", target=Non
     if heldout is not None:
         agreement = agreement or {}
         agreement["heldout_tflm"] = heldout.agreement
-    shift = None if test is None else scene_shift(gate, tflite, data, b, test, output=output,
-                                                   crossing=crossing,
-                                                   bucket_bytes=bucket_bytes)
+    shift = None if test is None else scene_shift(
+        gate, tflite, data, b, test, output=output, crossing=crossing, bucket_bytes=bucket_bytes,
+        calibration_logits=int8.calibration_logits if output == "logits" else logits)
     macs = count_macs(gate)
     latency_ms, latency_assumption = latency_estimate(macs, target)
     report = ExportReport(
@@ -719,12 +720,14 @@ def export_gate(gate, data, bias, *, out, mode="ptq", output="index", target=Non
                         expert_names=data.expert_names, offsets=offsets,
                         input_description=data.input_description)
     router = None
-    if emit_c and output == "logits" and shift is not None:
-        router = dict(controller=shift.controller, expert_names=data.expert_names)
+    if emit_c and output == "logits":
+        costs = np.ones(len(b)) if data.data_costs is None else data.data_costs
+        controller = BudgetController.from_calibration(
+            int8.calibration_logits, b, costs, crossing=crossing, bucket_bytes=bucket_bytes,
+            int8_scale=facts.output_info.scale)
+        router = dict(controller=controller, expert_names=data.expert_names)
     elif emit_c:
-        _log("gate_router.h/.c not written: the router works on int8 logits "
-             "(--output=logits)" + ("" if output == "logits" else
-                                    ", and needs test inputs to be measured"))
+        _log("gate_router.h/.c not written: the router works on int8 logits (--output=logits)")
     write_outputs(report, out_dir, tflite, firmware=firmware, router=router)
     return report, target.check(len(tflite), facts.arena_bytes)
 

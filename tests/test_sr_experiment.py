@@ -119,10 +119,12 @@ def test_export_cli_on_the_smoke_gate(smoke, tmp_path):
     assert len(report["frequencies"]) == 3 and report["metric"]["name"].startswith("test PSNR")
     assert os.path.exists(tmp_path / "paper" / "gate_model.cc")
     assert "flash" in proc.stdout and "agreement" in proc.stdout
-    # a roomy custom budget: it fits and exits 0
-    ok = subprocess.run(cmd[:-2] + ["--flash_kib=8192", "--ram_kib=512"], cwd=ROOT,
-                        capture_output=True, text=True, timeout=600)
-    assert ok.returncode == 0, ok.stdout[-3000:] + ok.stderr[-3000:]
+    # the index head has no logits for gate_router.c; the scene shift is in the report
+    assert not os.path.exists(tmp_path / "paper" / "gate_router.c")
+    assert set(report["scene_shift"]) == {"static", "controller", "controller_hard",
+                                          "per_batch", "per_frame"}
+    assert report["router"]["logits"] == "float gate"
+    # (a model that fits exits 0: tests/test_cli.py, on a small gate)
     # bad flags fail clearly before any work
     bad = subprocess.run(cmd[:-2] + ["--target=esp32"], cwd=ROOT, capture_output=True,
                          text=True, timeout=600)
