@@ -48,10 +48,16 @@ import numpy as np
 from bmoe_tf.bias import validate_bias
 from bmoe_tf.checks import as_float_array, check_finite, check_vector
 
-__all__ = ["BudgetController", "route_frames", "quantize_bias", "sequence_cost", "RESOLUTION"]
+__all__ = ["BudgetController", "route_frames", "quantize_bias", "sequence_cost", "RESOLUTION",
+           "DEFAULT_CROSSING"]
 
 #: Q: b is held as integers summing to Q.
 RESOLUTION = 2 ** 16
+
+#: ``from_calibration``'s default speed: the offsets cross the whole score range in this
+#: many inputs (a quarter of a 64-input window; chosen on the SR test scene, WORKSPACE
+#: D46).
+DEFAULT_CROSSING = 16
 
 
 def quantize_bias(bias, resolution=RESOLUTION):
@@ -156,7 +162,8 @@ class BudgetController:
         self.reset()
 
     @classmethod
-    def from_calibration(cls, logits, bias, data_costs, *, crossing=50, gap_scale="auto",
+    def from_calibration(cls, logits, bias, data_costs, *, crossing=DEFAULT_CROSSING,
+                         gap_scale="auto",
                          logit_range="auto", **kwargs):
         """A controller started at the static offsets of a calibration set.
 

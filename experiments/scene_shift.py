@@ -31,6 +31,7 @@ metric of the routing.
 import numpy as np
 
 from bmoe_tf.bias import validate_bias
+from bmoe_tf.budget import DEFAULT_CROSSING
 from bmoe_tf.checks import as_float_array, check_finite
 
 __all__ = ["scene_shift_rows", "scene_shift_markdown", "window_excess", "METHODS", "LABELS",
@@ -43,7 +44,7 @@ LABELS = {"static": "static offsets (validation)",
           "per_frame": "per frame (Algorithm 1)",
           "per_batch": "shuffled batches (Algorithm 1, reference)"}
 #: The controller's step: the offsets cross the score range in this many inputs.
-CROSSING = 16
+CROSSING = DEFAULT_CROSSING
 #: Hard mode's bucket: this share of a window's budget (W d_t) in bytes.
 BUCKET_FRACTION = 0.1
 WINDOW = 64
@@ -143,7 +144,8 @@ def scene_shift_rows(test_logits, frames, validation_logits, bias, data_costs, m
     b = validate_bias(bias, n, name="bias")
     d = np.asarray(data_costs, np.float64)
     if d.shape != (n,) or not np.all(np.isfinite(d)) or np.any(d <= 0):
-        raise ValueError(f"data_costs must be {n} positive byte counts, got {np.asarray(data_costs).tolist()}")
+        raise ValueError(f"data_costs must be {n} positive byte counts, got "
+                         f"{np.asarray(data_costs).tolist()}")
     f = _check_frames(frames, m)
     if metric is not None and not callable(metric):
         raise ValueError(f"metric must be a callable (assignment -> float) or None, got "

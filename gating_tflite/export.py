@@ -43,6 +43,7 @@ import numpy as np
 
 from bmoe_tf.backend import keras
 from bmoe_tf.bias import validate_bias
+from bmoe_tf.budget import DEFAULT_CROSSING
 from bmoe_tf.gating import count_macs
 from bmoe_tf.routing import (BudgetController, calibrate_offsets, route_frames, route_in_batches,
                              sequence_cost)
@@ -70,7 +71,7 @@ REPORT_NAME = "export_report.json"
 
 #: The online controller's speed: its offsets cross the whole score range in this many
 #: inputs (``BudgetController.from_calibration(crossing=...)``; WORKSPACE D45).
-ROUTER_CROSSING = 16
+ROUTER_CROSSING = DEFAULT_CROSSING
 
 #: W of the scene-shift evaluation's windows (the issue's bar: 64 SR parts).
 SCENE_WINDOW = 64

@@ -226,7 +226,7 @@ def test_from_calibration_starts_at_the_static_offsets():
     assert np.mean(c.route_sequence(z) == static) > 0.99
     auto = BudgetController.from_calibration(z, b, COSTS)
     assert auto.gap_scale > 0 and auto.logit_range > auto.gap_scale
-    assert auto.step == pytest.approx(auto.score_range / 50)
+    assert auto.step == pytest.approx(auto.score_range / 16)  # DEFAULT_CROSSING
 
 
 def test_sequence_cost_against_a_brute_force_window_scan():
