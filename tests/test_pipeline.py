@@ -299,6 +299,7 @@ def test_a_data_stage_that_failed_can_be_run_again_with_corrected_flags(tmp_path
     _run(workdir, "--methods=random,oracle")  # the default --data now
 
 
+@pytest.mark.slow  # three CLI runs (~40 s); the added-images test above stays in make test
 def test_changing_the_eval_images_reevaluates_them_from_scratch(finished, tmp_path):
     """--eval_image_dir A then B on one workdir gives B's numbers, as a run with B only."""
     from skimage import data, io
