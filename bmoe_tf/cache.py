@@ -24,7 +24,10 @@ waste. Two kinds of cache give *exactly* the loss of the mixture output
 
 A cache is a dict of numpy arrays plus its kind; :func:`save_cache` /
 :func:`load_cache` store it as one ``.npz``; :func:`cache_dataset` turns it into the
-``tf.data`` pipeline that :class:`bmoe_tf.mixture.BiasedMixture` trains on. Its
+``tf.data`` pipeline that :class:`bmoe_tf.mixture.BiasedMixture` trains on. A cache
+can be built in S shards (``build_expert_cache(..., num_shards=S, shard_index=i)``, one
+process or machine each, saved at :func:`shard_path`); :func:`merge_cache_shards` /
+:func:`load_cache_shards` join them into the single-process cache, byte for byte. Its
 shuffled order is a function of ``(seed, epoch)`` only (:func:`epoch_order`), so a
 run resumed by ``keras.callbacks.BackupAndRestore`` sees the same batches as an
 uninterrupted one.
@@ -35,34 +38,72 @@ import weakref
 import numpy as np
 
 from bmoe_tf.backend import keras, tf
-from bmoe_tf.checks import as_float_array, check_count, check_finite
+from bmoe_tf.checks import as_float_array, check_count, check_finite, is_int
 
 __all__ = ["CACHE_KINDS", "build_expert_cache", "score_cache", "cache_dataset", "epoch_order",
            "set_dataset_epoch", "DatasetEpoch", "save_cache", "load_cache",
-           "mse_from_statistics"]
+           "mse_from_statistics", "SHARD_KEYS", "is_cache_shard", "merge_cache_shards",
+           "shard_path", "load_cache_shards"]
 
 CACHE_KINDS = ("outputs", "mse", "scores")
 _MSE_KEYS = ("residual_gram", "residual_target", "target_energy", "num_elements")
+#: the metadata of a cache shard (``build_expert_cache(..., num_shards=S)``), int64 scalars
+#: but the per-batch ``shard_batches`` / ``shard_batch_sizes``
+SHARD_KEYS = ("shard_index", "shard_count", "shard_batches", "shard_batch_sizes",
+              "shard_total_batches", "shard_batch_size")
 
 
-def _batches(inputs, targets, batch_size):
+def _check_shard(num_shards, shard_index):
+    num_shards = check_count(num_shards, "num_shards", minimum=1)
+    if not is_int(shard_index) or not 0 <= shard_index < num_shards:
+        raise ValueError(f"shard_index must be an integer in [0, num_shards={num_shards}), "
+                         f"got {shard_index!r}")
+    return num_shards, int(shard_index)
+
+
+def _batches(inputs, targets, batch_size, num_shards=1, shard_index=0):
+    """Yields ``(k, x, y)`` for the batches ``k`` with ``k % num_shards == shard_index``."""
     if isinstance(inputs, tf.data.Dataset):
-        for item in inputs:
+        if num_shards > 1:
+            inputs = inputs.shard(num_shards, shard_index)
+        for j, item in enumerate(inputs):
             x, y = item if isinstance(item, tuple) else (item, None)
-            yield np.asarray(x), (None if y is None else np.asarray(y))
+            yield (shard_index + j * num_shards, np.asarray(x),
+                   (None if y is None else np.asarray(y)))
         return
     x_all = np.asarray(inputs)
     y_all = None if targets is None else np.asarray(targets)
     if y_all is not None and len(y_all) != len(x_all):
         raise ValueError(f"{len(x_all)} inputs but {len(y_all)} targets")
-    for start in range(0, len(x_all), batch_size):
-        yield (x_all[start:start + batch_size],
+    num_batches = -(-len(x_all) // batch_size)
+    for k in range(shard_index, num_batches, num_shards):
+        start = k * batch_size
+        yield (k, x_all[start:start + batch_size],
                None if y_all is None else y_all[start:start + batch_size])
 
 
 def build_expert_cache(experts, inputs, targets=None, *, kind="outputs", batch_size=256,
-                       verbose=1):
+                       verbose=1, num_shards=1, shard_index=0):
     """Runs every expert once on every input and keeps what the loss needs.
+
+    Sharding. With ``num_shards = S > 1`` this builds shard ``shard_index = i`` of
+    the cache only: the batches ``k`` with ``k % S == i``, where batch ``k`` is the
+    one a single process sees (numpy inputs: rows ``[k * batch_size, (k + 1) *
+    batch_size)``; a dataset: its k-th element, through ``dataset.shard(S, i)``).
+    Every expert therefore runs on exactly the batches it runs on in one process,
+    and :func:`merge_cache_shards` of the S shards (in any order) gives the
+    single-process cache byte for byte. A dataset must yield the same batches in
+    every process (no unseeded or per-iteration shuffling). A shard holds the
+    cache entries of its batches (concatenated in batch order) plus the
+    ``int64`` metadata of :data:`SHARD_KEYS`: ``shard_index``, ``shard_count``,
+    ``shard_batches`` (the global batch indices held), ``shard_batch_sizes``
+    (their rows), ``shard_total_batches`` (batches in the whole input, -1 when a
+    dataset's cardinality is unknown) and ``shard_batch_size`` (``batch_size``
+    for numpy inputs, -1 for a dataset). A shard that gets no batch (more shards
+    than batches) holds only ``kind`` and the metadata. Save shards with
+    :func:`save_cache` (e.g. at :func:`shard_path`); :func:`cache_dataset`
+    refuses them until merged. ``num_shards=1`` gives the plain cache (no
+    metadata).
 
     Args:
       experts: list of :class:`bmoe_tf.Expert`.
@@ -72,20 +113,37 @@ def build_expert_cache(experts, inputs, targets=None, *, kind="outputs", batch_s
       kind: ``"outputs"`` or ``"mse"``.
       batch_size: batch size for numpy inputs.
       verbose: 1 for a Keras progress bar.
+      num_shards: S, the number of shards the cache is built in (int >= 1).
+      shard_index: which shard to build (int in ``[0, S)``).
     Returns:
       dict of numpy arrays with key ``"kind"`` and, for ``"outputs"``,
       ``outputs[M, N, ...]``; for ``"mse"`` the statistics described above plus
-      ``num_elements[M]`` (D per example).
+      ``num_elements[M]`` (D per example). For ``S > 1``, the shard's rows only,
+      plus the shard metadata.
     """
     if kind == "scores":
         raise ValueError("a 'scores' cache is built from the scores themselves: "
                          "use score_cache(scores)")
     if kind not in CACHE_KINDS:
         raise ValueError(f"unknown cache kind {kind!r}; allowed: {', '.join(CACHE_KINDS)}")
-    total = None if isinstance(inputs, tf.data.Dataset) else len(inputs)
+    num_shards, shard_index = _check_shard(num_shards, shard_index)
+    is_dataset = isinstance(inputs, tf.data.Dataset)
+    if is_dataset:
+        cardinality = int(inputs.cardinality())
+        total_batches = cardinality if cardinality >= 0 else -1
+        total = None
+    else:
+        batch_size = check_count(batch_size, "batch_size", minimum=1)
+        inputs = np.asarray(inputs)
+        total_batches = -(-len(inputs) // batch_size)
+        total = sum(min(batch_size, len(inputs) - k * batch_size)
+                    for k in range(shard_index, total_batches, num_shards))
+        if kind == "mse" and targets is None:
+            raise ValueError("an 'mse' cache needs targets")
     bar = keras.utils.Progbar(total, unit_name="example", verbose=verbose)
     chunks = {}
-    for x, y in _batches(inputs, targets, batch_size):
+    held, sizes = [], []
+    for k, x, y in _batches(inputs, targets, batch_size, num_shards, shard_index):
         outs = np.stack([np.asarray(e(tf.convert_to_tensor(x, tf.float32))) for e in experts],
                         axis=1)
         if kind == "outputs":
@@ -109,12 +167,188 @@ def build_expert_cache(experts, inputs, targets=None, *, kind="outputs", batch_s
             }
         for key, value in parts.items():
             chunks.setdefault(key, []).append(value)
+        held.append(k)
+        sizes.append(len(x))
         bar.add(len(x))
-    if not chunks:
+    if not chunks and (num_shards == 1 or total_batches == 0):
         raise ValueError("no inputs to cache")
     cache = {key: np.concatenate(values) for key, values in chunks.items()}
     cache["kind"] = np.array(kind)
+    if num_shards > 1:
+        cache.update({
+            "shard_index": np.array(shard_index, np.int64),
+            "shard_count": np.array(num_shards, np.int64),
+            "shard_batches": np.array(held, np.int64),
+            "shard_batch_sizes": np.array(sizes, np.int64),
+            "shard_total_batches": np.array(total_batches, np.int64),
+            "shard_batch_size": np.array(-1 if is_dataset else batch_size, np.int64),
+        })
     return cache
+
+
+def is_cache_shard(cache):
+    """True when ``cache`` is one shard of a cache (see :func:`build_expert_cache`)."""
+    return any(key in cache for key in SHARD_KEYS)
+
+
+def _shard_int(shard, key):
+    return int(np.asarray(shard[key]))
+
+
+def merge_cache_shards(shards):
+    """The cache one process builds, from the shards of :func:`build_expert_cache`.
+
+    Args:
+      shards: the S shard caches (from ``build_expert_cache(..., num_shards=S,
+        shard_index=i)`` for every i, or :func:`load_cache` of their files), in any
+        order.
+    Returns:
+      the single-process cache: the same keys in the same order, dtypes and rows
+      (batch order), byte for byte, without the shard metadata.
+    Raises:
+      ValueError: no shards, something that is not a shard, shards of different
+        kinds, shard counts, batch sizes, totals, entries or entry shapes /
+        dtypes, a shard given twice (overlap), a missing shard or batch, or a
+        shard whose metadata does not match its entries.
+    """
+    if isinstance(shards, dict):
+        raise ValueError("shards must be a sequence of shard caches, got one cache (a dict)")
+    shards = list(shards)
+    if not shards:
+        raise ValueError("shards: no shard caches to merge")
+    for pos, shard in enumerate(shards):
+        if not isinstance(shard, dict) or not is_cache_shard(shard):
+            raise ValueError(f"shards[{pos}] is not a cache shard (no shard metadata); build "
+                             f"shards with build_expert_cache(..., num_shards=S, shard_index=i)")
+        missing = [key for key in SHARD_KEYS if key not in shard]
+        if missing:
+            raise ValueError(f"shards[{pos}] lacks the shard metadata {', '.join(missing)}")
+        cache_kind(shard)
+
+    def same(what, values):
+        if len(set(values)) > 1:
+            shown = ", ".join(f"shards[{p}]: {v}" for p, v in enumerate(values))
+            raise ValueError(f"the shards disagree on {what} ({shown})")
+        return values[0]
+
+    kind = same("the cache kind", [str(np.asarray(s["kind"])) for s in shards])
+    count = same("the number of shards", [_shard_int(s, "shard_count") for s in shards])
+    batch_size = same("the batch size", [_shard_int(s, "shard_batch_size") for s in shards])
+    total = same("the total number of batches",
+                 [_shard_int(s, "shard_total_batches") for s in shards])
+    by_index = {}
+    for pos, shard in enumerate(shards):
+        index = _shard_int(shard, "shard_index")
+        if not 0 <= index < count:
+            raise ValueError(f"shards[{pos}] has shard_index {index}, not in [0, {count})")
+        if index in by_index:
+            raise ValueError(f"overlapping shards: shard {index} of {count} is given twice "
+                             f"(shards[{by_index[index]}] and shards[{pos}])")
+        by_index[index] = pos
+    absent = [i for i in range(count) if i not in by_index]
+    if absent:
+        raise ValueError(f"missing shards: {', '.join(map(str, absent))} of {count} "
+                         f"(got {len(shards)} shards)")
+
+    layout = None  # key -> (dtype, shape[1:]) of the entries, in the first full shard's order
+    pieces = {}  # global batch index -> (shard position, first row, rows)
+    for index in range(count):
+        pos = by_index[index]
+        shard = shards[pos]
+        batches = np.asarray(shard["shard_batches"]).reshape(-1)
+        sizes = np.asarray(shard["shard_batch_sizes"]).reshape(-1)
+        entries = [key for key in shard if key not in SHARD_KEYS and key != "kind"]
+        where = f"shards[{pos}] (shard {index} of {count})"
+        if len(batches) != len(sizes):
+            raise ValueError(f"{where} lists {len(batches)} batches but {len(sizes)} sizes")
+        if np.any(batches % count != index) or np.any(np.diff(batches) <= 0) or (
+                len(batches) and batches[0] < 0):
+            raise ValueError(f"{where} holds batches {batches.tolist()}, not the batches "
+                             f"k = {index} mod {count} in increasing order")
+        if np.any(sizes < 1):
+            raise ValueError(f"{where} lists empty batches (sizes {sizes.tolist()})")
+        if not len(batches):
+            if entries:
+                raise ValueError(f"{where} holds no batches but has entries {entries}")
+            continue
+        shard_layout = {key: (np.asarray(shard[key]).dtype, np.shape(shard[key])[1:])
+                        for key in entries}
+        if layout is None:
+            layout = shard_layout
+        elif set(shard_layout) != set(layout):
+            raise ValueError(f"the shards hold different entries: {sorted(layout)} and "
+                             f"{sorted(shard_layout)} in {where}")
+        else:
+            for key, (dtype, shape) in shard_layout.items():
+                if (dtype, shape) != layout[key]:
+                    raise ValueError(
+                        f"entry {key!r} of {where} is {dtype}{list(shape)} per row, other "
+                        f"shards have {layout[key][0]}{list(layout[key][1])}")
+        rows = int(sizes.sum())
+        for key in entries:
+            if len(shard[key]) != rows:
+                raise ValueError(f"entry {key!r} of {where} has {len(shard[key])} rows but its "
+                                 f"batches hold {rows}")
+        first = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        for k, start, size in zip(batches.tolist(), first.tolist(), sizes.tolist()):
+            pieces[k] = (pos, start, size)
+    if layout is None:
+        raise ValueError("no inputs to cache: every shard is empty")
+    num_batches = max(pieces) + 1
+    if total >= 0 and num_batches > total:
+        raise ValueError(f"the shards hold batch {num_batches - 1} but the input had {total}")
+    want = total if total >= 0 else num_batches
+    lost = [k for k in range(want) if k not in pieces]
+    if lost:
+        shown = ", ".join(f"{k} (shard {k % count})" for k in lost[:10])
+        raise ValueError(f"missing batches: {shown}{' ...' if len(lost) > 10 else ''} of {want}")
+    if batch_size > 0:
+        wrong = [k for k in range(want) if pieces[k][2] > batch_size
+                 or (pieces[k][2] != batch_size and k != want - 1)]
+        if wrong:
+            raise ValueError(f"batch {wrong[0]} has {pieces[wrong[0]][2]} rows, not "
+                             f"batch_size={batch_size}")
+    order = [pieces[k] for k in range(want)]
+    cache = {key: np.concatenate([np.asarray(shards[pos][key])[start:start + size]
+                                  for pos, start, size in order])
+             for key in layout}
+    cache["kind"] = np.array(kind)
+    return cache
+
+
+def shard_path(path, shard_index, num_shards):
+    """Where shard ``i`` of ``S`` of the cache at ``path`` goes:
+    ``<stem>.shard-<i>-of-<S>.npz`` next to ``path`` (``<stem>`` is ``path`` without
+    ``.npz``)."""
+    num_shards, shard_index = _check_shard(num_shards, shard_index)
+    path = os.fspath(path)
+    stem = path[:-4] if path.endswith(".npz") else path
+    return f"{stem}.shard-{shard_index}-of-{num_shards}.npz"
+
+
+def load_cache_shards(path, num_shards):
+    """:func:`merge_cache_shards` of the S files :func:`shard_path` ``(path, i, S)``.
+
+    Raises:
+      FileNotFoundError: shard files are missing (all of them are named).
+      ValueError: a file holds another shard than its name says, or the shards do
+        not merge (see :func:`merge_cache_shards`).
+    """
+    num_shards = check_count(num_shards, "num_shards", minimum=1)
+    paths = [shard_path(path, i, num_shards) for i in range(num_shards)]
+    absent = [p for p in paths if not os.path.exists(p)]
+    if absent:
+        raise FileNotFoundError(f"missing cache shard files: {', '.join(absent)}")
+    shards = []
+    for i, p in enumerate(paths):
+        shard = load_cache(p)
+        if not is_cache_shard(shard):
+            raise ValueError(f"{p} is not a cache shard")
+        got = (_shard_int(shard, "shard_index"), _shard_int(shard, "shard_count"))
+        if got != (i, num_shards):
+            raise ValueError(f"{p} holds shard {got[0]} of {got[1]}, not {i} of {num_shards}")
+        shards.append(shard)
+    return merge_cache_shards(shards)
 
 
 def cache_kind(cache):
@@ -250,6 +484,11 @@ def cache_dataset(gate_inputs, cache, targets=None, *, batch_size=128, shuffle=T
       initial_epoch: the epoch number of the first pass.
     """
     kind = cache_kind(cache)
+    if is_cache_shard(cache):
+        raise ValueError(
+            f"cache is shard {_shard_int(cache, 'shard_index')} of "
+            f"{_shard_int(cache, 'shard_count')} of an expert cache; merge the shards with "
+            f"merge_cache_shards (or load_cache_shards) first")
     batch_size = check_count(batch_size, "batch_size", minimum=1)
     gate_inputs = np.asarray(gate_inputs, np.float32)
     features = {"gate_input": gate_inputs}

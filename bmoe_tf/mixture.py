@@ -185,6 +185,10 @@ class BiasedMixture(keras.Model):
         self.raw_input_shape = tuple(int(d) for d in input_shape)
         self.output_spec_shape, self.output_dtype = check_mixable(experts, self.raw_input_shape)
         self.gate = gate
+        # Our metrics are means over synchronized (SyncOnRead) variables, already global on
+        # every replica; Keras' "auto" would SUM them across the workers of a
+        # MultiWorkerMirroredStrategy (utilities 2x with 2 workers).
+        self.distribute_reduction_method = "first"
         self.experts = experts
         self.expert_names = [e.name for e in experts]
         self.data_costs = np.array([e.data_cost for e in experts], np.float64)

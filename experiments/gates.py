@@ -14,8 +14,9 @@ import os
 import numpy as np
 
 from bmoe_tf import BiasedMixture
-from bmoe_tf.backend import keras
+from bmoe_tf.backend import keras, tf
 from bmoe_tf.cache import cache_dataset
+from experiments import distribute
 from experiments.stages import atomic_dir, fingerprint, load_artefact, read_json, write_json
 
 __all__ = ["train_gate", "load_gate", "gate_files", "gate_done", "gate_seed"]
@@ -46,7 +47,8 @@ def load_gate(directory):
 
 def train_gate(directory, *, build_gate, experts, bias, method, train, batch_size, epochs,
                learning_rate, bias_weight=1.0, combine="gate", training_loss="selected",
-               seed=0, name="gate", verbose=1, input_shape=None, gate_preprocess=None):
+               seed=0, name="gate", verbose=1, input_shape=None, gate_preprocess=None,
+               strategy=None):
     """Trains a gate with the experts frozen and saves it; resumes if interrupted.
 
     Args:
@@ -61,11 +63,57 @@ def train_gate(directory, *, build_gate, experts, bias, method, train, batch_siz
         ``gate_seed(seed, name)`` and the epoch.
       input_shape, gate_preprocess: the experts' raw input shape and P_g when the gate
         sees only part of it (:class:`bmoe_tf.BiasedMixture`).
+      strategy: a ``tf.distribute.Strategy`` (:mod:`experiments.distribute`) or None
+        (the current one). ``batch_size`` is the global batch; Algorithm 1 holds over
+        it. Under ``MultiWorkerMirroredStrategy`` every worker calls this with the same
+        arguments; only the chief writes ``gate.json``, the SavedModel and the
+        TensorBoard logs (the others save to temporary directories), and
+        ``BackupAndRestore`` (a shared ``directory``) resumes every worker at the same
+        epoch.
     Returns:
       ``(gate, info)`` as :func:`load_gate`.
     """
     if gate_done(directory):
         return load_gate(directory)
+    strategy = strategy or tf.distribute.get_strategy()
+    chief = distribute.is_chief(strategy)
+    os.makedirs(directory, exist_ok=True)
+    keras.utils.set_random_seed(seed)
+    with strategy.scope():
+        mixture = BiasedMixture(build_gate(), experts, bias, method=method,
+                                bias_weight=bias_weight, combine=combine,
+                                training_loss=training_loss, input_shape=input_shape,
+                                gate_preprocess=gate_preprocess)
+        mixture.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="mse")
+    backup = os.path.join(directory, "backup")
+    with distribute.writable_dir(os.path.join(directory, "logs"), strategy) as logs:
+        callbacks = [
+            keras.callbacks.BackupAndRestore(backup),
+            keras.callbacks.TensorBoard(logs, update_freq="epoch", write_graph=False,
+                                        profile_batch=0),
+        ]
+        data = cache_dataset(train.gate_inputs, train.cache, train.targets,
+                             batch_size=batch_size, seed=gate_seed(seed, name),
+                             drop_remainder=True)
+        if strategy.num_replicas_in_sync > 1:  # the global batch, split over the replicas
+            options = tf.data.Options()
+            options.experimental_distribute.auto_shard_policy = \
+                tf.data.experimental.AutoShardPolicy.DATA
+            data = data.with_options(options)
+        history = mixture.fit(data, epochs=epochs, callbacks=callbacks, verbose=verbose)
+    info = dict(method=method, bias=[float(v) for v in np.asarray(bias)],
+                bias_weight=float(bias_weight), combine=combine, training_loss=training_loss,
+                epochs=int(epochs), batch_size=int(batch_size),
+                learning_rate=float(learning_rate), data_seed=gate_seed(seed, name),
+                history={k: [float(x) for x in v] for k, v in history.history.items()})
+    if not chief:  # every worker saves (collective reads), only the chief keeps it
+        with distribute.writable_dir(os.path.join(directory, "gate"), strategy) as tmp:
+            mixture.gate.save(tmp, include_optimizer=False)
+        return mixture.gate, info
+    write_json(os.path.join(directory, "gate.json"), info)
+    with atomic_dir(os.path.join(directory, "gate")) as tmp:  # last: its presence means done
+        mixture.gate.save(tmp, include_optimizer=False)
+    return load_gate(directory)
     os.makedirs(directory, exist_ok=True)
     keras.utils.set_random_seed(seed)
     mixture = BiasedMixture(build_gate(), experts, bias, method=method, bias_weight=bias_weight,

@@ -5,9 +5,10 @@ import pytest
 
 from bmoe_tf import BiasedMixture
 from bmoe_tf.backend import keras, tf
-from bmoe_tf.cache import (DatasetEpoch, build_expert_cache, cache_dataset, epoch_order,
-                           load_cache, mse_from_statistics, save_cache, score_cache,
-                           set_dataset_epoch)
+from bmoe_tf.cache import (SHARD_KEYS, DatasetEpoch, build_expert_cache, cache_dataset,
+                           epoch_order, is_cache_shard, load_cache, load_cache_shards,
+                           merge_cache_shards, mse_from_statistics, save_cache, score_cache,
+                           set_dataset_epoch, shard_path)
 
 B = [0.5, 0.25, 0.25]
 
@@ -188,3 +189,128 @@ def test_backup_and_restore_resume_matches_an_uninterrupted_run(tmp_path, toy_pr
     # without the epoch callback the resumed epoch would replay epoch 0's order
     assert not np.array_equal(epoch_order(11, 0, 64), epoch_order(11, 1, 64))
     assert DatasetEpoch(cache_dataset(x, cache, seed=1), np.zeros(3)).datasets
+
+
+# --------------------------------------------------------------------------- shards
+
+
+def _assert_same_cache(got, want):
+    assert list(got) == list(want)  # same keys, same order (so np.savez writes the same file)
+    for key in want:
+        a, b = np.asarray(got[key]), np.asarray(want[key])
+        assert a.dtype == b.dtype and a.shape == b.shape, key
+        assert np.array_equal(a, b), key
+        assert a.tobytes() == b.tobytes(), key
+
+
+def _shards(experts, inputs, targets, kind, count, batch_size=10):
+    return [build_expert_cache(experts, inputs, targets, kind=kind, batch_size=batch_size,
+                               verbose=0, num_shards=count, shard_index=i)
+            for i in range(count)]
+
+
+@pytest.mark.parametrize("kind", ["outputs", "mse"])
+@pytest.mark.parametrize("source", ["numpy", "dataset"])
+def test_cache_built_in_shards_merges_to_the_single_process_cache(toy_problem, kind, source):
+    x, y, experts = toy_problem  # 64 rows in batches of 10: the last batch holds 4
+    if source == "numpy":
+        inputs, targets = x, y
+    else:
+        inputs, targets = tf.data.Dataset.from_tensor_slices((x, y)).batch(10), None
+    single = build_expert_cache(experts, inputs, targets, kind=kind, batch_size=10, verbose=0)
+    for count in (2, 3):
+        shards = _shards(experts, inputs, targets, kind, count)
+        for i, shard in enumerate(shards):
+            assert is_cache_shard(shard)
+            held = list(range(i, 7, count))
+            np.testing.assert_array_equal(shard["shard_batches"], held)
+            np.testing.assert_array_equal(shard["shard_batch_sizes"],
+                                          [4 if k == 6 else 10 for k in held])
+            assert int(shard["shard_total_batches"]) == 7
+            assert int(shard["shard_batch_size"]) == (10 if source == "numpy" else -1)
+        merged = merge_cache_shards(shards[::-1])  # any order
+        assert not is_cache_shard(merged)
+        _assert_same_cache(merged, single)
+        rolled = shards[1:] + shards[:1]
+        _assert_same_cache(merge_cache_shards(rolled), single)
+
+
+def test_num_shards_one_is_the_plain_cache(toy_problem):
+    x, y, experts = toy_problem
+    plain = build_expert_cache(experts, x, y, kind="mse", batch_size=10, verbose=0)
+    one = build_expert_cache(experts, x, y, kind="mse", batch_size=10, verbose=0,
+                             num_shards=1, shard_index=0)
+    assert set(plain) == {"residual_gram", "residual_target", "target_energy", "num_elements",
+                          "kind"}
+    assert not is_cache_shard(one)
+    _assert_same_cache(one, plain)
+
+
+def test_more_shards_than_batches_and_shard_files(tmp_path, toy_problem):
+    x, y, experts = toy_problem
+    x, y = x[:16], y[:16]  # two batches of 10 and 6; shard 2 of 3 gets none
+    single = build_expert_cache(experts, x, y, kind="outputs", batch_size=10, verbose=0)
+    shards = _shards(experts, x, y, "outputs", 3)
+    assert set(shards[2]) == {"kind", *SHARD_KEYS} and len(shards[2]["shard_batches"]) == 0
+    path = tmp_path / "cache" / "train_outputs.npz"
+    for i, shard in enumerate(shards):
+        save_cache(shard_path(path, i, 3), shard)
+    assert shard_path(path, 1, 3) == str(tmp_path / "cache" / "train_outputs.shard-1-of-3.npz")
+    merged = load_cache_shards(path, 3)
+    _assert_same_cache(merged, single)
+    save_cache(path, merged)
+    _assert_same_cache(load_cache(path), single)
+    with pytest.raises(FileNotFoundError, match=r"shard-1-of-2\.npz"):
+        load_cache_shards(path, 2)
+
+
+def test_bad_shard_arguments_and_bad_shards_are_refused(toy_problem):
+    x, y, experts = toy_problem
+    x, y = x[:30], y[:30]
+    for kwargs, match in [({"num_shards": 0}, "num_shards must be an integer >= 1"),
+                          ({"num_shards": 2.0}, "num_shards must be an integer"),
+                          ({"num_shards": 2, "shard_index": 2}, r"shard_index must be .*\[0, "),
+                          ({"num_shards": 2, "shard_index": -1}, "shard_index must be"),
+                          ({"num_shards": 2, "shard_index": True}, "shard_index must be"),
+                          ({"batch_size": 0}, "batch_size must be an integer >= 1")]:
+        with pytest.raises(ValueError, match=match):
+            build_expert_cache(experts, x, y, kind="outputs", verbose=0, **kwargs)
+    outs = _shards(experts, x, y, "outputs", 3)  # three batches of 10, one per shard
+    mse = _shards(experts, x, y, "mse", 3)
+    plain = build_expert_cache(experts, x, y, kind="outputs", batch_size=10, verbose=0)
+    with pytest.raises(ValueError, match="no shard caches"):
+        merge_cache_shards([])
+    with pytest.raises(ValueError, match=r"shards\[1\] is not a cache shard"):
+        merge_cache_shards([outs[0], plain])
+    with pytest.raises(ValueError, match="overlapping shards: shard 1 of 3 is given twice"):
+        merge_cache_shards([outs[0], outs[1], outs[1], outs[2]])
+    with pytest.raises(ValueError, match="missing shards: 2 of 3"):
+        merge_cache_shards([outs[1], outs[0]])
+    with pytest.raises(ValueError, match="disagree on the cache kind"):
+        merge_cache_shards([outs[0], mse[1], outs[2]])
+    two = _shards(experts, x, y, "outputs", 2)
+    with pytest.raises(ValueError, match="disagree on the number of shards"):
+        merge_cache_shards([two[0], two[1], outs[2]])
+    other_batch = _shards(experts, x, y, "outputs", 3, batch_size=8)
+    with pytest.raises(ValueError, match="disagree on the batch size"):
+        merge_cache_shards([outs[0], other_batch[1], outs[2]])
+    extra = dict(outs[1], more=outs[1]["outputs"])
+    with pytest.raises(ValueError, match="different entries"):
+        merge_cache_shards([outs[0], extra, outs[2]])
+    wider = dict(outs[2], outputs=np.zeros((10, 3, 5), np.float32))
+    with pytest.raises(ValueError, match=r"entry 'outputs' of shards\[2\].*per row"):
+        merge_cache_shards([outs[0], outs[1], wider])
+    recast = dict(outs[2], outputs=outs[2]["outputs"].astype(np.float64))
+    with pytest.raises(ValueError, match="float64"):
+        merge_cache_shards([outs[0], outs[1], recast])
+    short = dict(outs[1], outputs=outs[1]["outputs"][:7])
+    with pytest.raises(ValueError, match="has 7 rows but its batches hold 10"):
+        merge_cache_shards([outs[0], short, outs[2]])
+    # a shard that stopped early (its batch missing) is noticed through the batch count
+    truncated = {k: v for k, v in outs[2].items() if k != "outputs"}
+    truncated.update(shard_batches=np.zeros(0, np.int64),
+                     shard_batch_sizes=np.zeros(0, np.int64))
+    with pytest.raises(ValueError, match=r"missing batches: 2 \(shard 2\) of 3"):
+        merge_cache_shards([outs[0], outs[1], truncated])
+    with pytest.raises(ValueError, match="merge_cache_shards"):
+        cache_dataset(x[:10], outs[0], y[:10], shuffle=False)

@@ -1,0 +1,108 @@
+"""``--strategy``: which ``tf.distribute`` strategy trains the gates (issue 12).
+
+* ``default`` -- the default strategy (one device);
+* ``mirrored`` -- ``tf.distribute.MirroredStrategy`` over this machine's devices (GPUs,
+  or the CPU);
+* ``multi_worker`` -- ``tf.distribute.MultiWorkerMirroredStrategy``: every worker runs
+  the same command with its own ``TF_CONFIG`` (the standard cluster spec, e.g.
+  ``{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker",
+  "index": 0}}``); worker 0 (or the ``chief``) writes the artefacts.
+
+What is global and what is per replica: the batch (``--batch_size``) is the GLOBAL batch,
+split in equal consecutive parts over the replicas in replica order; Algorithm 1's
+capacities hold for the global batch (the gate values are all-gathered,
+:class:`bmoe_tf.routing.BatchwiseBiasEnforcement`); the data order is
+``epoch_order(seed, epoch)`` over the whole training set, the same on every worker;
+gradients are summed over replicas (each replica's loss divided by their number), so a
+gate trained by W workers equals the one trained in one process on W devices with the
+same global batch.
+"""
+import json
+import os
+import shutil
+import tempfile
+
+from bmoe_tf.backend import tf
+
+__all__ = ["STRATEGIES", "make_strategy", "is_chief", "check_tf_config", "writable_dir"]
+
+STRATEGIES = ("default", "mirrored", "multi_worker")
+
+
+def check_tf_config(text=None):
+    """The parsed ``TF_CONFIG`` of a multi-worker run (``text``: default the environment's).
+
+    Raises:
+      ValueError: missing, not JSON, or without ``cluster`` / ``task`` (says what is).
+    """
+    text = os.environ.get("TF_CONFIG") if text is None else text
+    if not text:
+        raise ValueError("--strategy=multi_worker needs TF_CONFIG (the cluster spec and this "
+                         "worker's task), e.g. {\"cluster\": {\"worker\": [\"host1:12345\", "
+                         "\"host2:12345\"]}, \"task\": {\"type\": \"worker\", \"index\": 0}}")
+    try:
+        config = json.loads(text)
+    except ValueError as err:
+        raise ValueError(f"TF_CONFIG is not JSON ({err})") from None
+    if not isinstance(config, dict) or "cluster" not in config or "task" not in config:
+        raise ValueError("TF_CONFIG must hold 'cluster' and 'task', got "
+                         f"{sorted(config) if isinstance(config, dict) else type(config).__name__}")
+    task = config["task"]
+    kinds = config["cluster"]
+    if not isinstance(task, dict) or task.get("type") not in kinds:
+        raise ValueError(f"TF_CONFIG task {task!r} is not one of the cluster's job types "
+                         f"{sorted(kinds)}")
+    index = task.get("index", 0)
+    if not isinstance(index, int) or not 0 <= index < len(kinds[task["type"]]):
+        raise ValueError(f"TF_CONFIG task index {index!r} is outside the "
+                         f"{len(kinds[task['type']])} {task['type']} addresses")
+    return config
+
+
+def make_strategy(name):
+    """The ``tf.distribute.Strategy`` of ``--strategy=name`` (:data:`STRATEGIES`)."""
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi_worker":
+        check_tf_config()
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise ValueError(f"unknown --strategy={name!r}; allowed: {', '.join(STRATEGIES)}")
+
+
+def is_chief(strategy=None):
+    """True where artefacts are written: one process, or the chief / worker 0 of a cluster."""
+    strategy = strategy or tf.distribute.get_strategy()
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not getattr(resolver, "cluster_spec", None):
+        return True
+    task_type, task_id = resolver.task_type, resolver.task_id
+    if task_type is None:
+        return True
+    jobs = resolver.cluster_spec().as_dict()
+    if task_type == "chief":
+        return True
+    return task_type == "worker" and task_id == 0 and "chief" not in jobs
+
+
+class writable_dir:
+    """``with writable_dir(path, strategy) as d:`` -- ``path`` on the chief; elsewhere a
+    temporary directory removed on exit (Keras' multi-worker saving pattern: every worker
+    must run the save, whose collective reads need all of them; only one keeps it)."""
+
+    def __init__(self, path, strategy=None):
+        self.path = path
+        self.chief = is_chief(strategy)
+        self._tmp = None
+
+    def __enter__(self):
+        if self.chief:
+            return self.path
+        self._tmp = tempfile.mkdtemp(prefix="bmoe_worker_")
+        return os.path.join(self._tmp, os.path.basename(os.path.normpath(self.path)))
+
+    def __exit__(self, *exc):
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+        return False

@@ -1,0 +1,70 @@
+"""One process of tests/test_distribute.py: trains a tiny gate with experiments.gates.train_gate
+under ``--strategy`` and writes its weights and per-step utilities.
+
+    python tests/distributed_worker.py OUT_DIR multi_worker INDEX PORT0,PORT1
+    python tests/distributed_worker.py OUT_DIR mirrored
+"""
+import json
+import os
+import sys
+
+
+def main(out, mode, index=None, ports=None):
+    if mode == "multi_worker":
+        os.environ["TF_CONFIG"] = json.dumps({
+            "cluster": {"worker": [f"localhost:{p}" for p in ports.split(",")]},
+            "task": {"type": "worker", "index": int(index)}})
+    import numpy as np
+
+    from bmoe_tf.backend import keras, tf
+    if mode == "mirrored":  # two logical CPU devices in this one process
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    from bmoe_tf import Expert
+    from bmoe_tf.cache import build_expert_cache
+    from experiments import distribute
+    from experiments.gates import train_gate
+    from experiments.pipeline import TrainingSet
+
+    strategy = (tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]) if mode == "mirrored"
+                else distribute.make_strategy(mode))
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(96, 6)).astype(np.float32)
+    y = (x[:, :2] * 2.0 + x[:, 2:4] - 0.5 * x[:, 4:6]).astype(np.float32)
+    with strategy.scope():
+        experts = []
+        for i, k in enumerate((2, 4, 6)):
+            keras.utils.set_random_seed(1 + i)
+            model = keras.Sequential([keras.Input((k,)), keras.layers.Dense(2)])
+            experts.append(Expert(model, preprocess=lambda t, k=k: t[:, :k], name=f"e{k}"))
+    cache = build_expert_cache(experts, x, y, kind="mse", verbose=0)
+
+    def build_gate():
+        return keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="relu"),
+                                 keras.layers.Dense(3)])
+
+    steps = []
+
+    class Steps(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            steps.append([float(logs[f"utility_e{k}"]) for k in (2, 4, 6)])
+
+    original_fit = keras.Model.fit
+
+    def fit(self, *args, **kwargs):  # record every step's global utilities
+        kwargs["callbacks"] = list(kwargs.get("callbacks") or []) + [Steps()]
+        return original_fit(self, *args, **kwargs)
+
+    keras.Model.fit = fit
+    gate, info = train_gate(os.path.join(out, "gate"), build_gate=build_gate, experts=experts,
+                            bias=[0.75, 0.125, 0.125], method="enforce",
+                            train=TrainingSet(x, cache), batch_size=8, epochs=2,
+                            learning_rate=1e-2, seed=5, verbose=0, strategy=strategy)
+    name = "mirrored" if mode == "mirrored" else f"worker{index}"
+    np.savez(os.path.join(out, f"{name}.npz"), *gate.get_weights(), steps=np.array(steps),
+             chief=np.array(distribute.is_chief(strategy)))
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

@@ -1,0 +1,84 @@
+"""experiments.distribute and gate training under tf.distribute: two worker processes
+(MultiWorkerMirroredStrategy on loopback) train the same gate as one process with two
+logical devices (MirroredStrategy); Algorithm 1's capacities hold for the global batch."""
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from experiments import distribute
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORKER = os.path.join(ROOT, "tests", "distributed_worker.py")
+
+
+def _free_ports(n):
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("localhost", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def _start(out, *args):
+    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
+    env.pop("TF_CONFIG", None)
+    return subprocess.Popen([sys.executable, WORKER, str(out), *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _finish(procs, timeout=100):
+    try:
+        for p in procs:
+            out, _ = p.communicate(timeout=timeout)
+            assert p.returncode == 0, out[-3000:]
+    finally:
+        for p in procs:  # bounded in time: never left running
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def test_two_workers_train_the_gate_two_devices_train(tmp_path):
+    ports = ",".join(str(p) for p in _free_ports(2))
+    workers = [_start(tmp_path / "mw", "multi_worker", str(i), ports) for i in range(2)]
+    mirrored = _start(tmp_path / "one", "mirrored")
+    _finish(workers + [mirrored])
+    one = np.load(tmp_path / "one" / "mirrored.npz")
+    w0, w1 = (np.load(tmp_path / "mw" / f"worker{i}.npz") for i in range(2))
+    assert bool(w0["chief"]) and not bool(w1["chief"])
+    weights = [k for k in one.files if k.startswith("arr_")]
+    for k in weights:
+        np.testing.assert_allclose(w0[k], one[k], atol=1e-5)
+        np.testing.assert_array_equal(w0[k], w1[k])
+    # capacities for the global batch of 8 at b = (0.75, 0.125, 0.125): 6 / 1 / 1 on every
+    # step (per worker of 4 it would be 3 / 1 / 0, i.e. 6 / 2 / 0 in all)
+    for run in (one, w0, w1):
+        steps = run["steps"]
+        assert steps.shape == (2 * 96 // 8, 3)
+        np.testing.assert_allclose(steps, np.tile([0.75, 0.125, 0.125], (len(steps), 1)),
+                                   atol=1e-6)
+    # only the chief wrote the gate
+    assert os.path.exists(tmp_path / "mw" / "gate" / "gate" / "saved_model.pb")
+    assert os.path.exists(tmp_path / "mw" / "gate" / "gate.json")
+
+
+def test_tf_config_is_checked_with_clear_messages(monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(ValueError, match="needs TF_CONFIG"):
+        distribute.make_strategy("multi_worker")
+    with pytest.raises(ValueError, match="not JSON"):
+        distribute.check_tf_config("{cluster")
+    with pytest.raises(ValueError, match="'cluster' and 'task'"):
+        distribute.check_tf_config('{"cluster": {}}')
+    with pytest.raises(ValueError, match="index 2 is outside"):
+        distribute.check_tf_config('{"cluster": {"worker": ["a:1", "b:2"]}, '
+                                   '"task": {"type": "worker", "index": 2}}')
+    with pytest.raises(ValueError, match="unknown --strategy='tpu'"):
+        distribute.make_strategy("tpu")
+    assert distribute.is_chief(distribute.make_strategy("default"))
