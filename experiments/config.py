@@ -115,6 +115,7 @@ class Config:
     tfds_data_dir: str | None
     eval_data: str | None
     eval_batch_seed: int
+    strategy: str
     task: Any
 
     @property
@@ -186,7 +187,11 @@ def parse_targets(values: Sequence[str]) -> Targets:
 SHARED_FLAGS = ("workdir", "preset", "methods", "targets", "bias", "batch_size", "learning_rate",
                 "epochs", "soft_epochs", "gate",
                 "training_loss", "combine", "bias_weights", "seed", "verbose",
-                "data", "tfds_data_dir", "eval_data", "eval_batch_seed")
+                "data", "tfds_data_dir", "eval_data", "eval_batch_seed", "strategy")
+
+#: ``--strategy`` values the pipeline runs (:mod:`experiments.distribute`); a multi-worker
+#: gate training runs through ``experiments.gates.train_gate(strategy=...)`` (issue 12).
+PIPELINE_STRATEGIES = ("default", "mirrored")
 
 
 def define_shared_flags(flag_values=None, *, data_help="bundled | folder:PATH | tfds:NAME",
@@ -243,6 +248,10 @@ def define_shared_flags(flag_values=None, *, data_help="bundled | folder:PATH | 
                         "format), evaluated and reported separately.", **d)
     flags.DEFINE_integer("eval_batch_seed", DEFAULT_EVAL_BATCH_SEED,
                          "Seed of the shuffled test-time batches (batch routing).", **d)
+    flags.DEFINE_string("strategy", "default", "tf.distribute strategy of the gate training: "
+                        "default (one device) | mirrored (every GPU of this machine, or its "
+                        "CPU); --batch_size is the global batch, Algorithm 1 holds over it.",
+                        **d)
 
 
 def from_flags(task, flag_values=None) -> Config:
@@ -278,6 +287,7 @@ def from_flags(task, flag_values=None) -> Config:
                         tfds_data_dir=values["tfds_data_dir"],
                         eval_data=task.eval_data_from_flags(fv) or values["eval_data"],
                         eval_batch_seed=values["eval_batch_seed"],
+                        strategy=values["strategy"],
                         task_settings=task.settings_from_flags(fv, preset.task))
 
 
@@ -293,7 +303,8 @@ def build_config(task, *, preset_name, preset, task_settings=None, **overrides) 
                   methods=("enforce", "soft", "random", "benchmark", "oracle"), bias=None,
                   gate=s.gate, combine="gate", seed=0, verbose=1,
                   data=getattr(task, "default_data", "bundled"),
-                  tfds_data_dir=None, eval_data=None, eval_batch_seed=DEFAULT_EVAL_BATCH_SEED)
+                  tfds_data_dir=None, eval_data=None, eval_batch_seed=DEFAULT_EVAL_BATCH_SEED,
+                  strategy="default")
     fields.update(overrides)
     if fields.get("soft_epochs") is None:
         fields["soft_epochs"] = s.soft_epochs if "epochs" not in overrides else None
@@ -329,6 +340,12 @@ def check(cfg: Config, task) -> None:
         raise ConfigError(f"--soft_epochs must be >= 1, got {cfg.soft_epochs}")
     if not (math.isfinite(cfg.learning_rate) and cfg.learning_rate > 0):
         raise ConfigError(f"--learning_rate must be a positive number, got {cfg.learning_rate}")
+    if cfg.strategy not in PIPELINE_STRATEGIES:
+        extra = (" (multi_worker: not in the pipeline yet; train gates across workers with "
+                 "experiments.gates.train_gate(strategy=...))" if cfg.strategy == "multi_worker"
+                 else "")
+        raise ConfigError(f"--strategy takes {list(PIPELINE_STRATEGIES)}, got "
+                          f"{cfg.strategy!r}{extra}")
     for name in ("seed", "eval_batch_seed"):
         if getattr(cfg, name) < 0:
             raise ConfigError(f"--{name} must be >= 0, got {getattr(cfg, name)}")

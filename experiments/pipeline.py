@@ -515,9 +515,12 @@ def _stage_gates(task, cfg, wd, experts, points, splits):
     train = task.training_set(cfg)
     n = len(experts)
     gates, loaded = {}, {}
+    from experiments import distribute
+
     common = dict(build_gate=lambda: task.build_gate(cfg, n), experts=experts, train=train,
                   batch_size=cfg.batch_size, learning_rate=cfg.learning_rate, combine=cfg.combine,
-                  training_loss=cfg.training_loss, seed=cfg.seed, verbose=cfg.verbose)
+                  training_loss=cfg.training_loss, seed=cfg.seed, verbose=cfg.verbose,
+                  strategy=distribute.make_strategy(cfg.strategy))
     view = task.gate_view(cfg)
     if view is not None:
         common.update(input_shape=view[0], gate_preprocess=view[1])

@@ -81,6 +81,8 @@ def test_targets_with_the_experts_own_costs():
     (["--bias_weights=1,1"], "lists a weight twice"),
     (["--bias_weights=1,a"], "--bias_weights: 'a' is not a number"),
     (["--eval_image_dir=/a", "--eval_data=/b"], "name different folders"),
+    (["--strategy=tpu"], "--strategy takes \\['default', 'mirrored'\\], got 'tpu'"),
+    (["--strategy=multi_worker"], "multi_worker: not in the pipeline yet"),
 ])
 def test_bad_values_name_their_flag(argv, message):
     with pytest.raises(config.ConfigError, match=message):
