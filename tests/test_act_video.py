@@ -169,6 +169,7 @@ def test_byte_counts():
     assert jpeg_bytes(frames) == sum(jpeg_bytes(f[None]) for f in frames)
 
 
+@pytest.mark.slow  # ~20 s: keeps make test under 15 minutes on 2 cores
 def test_encoding_is_identical_across_processes():
     """Two fresh processes encode the same generated clips to the same bitstreams (x264's
     threads pinned: WORKSPACE.md, D40)."""

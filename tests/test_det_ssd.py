@@ -327,6 +327,7 @@ class _StopAt(keras.callbacks.Callback):
             raise _Interrupt
 
 
+@pytest.mark.slow  # ~20 s: keeps make test under 15 minutes on 2 cores
 def test_train_ssd_resumes_after_interruption(tmp_path):
     train, val = _tiny_set(32, 0), _tiny_set(8, 1)
 

@@ -95,6 +95,7 @@ def test_sigkill_in_the_gate_stage_then_resume_gives_the_same_report(finished, t
     assert _numbers(_report(workdir)) == _numbers(_report(finished))
 
 
+@pytest.mark.slow  # ~20 s: keeps make test under 15 minutes on 2 cores
 def test_a_gate_setting_retrains_gates_and_keeps_data_experts_caches(finished, tmp_path):
     workdir = str(tmp_path / "epochs")
     _copy(finished, workdir, keep=("data", "experts", "cache", "stages", "experts.json",
@@ -286,6 +287,7 @@ def test_a_corrupt_stage_key_says_what_it_is_and_not_to_delete_it(finished, tmp_
     assert "the key of the experts stage) is corrupt" in last and "new --workdir" in last
 
 
+@pytest.mark.slow  # ~20 s: keeps make test under 15 minutes on 2 cores
 def test_a_data_stage_that_failed_can_be_run_again_with_corrected_flags(tmp_path):
     """A data stage that never finished holds no work: other data flags are accepted."""
     workdir = str(tmp_path / "typo")
