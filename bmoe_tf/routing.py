@@ -350,6 +350,22 @@ class BatchwiseBiasEnforcement(keras.layers.Layer):
         return config
 
 
+_PICKERS = {}
+
+
+def _batch_picker(b):
+    """One traced ``chunk [m, N] -> int64[m]`` per b, kept for the process (a new
+    tf.function per call would retrace every time and make TensorFlow warn)."""
+    if b not in _PICKERS:
+        @tf.function(input_signature=[tf.TensorSpec([None, len(b)], tf.float32)])
+        def pick(chunk):
+            mask = enforcement_mask(tf.nn.log_softmax(chunk, axis=-1), np.array(b))  # G's order
+            return tf.argmax(mask, axis=1)
+
+        _PICKERS[b] = pick
+    return _PICKERS[b]
+
+
 def route_in_batches(logits, bias, batch_size):
     """Algorithm 1 over consecutive batches of precomputed logits, ``int64[M]``.
 
@@ -366,11 +382,7 @@ def route_in_batches(logits, bias, batch_size):
     b = validate_bias(bias, logits.shape[1])
     if int(batch_size) < b.size:
         raise ValueError(f"batch_size {batch_size} is smaller than the {b.size} experts")
-    @tf.function(input_signature=[tf.TensorSpec([None, b.size], tf.float32)])
-    def pick(chunk):  # traced once for every chunk size
-        mask = enforcement_mask(tf.nn.log_softmax(chunk, axis=-1), b)  # same order as G
-        return tf.argmax(mask, axis=1)
-
+    pick = _batch_picker(tuple(float(v) for v in b))
     picks = []
     for start in range(0, len(logits), int(batch_size)):
         chunk = logits[start:start + int(batch_size)]

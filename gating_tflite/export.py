@@ -172,9 +172,12 @@ class ExportReport:
                 f"by {100 * self.frequency_error:.1f} points (more than {100 * limit:g})")
         if self.output == "logits":
             return [f"--output=logits: {text}; firmware that routes with argmax(int8 logits + "
-                    "offsets) will not hold b. Use --output=index (offsets folded into the "
-                    "model and recalibrated on the int8 model)."]
-        return [f"{text}; the sensor will not hold b."]
+                    "static offsets) will not hold b. Route with gate_router.c (--emit_c: "
+                    "its online controller holds b on any input sequence) or use "
+                    "--output=index (offsets folded into the model and recalibrated on the "
+                    "int8 model)."]
+        return [f"{text}; the sensor will not hold b with static offsets (the int8-logits "
+                "export's gate_router.c holds it online: --output=logits --emit_c)."]
 
 
 @dataclasses.dataclass

@@ -149,10 +149,13 @@ def test_warnings_name_the_frequencies_b_and_the_remedy(exported):
     assert missed.warnings == [
         "--output=logits: the int8 gate's frequencies [0.785, 0.007, 0.208] on 600 held-out "
         "inputs miss b [0.4, 0.4, 0.2] by 38.5 points (more than 2); firmware that routes with "
-        "argmax(int8 logits + offsets) will not hold b. Use --output=index (offsets folded into "
-        "the model and recalibrated on the int8 model)."]
+        "argmax(int8 logits + static offsets) will not hold b. Route with gate_router.c "
+        "(--emit_c: its online controller holds b on any input sequence) or use --output=index "
+        "(offsets folded into the model and recalibrated on the int8 model)."]
     (index_warning,) = dataclasses.replace(missed, output="index").warnings
-    assert index_warning.endswith("by 38.5 points (more than 2); the sensor will not hold b.")
+    assert index_warning.endswith("by 38.5 points (more than 2); the sensor will not hold b "
+                                  "with static offsets (the int8-logits export's gate_router.c "
+                                  "holds it online: --output=logits --emit_c).")
     assert dataclasses.replace(missed, frequency_error=0.02).warnings == []  # at the limit: ok
     assert dataclasses.replace(missed, frequency_error=None).warnings == []  # not measured
 
