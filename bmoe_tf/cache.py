@@ -43,7 +43,7 @@ from bmoe_tf.checks import as_float_array, check_count, check_finite, is_int
 __all__ = ["CACHE_KINDS", "build_expert_cache", "score_cache", "cache_dataset", "epoch_order",
            "set_dataset_epoch", "DatasetEpoch", "save_cache", "load_cache",
            "mse_from_statistics", "SHARD_KEYS", "is_cache_shard", "merge_cache_shards",
-           "shard_path", "load_cache_shards"]
+           "shard_path", "load_cache_shards", "shard_rows", "as_cache_shard"]
 
 CACHE_KINDS = ("outputs", "mse", "scores")
 _MSE_KEYS = ("residual_gram", "residual_target", "target_energy", "num_elements")
@@ -184,6 +184,62 @@ def build_expert_cache(experts, inputs, targets=None, *, kind="outputs", batch_s
             "shard_batch_size": np.array(-1 if is_dataset else batch_size, np.int64),
         })
     return cache
+
+
+def shard_rows(num_examples, batch_size, num_shards, shard_index):
+    """The rows of shard ``i`` of ``S`` of ``M`` examples cut in batches of ``batch_size``.
+
+    The same rule as :func:`build_expert_cache`: the ``ceil(M / batch_size)``
+    consecutive batches ``k`` with ``k % S == i``, in increasing order. For work that
+    is not a :class:`bmoe_tf.Expert` call (e.g. a detector with its own post-processing):
+    run it on ``rows``, then :func:`as_cache_shard` the result.
+
+    Returns:
+      ``(rows int64[r], batches int64[b], sizes int64[b])``: the rows, the global
+      batch indices held and their sizes.
+    """
+    m = check_count(num_examples, "num_examples")
+    batch_size = check_count(batch_size, "batch_size", minimum=1)
+    num_shards, shard_index = _check_shard(num_shards, shard_index)
+    batches = np.arange(shard_index, -(-m // batch_size), num_shards, dtype=np.int64)
+    sizes = np.minimum(batch_size, m - batches * batch_size).astype(np.int64)
+    rows = (np.concatenate([np.arange(k * batch_size, k * batch_size + n) for k, n in
+                            zip(batches, sizes)]).astype(np.int64)
+            if len(batches) else np.zeros(0, np.int64))
+    return rows, batches, sizes
+
+
+def as_cache_shard(cache, *, num_examples, batch_size, num_shards, shard_index):
+    """``cache`` (an ``"outputs"`` or ``"mse"`` cache of exactly the rows
+    :func:`shard_rows` ``(num_examples, batch_size, num_shards, shard_index)``, in that
+    order) with the shard metadata :func:`merge_cache_shards` needs.
+
+    Raises:
+      ValueError: an entry with another number of rows than the shard holds.
+    """
+    kind = cache_kind(cache)
+    if is_cache_shard(cache):
+        raise ValueError("cache is a shard already")
+    rows, batches, sizes = shard_rows(num_examples, batch_size, num_shards, shard_index)
+    out = {}
+    for key, value in cache.items():
+        if key == "kind":
+            continue
+        if len(value) != len(rows):
+            raise ValueError(f"cache entry {key!r} has {len(value)} rows, shard {shard_index} of "
+                             f"{num_shards} holds {len(rows)}")
+        if len(rows):
+            out[key] = value
+    out["kind"] = np.array(kind)
+    out.update({
+        "shard_index": np.array(shard_index, np.int64),
+        "shard_count": np.array(num_shards, np.int64),
+        "shard_batches": batches,
+        "shard_batch_sizes": sizes,
+        "shard_total_batches": np.array(-(-int(num_examples) // int(batch_size)), np.int64),
+        "shard_batch_size": np.array(batch_size, np.int64),
+    })
+    return out
 
 
 def is_cache_shard(cache):

@@ -314,3 +314,26 @@ def test_bad_shard_arguments_and_bad_shards_are_refused(toy_problem):
         merge_cache_shards([outs[0], outs[1], truncated])
     with pytest.raises(ValueError, match="merge_cache_shards"):
         cache_dataset(x[:10], outs[0], y[:10], shuffle=False)
+
+
+def test_shard_rows_and_as_cache_shard_merge_to_the_whole(toy_problem):
+    from bmoe_tf.cache import as_cache_shard, shard_rows
+    rng = np.random.default_rng(3)
+    values = rng.normal(size=(23, 3, 2)).astype(np.float32)
+    whole = {"kind": np.array("outputs"), "outputs": values}
+    for count in (1, 2, 3, 7):
+        shards = []
+        for i in range(count):
+            rows, batches, sizes = shard_rows(23, 5, count, i)
+            np.testing.assert_array_equal(batches, np.arange(i, 5, count))
+            assert sizes.sum() == len(rows) and all(r // 5 % count == i for r in rows)
+            shards.append(as_cache_shard({"kind": np.array("outputs"), "outputs": values[rows]},
+                                         num_examples=23, batch_size=5, num_shards=count,
+                                         shard_index=i))
+        if count == 1:
+            continue
+        merged = merge_cache_shards(shards[::-1])
+        assert merged["outputs"].tobytes() == whole["outputs"].tobytes()
+    with pytest.raises(ValueError, match="has 4 rows, shard 0 of 2 holds 13"):
+        as_cache_shard({"kind": np.array("outputs"), "outputs": values[:4]}, num_examples=23,
+                       batch_size=5, num_shards=2, shard_index=0)
