@@ -41,7 +41,7 @@ from bmoe_tf.backend import keras, tf
 from bmoe_tf.checks import as_float_array, check_count, check_finite, is_int
 
 __all__ = ["CACHE_KINDS", "build_expert_cache", "score_cache", "cache_dataset", "epoch_order",
-           "set_dataset_epoch", "DatasetEpoch", "save_cache", "load_cache",
+           "set_dataset_epoch", "dataset_epoch_variable", "DatasetEpoch", "save_cache", "load_cache",
            "mse_from_statistics", "SHARD_KEYS", "is_cache_shard", "merge_cache_shards",
            "shard_path", "load_cache_shards", "shard_rows", "as_cache_shard"]
 
@@ -463,19 +463,47 @@ def _order_tensor(seed, epoch, m):
 # dataset -> its epoch variable (see cache_dataset)
 _EPOCH_VARIABLES = weakref.WeakKeyDictionary()
 
+# transformations that keep one pass of their input per pass (what they wrap is found
+# through them): Dataset.with_options, map, prefetch, assert_cardinality
+_TRANSPARENT = frozenset(("optionsdataset", "mapdataset", "parallelmapdataset",
+                          "prefetchdataset", "assertcardinalitydataset"))
+
 
 def _epoch_variable(dataset):
-    try:
-        return _EPOCH_VARIABLES.get(dataset)
-    except TypeError:  # not weak-referenceable: not one of ours
-        return None
+    """The epoch variable of a shuffled :func:`cache_dataset`, also seen through the
+    :data:`_TRANSPARENT` transformations of one (``ds.with_options(...)`` as
+    ``tf.distribute`` set-ups need); None for anything else."""
+    for _ in range(64):
+        try:
+            variable = _EPOCH_VARIABLES.get(dataset)
+        except TypeError:  # not weak-referenceable: not one of ours
+            return None
+        if variable is not None:
+            return variable
+        if (not isinstance(dataset, tf.data.Dataset)
+                or type(dataset).__name__.replace("_", "").lower() not in _TRANSPARENT):
+            return None
+        inputs = dataset._inputs()
+        if len(inputs) != 1:
+            return None
+        dataset = inputs[0]
+    return None
+
+
+def dataset_epoch_variable(dataset):
+    """The ``int64`` ``tf.Variable`` holding the epoch number of the next pass over a
+    shuffled :func:`cache_dataset` (or one derived from it by ``with_options``, ``map``,
+    ``prefetch``), or None. :meth:`bmoe_tf.BiasedMixture.fit` checkpoints it with the
+    model, so that ``BackupAndRestore`` restores it."""
+    return _epoch_variable(dataset)
 
 
 def set_dataset_epoch(dataset, epoch):
     """Makes the next pass over a shuffled :func:`cache_dataset` be epoch ``epoch``.
 
-    Returns True, or False when ``dataset`` has no epoch (not shuffled, or not
-    made by :func:`cache_dataset`).
+    ``dataset`` may also be derived from one by ``with_options``, ``map`` or
+    ``prefetch``. Returns True, or False when ``dataset`` has no epoch (not
+    shuffled, or not made by :func:`cache_dataset`).
     """
     variable = _epoch_variable(dataset)
     if variable is None:
@@ -487,19 +515,42 @@ def set_dataset_epoch(dataset, epoch):
 class DatasetEpoch(keras.callbacks.Callback):
     """Tells shuffled :func:`cache_dataset` datasets which epoch Keras is in.
 
-    ``on_epoch_begin(epoch)`` calls :func:`set_dataset_epoch`, so epoch ``e`` of
-    ``fit`` uses :func:`epoch_order` ``(seed, e)`` whatever ran before: also when
-    ``fit`` resumes at epoch k through ``BackupAndRestore``.
-    :meth:`bmoe_tf.BiasedMixture.fit` adds it by itself; add it to other models' fit.
+    ``on_epoch_begin(epoch)`` sets the next pass to ``epoch`` (:func:`set_dataset_epoch`)
+    and ``on_epoch_end(epoch)`` to ``epoch + 1``, so epoch ``e`` of ``fit`` uses
+    :func:`epoch_order` ``(seed, e)`` whatever ran before: also after ``fit(initial_epoch=k)``
+    and when ``fit`` resumes at epoch k through ``BackupAndRestore``. This holds for every
+    ``tf.distribute`` strategy (default, ``MirroredStrategy`` with several devices,
+    ``MultiWorkerMirroredStrategy``): Keras creates each epoch's iterator after the
+    previous ``on_epoch_end`` and the pass reads its epoch number at its first batch,
+    after ``on_epoch_begin`` (tf.data and the distributed iterators start prefetching
+    at the first batch, not when the iterator is made; measured with TF 2.21, tested in
+    ``tests/test_mixture_distributed.py``). Placed before ``BackupAndRestore`` (as
+    :meth:`bmoe_tf.BiasedMixture.fit` does, which adds this callback by itself and
+    checkpoints the training dataset's :func:`dataset_epoch_variable` with the model),
+    the backup made at the end of epoch ``k - 1`` holds ``k``, and the restore sets
+    it before the resumed run makes any iterator. Add it to other models' fit.
+
+    Args:
+      *datasets: datasets (others, e.g. numpy arrays or None, are ignored); shuffled
+        :func:`cache_dataset` ones and those derived from them by ``with_options``,
+        ``map``, ``prefetch`` are followed.
     """
 
     def __init__(self, *datasets):
         super().__init__()
         self.datasets = [d for d in datasets if _epoch_variable(d) is not None]
+        #: their epoch variables, in the same order
+        self.variables = [_epoch_variable(d) for d in self.datasets]
+
+    def _set(self, epoch):
+        for variable in self.variables:
+            variable.assign(check_count(epoch, "epoch"))
 
     def on_epoch_begin(self, epoch, logs=None):
-        for dataset in self.datasets:
-            set_dataset_epoch(dataset, epoch)
+        self._set(epoch)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._set(epoch + 1)
 
 
 def cache_dataset(gate_inputs, cache, targets=None, *, batch_size=128, shuffle=True, seed=0,
@@ -520,13 +571,16 @@ def cache_dataset(gate_inputs, cache, targets=None, *, batch_size=128, shuffle=T
     when its first batch is requested: ``initial_epoch`` for the first pass, then
     one more for each pass, unless :func:`set_dataset_epoch` (or the
     :class:`DatasetEpoch` callback, which :meth:`bmoe_tf.BiasedMixture.fit` adds by
-    itself) says otherwise. So ``mixture.fit(ds, epochs=E,
-    callbacks=[keras.callbacks.BackupAndRestore(...)])`` resumed at epoch k sees
-    exactly the batches of an uninterrupted run. (Under a multi-device
-    ``tf.distribute`` strategy, whose input prefetching starts a pass before Keras
-    announces the epoch, the order is deterministic but the epoch labels of a
-    resumed run are not guaranteed.) With ``shuffle=False`` the order is the
-    input order, every epoch.
+    itself) says otherwise. Guaranteed: ``mixture.fit(ds, epochs=E, ...)`` trains epoch
+    ``e`` on ``epoch_order(seed, e)`` for every ``e`` under every ``tf.distribute``
+    strategy (default, ``MirroredStrategy`` with several devices,
+    ``MultiWorkerMirroredStrategy``; each global batch then splits over the replicas),
+    with ``initial_epoch=k``, and when ``keras.callbacks.BackupAndRestore`` resumes it at
+    epoch k in a fresh process with a fresh dataset: exactly the batches of an
+    uninterrupted run. This holds as well for ``ds.with_options(...)``, ``ds.map(...)``
+    and ``ds.prefetch(...)`` of it (:class:`DatasetEpoch` finds the epoch through them),
+    not for other transformations. With ``shuffle=False`` the order is the input order,
+    every epoch.
 
     Args:
       gate_inputs: ``[M, ...]`` numpy.

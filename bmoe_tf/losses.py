@@ -17,11 +17,16 @@ one pure function each, per example ``[M]``, chosen by name from
 
 Here ``loss_n`` is expert n's own task loss on the example (``expert_losses [M, N]``,
 from an expert cache; for a ``"scores"`` cache it is ``-score``).
+
+Under a ``tf.distribute`` strategy with several replicas, the batch statistics are
+over the GLOBAL batch: :func:`expert_utility` ``(global_batch=True)`` (all-reduce) and
+the scale of :func:`relative_loss` (all-gather); the other losses are per example.
 """
 import math
 
 from bmoe_tf.backend import tf
 from bmoe_tf.bias import validate_bias
+from bmoe_tf.routing import _replica_context
 
 __all__ = ["expert_utility", "bias_loss", "selected_loss", "gated_loss", "expected_loss",
            "relative_loss", "TRAINING_LOSSES", "TRAINING_LOSS_INPUTS"]
@@ -31,19 +36,36 @@ __all__ = ["expert_utility", "bias_loss", "selected_loss", "gated_loss", "expect
 _LOG_FLOOR = 1e-7
 
 
-def expert_utility(gates):
+def expert_utility(gates, global_batch=False):
     """Eq. 4: each expert's total contribution per batch, ``u_n = mean_x G(x)_n``.
 
     Args:
       gates: ``float[M, N]`` (sparse gates of Eq. 3, or a one-hot selection, in
         which case u is the share of the batch routed to each expert).
+      global_batch: in the replica context of a ``tf.distribute`` strategy with
+        several replicas, the mean over the GLOBAL batch: ``all_reduce(SUM)`` of
+        every replica's ``sum_x G(x)`` over the all-reduced row count, the same u on
+        every replica (every replica must call it). Its gradient reaches every
+        replica's rows: the gradient of an all-reduce sum is the all-reduce sum of
+        the replicas' upstream gradients, so with each replica's loss divided by
+        the number of replicas R (as ``BiasedMixture.train_step`` does) and the
+        gradients summed over replicas, a loss ``f(u)`` gets exactly the
+        single-device gradient of ``f(u)`` on the whole batch (not R times it, nor
+        1/R). Elsewhere (no strategy, one replica, cross-replica context) the
+        plain mean.
     Returns:
       ``float[N]``.
     """
     gates = tf.convert_to_tensor(gates)
     if gates.shape.rank != 2:
         raise ValueError(f"gates must be [batch, num_experts], got shape {gates.shape}")
-    return tf.reduce_mean(gates, axis=0)
+    ctx = _replica_context() if global_batch else None
+    if ctx is None:
+        return tf.reduce_mean(gates, axis=0)
+    rows = tf.cast(tf.shape(gates)[0:1], gates.dtype)
+    total = ctx.all_reduce(tf.distribute.ReduceOp.SUM,
+                           tf.concat([tf.reduce_sum(gates, axis=0), rows], axis=0))
+    return total[:-1] / tf.stop_gradient(total[-1])
 
 
 def bias_loss(utility, bias, weight):
@@ -116,7 +138,7 @@ def expected_loss(logits, expert_losses):
     return tf.reduce_sum(probs * tf.cast(expert_losses, logits.dtype), axis=1)
 
 
-def relative_loss(logits, expert_losses):
+def relative_loss(logits, expert_losses, global_batch=True):
     """``"relative"``: per-example ``mean_n (l_n - mean l - t_n)^2``, ``t = -(L - mean L) / s``.
 
     ``s`` is the batch's median absolute centred loss, at least a tenth of the
@@ -127,13 +149,21 @@ def relative_loss(logits, expert_losses):
     Args:
       logits: ``float[M, N]``.
       expert_losses: ``float[M, N]`` (no gradient flows into it).
+      global_batch: in the replica context of a ``tf.distribute`` strategy with
+        several replicas, ``s`` is taken over the GLOBAL batch (the replicas'
+        centred losses are all-gathered; every replica must call it), so every
+        replica uses the one ``s`` a single device would.
     Returns:
       ``float[M]``.
     """
     logits = tf.convert_to_tensor(logits)
     per_expert = tf.stop_gradient(tf.cast(expert_losses, logits.dtype))
     centred = per_expert - tf.reduce_mean(per_expert, axis=1, keepdims=True)
-    flat = tf.sort(tf.reshape(tf.abs(centred), [-1]))
+    flat = tf.reshape(tf.abs(centred), [-1])
+    ctx = _replica_context() if global_batch else None
+    if ctx is not None:
+        flat = ctx.all_gather(flat, axis=0)
+    flat = tf.sort(flat)
     # the median, but never below a tenth of the mean: if most experts agree on
     # most inputs the median gap is ~0 and would blow the targets up
     scale = tf.maximum(flat[tf.size(flat) // 2], 0.1 * tf.reduce_mean(flat) + 1e-12)

@@ -78,6 +78,8 @@ class GateLoss:
     assignment: tf.Tensor
 
 _MSE_NAMES = ("mse", "mean_squared_error", "MeanSquaredError")
+#: the checkpoint name of the training dataset's epoch variable (see ``BiasedMixture.fit``)
+_EPOCH_DEPENDENCY = "cache_dataset_epoch"
 
 
 def _choice(value, allowed, what):
@@ -147,6 +149,24 @@ class BiasedMixture(keras.Model):
         inputs, for a gate that sees part of x only (the action task's gate sees the
         motion-vector modality of a packed clip); None: the gate sees x. An expert
         cache batch carries the gate's inputs already (``"gate_input"``).
+
+    Under a ``tf.distribute`` strategy with several replicas (``MirroredStrategy``,
+    ``MultiWorkerMirroredStrategy``), each step's batch is the GLOBAL batch, split into
+    per-replica parts. Global (the same on every replica, as on one device with the
+    whole batch): Algorithm 1's capacities and selection (the gate values are
+    all-gathered, :class:`bmoe_tf.routing.BatchwiseBiasEnforcement`); the soft method's
+    utility u of Eq. 4 in the Eq. 5 loss (``ctx.all_reduce`` of each replica's summed
+    gates and row count: :func:`bmoe_tf.losses.expert_utility` ``(global_batch=True)``;
+    the all-reduce's gradient, itself an all-reduce, gives each replica's rows their
+    share of the one bias loss, so the summed gradients are the single-device ones);
+    the ``"relative"`` training loss's scale (the median gap over the global batch); the
+    data order (:func:`bmoe_tf.cache.cache_dataset`); the metrics. Per replica: the
+    forward / backward pass on its rows, the per-example losses and their mean, divided
+    by the number of replicas (gradients summed over replicas: the global mean when
+    the parts are equal, e.g. ``cache_dataset(drop_remainder=True)`` and a global batch
+    divisible by the number of replicas). Tested: a gate trained under
+    ``MirroredStrategy`` on two devices equals the default strategy's to 1e-5
+    (``tests/test_mixture_distributed.py``).
 
     Metrics (per epoch, over examples): ``loss``, ``task_loss``, ``bias_loss``,
     ``data_cost`` (mean d_n of the selected experts, bytes per example), and per
@@ -374,8 +394,9 @@ class BiasedMixture(keras.Model):
                 per_example = loss_fn(self._mixture_loss(x, y, scales, assignment))
         task = tf.reduce_mean(per_example)
         if self.method == "soft":
-            b_loss = tf.cast(bias_loss(expert_utility(gates), self.bias, self.bias_weight),
-                             task.dtype)
+            # u of Eq. 4 over the global batch (the same on every replica)
+            b_loss = tf.cast(bias_loss(expert_utility(gates, global_batch=True), self.bias,
+                                       self.bias_weight), task.dtype)
         else:
             b_loss = tf.zeros((), task.dtype)
         return GateLoss(total=task + b_loss, task_loss=task, bias_loss=b_loss,
@@ -434,16 +455,26 @@ class BiasedMixture(keras.Model):
         """Keras ``fit``; streaming offsets are reset, since they belong to the old gate.
 
         Shuffled :func:`bmoe_tf.cache.cache_dataset` datasets given as ``x`` or
-        ``validation_data`` are told each epoch's number
-        (:class:`bmoe_tf.cache.DatasetEpoch`), so epoch e's order is a function of
-        (seed, e) only, also when ``BackupAndRestore`` resumes at epoch k.
+        ``validation_data`` (or ``with_options`` / ``map`` / ``prefetch`` of one) are
+        told each epoch's number (:class:`bmoe_tf.cache.DatasetEpoch`, put first in the
+        callbacks), so epoch e's order is :func:`bmoe_tf.cache.epoch_order` ``(seed, e)``
+        under any strategy, also with ``initial_epoch`` and when ``BackupAndRestore``
+        resumes at epoch k. The training dataset's epoch variable becomes a checkpoint
+        dependency of the mixture (``"cache_dataset_epoch"``; not a Keras weight), so
+        ``BackupAndRestore`` saves and restores it with the gate.
         """
         self.offsets.assign(np.full(self.num_experts, np.nan, np.float32))
         bound = inspect.signature(super().fit).bind_partial(*args, **kwargs)
         arguments = bound.arguments
         epochs = cache_lib.DatasetEpoch(arguments.get("x"), arguments.get("validation_data"))
         if epochs.datasets:
+            # first: its on_epoch_end runs before BackupAndRestore's backup
             arguments["callbacks"] = [epochs] + list(arguments.get("callbacks") or [])
+        variable = cache_lib.dataset_epoch_variable(arguments.get("x"))
+        if variable is not None:
+            # a checkpoint dependency, not a Keras weight (not in weights / get_weights):
+            # BackupAndRestore saves it and restores it before the first iterator exists
+            self._track_trackable(variable, name=_EPOCH_DEPENDENCY, overwrite=True)
         return super().fit(*bound.args, **bound.kwargs)
 
     @staticmethod

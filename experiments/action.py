@@ -35,9 +35,10 @@ import os
 
 import numpy as np
 
-from bmoe_tf.cache import load_cache, save_cache, score_cache
+from bmoe_tf.cache import (as_cache_shard, load_cache, save_cache, score_cache, shard_path,
+                           shard_rows)
 from bmoe_tf.gating import compact_gate, paper_gate
-from experiments import pipeline
+from experiments import distribute, pipeline
 from experiments.act.clips import MV_GRID
 from experiments.config import ConfigError, Preset, Schedule, Targets, parse_numbers
 from experiments.stages import ArtefactError, load_artefact, write_json
@@ -52,6 +53,9 @@ MODES = ("temporal", "spatial", "fusion")
 CLIP_SPLITS = ("experts",) + pipeline.SPLITS
 #: K: bytes per value, as the paper counts data.
 BYTES_PER_VALUE = 4
+#: Clips per expert call when caching probabilities; also the unit a multi-worker run
+#: shards the cache by (the same batches on one or many workers: the same bytes).
+EXPERT_BATCH = 16
 #: The gate sees motion clipped to +-this many px per frame (99% of the generated set's
 #: values are below 4.3): its int8 input then steps in 1/16 px, not 1/2 (D42).
 GATE_MV_CLIP = 8.0
@@ -311,18 +315,47 @@ class ActionTask(pipeline.Task):
         return [wd.path("cache", f"{split}_probabilities.npz"),
                 wd.path("cache", f"{split}_scores.npz")]
 
-    def build_caches(self, cfg, wd, experts, splits):
+    def _probabilities(self, experts, split, rows):
+        """``float32[len(rows), N, C]``: every expert's class probabilities on those clips."""
         from experiments.act.experts import predict_probabilities
 
+        data = self.sets[split]
+        mv, rgb = data.mv[rows], data.rgb[rows]
+        return np.stack([predict_probabilities(e, mv, rgb, batch_size=EXPERT_BATCH)
+                         for e in experts], axis=1).astype(np.float32)
+
+    def build_cache_shard(self, cfg, wd, experts, splits, num_shards, shard_index):
+        for split in [x for x in pipeline.SPLITS if x in splits]:
+            prob_path = self.cache_files(cfg, wd, split)[0]
+            if os.path.exists(prob_path):
+                continue
+            m = len(self.sets[split])
+            shard = shard_path(prob_path, shard_index, num_shards)
+
+            def run_shard(split=split, m=m, shard=shard):
+                rows = shard_rows(m, EXPERT_BATCH, num_shards, shard_index)[0]
+                cache = {"kind": np.array("outputs")}
+                if len(rows):
+                    cache["outputs"] = self._probabilities(experts, split, rows)
+                save_cache(shard, as_cache_shard(cache, num_examples=m, batch_size=EXPERT_BATCH,
+                                                 num_shards=num_shards,
+                                                 shard_index=shard_index))
+
+            wd.run(f"cache {split} probabilities shard {shard_index + 1}/{num_shards}", shard,
+                   run_shard)
+
+    def build_caches(self, cfg, wd, experts, splits):
         for split in [x for x in pipeline.SPLITS if x in splits]:
             data = self.sets[split]
             prob_path, score_path = self.cache_files(cfg, wd, split)
 
-            def predict(data=data, prob_path=prob_path):
-                out = np.stack([predict_probabilities(e, data.mv, data.rgb) for e in experts],
-                               axis=1)
-                np.savez(prob_path + ".tmp.npz", probabilities=out.astype(np.float32))
+            def predict(data=data, prob_path=prob_path, split=split):
+                merged = distribute.merged_shards(prob_path)  # a multi-worker run's shards
+                out = (merged["outputs"] if merged is not None
+                       else self._probabilities(experts, split, np.arange(len(data))))
+                np.savez(prob_path + ".tmp.npz", probabilities=out)
                 os.replace(prob_path + ".tmp.npz", prob_path)
+                distribute.remove_shards(prob_path)
 
             wd.run(f"cache {split} probabilities", prob_path, predict)
             probs = load_artefact(prob_path, _load_probabilities)

@@ -189,9 +189,8 @@ SHARED_FLAGS = ("workdir", "preset", "methods", "targets", "bias", "batch_size",
                 "training_loss", "combine", "bias_weights", "seed", "verbose",
                 "data", "tfds_data_dir", "eval_data", "eval_batch_seed", "strategy")
 
-#: ``--strategy`` values the pipeline runs (:mod:`experiments.distribute`); a multi-worker
-#: gate training runs through ``experiments.gates.train_gate(strategy=...)`` (issue 12).
-PIPELINE_STRATEGIES = ("default", "mirrored")
+#: ``--strategy`` values the pipeline runs (:mod:`experiments.distribute`).
+PIPELINE_STRATEGIES = ("default", "mirrored", "multi_worker")
 
 
 def define_shared_flags(flag_values=None, *, data_help="bundled | folder:PATH | tfds:NAME",
@@ -248,9 +247,13 @@ def define_shared_flags(flag_values=None, *, data_help="bundled | folder:PATH | 
                         "format), evaluated and reported separately.", **d)
     flags.DEFINE_integer("eval_batch_seed", DEFAULT_EVAL_BATCH_SEED,
                          "Seed of the shuffled test-time batches (batch routing).", **d)
-    flags.DEFINE_string("strategy", "default", "tf.distribute strategy of the gate training: "
-                        "default (one device) | mirrored (every GPU of this machine, or its "
-                        "CPU); --batch_size is the global batch, Algorithm 1 holds over it.",
+    flags.DEFINE_string("strategy", "default", "tf.distribute strategy: default (one device) | "
+                        "mirrored (every GPU of this machine, or its CPU) | multi_worker "
+                        "(MultiWorkerMirroredStrategy: every host runs the same command with "
+                        "its own TF_CONFIG and a shared --workdir; the expert cache is built "
+                        "in shards, one per worker, and the gates trained across them; worker "
+                        "0 writes the artefacts). --batch_size is the global batch, Algorithm 1 "
+                        "holds over it.",
                         **d)
 
 
@@ -341,11 +344,13 @@ def check(cfg: Config, task) -> None:
     if not (math.isfinite(cfg.learning_rate) and cfg.learning_rate > 0):
         raise ConfigError(f"--learning_rate must be a positive number, got {cfg.learning_rate}")
     if cfg.strategy not in PIPELINE_STRATEGIES:
-        extra = (" (multi_worker: not in the pipeline yet; train gates across workers with "
-                 "experiments.gates.train_gate(strategy=...))" if cfg.strategy == "multi_worker"
-                 else "")
-        raise ConfigError(f"--strategy takes {list(PIPELINE_STRATEGIES)}, got "
-                          f"{cfg.strategy!r}{extra}")
+        raise ConfigError(f"--strategy takes {list(PIPELINE_STRATEGIES)}, got {cfg.strategy!r}")
+    if cfg.strategy == "multi_worker":
+        from experiments.distribute import check_tf_config
+        try:
+            check_tf_config()
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
     for name in ("seed", "eval_batch_seed"):
         if getattr(cfg, name) < 0:
             raise ConfigError(f"--{name} must be >= 0, got {getattr(cfg, name)}")

@@ -30,9 +30,10 @@ import os
 
 import numpy as np
 
-from bmoe_tf.cache import load_cache, save_cache, score_cache
+from bmoe_tf.cache import (as_cache_shard, load_cache, save_cache, score_cache, shard_path,
+                           shard_rows)
 from bmoe_tf.gating import compact_gate, paper_gate
-from experiments import pipeline
+from experiments import distribute, pipeline
 from experiments.config import ConfigError, Preset, Schedule, Targets, parse_numbers
 from experiments.stages import ArtefactError, load_artefact, write_json
 
@@ -50,6 +51,9 @@ PAPER_TABLE_I = {
                  "soft": [75.7, 62.2, 59.9, 64.2], "random": [75.7, 61.9, 57.4, 63.3]},
 }
 ABLATIONS = ("complexity", "experts")
+#: Images per SSD call when caching detections; also the unit a multi-worker run shards
+#: the cache by (the same batches on one or many workers: the same bytes).
+EXPERT_BATCH = 16
 #: The centre crop the paper's gate sees (Table III).
 GATE_CROP = 224
 #: Default view of the compact gate: the centre crop downsampled so that its int8
@@ -297,17 +301,46 @@ class DetectionTask(pipeline.Task):
         return [wd.path("cache", f"{split}_detections.npz"),
                 wd.path("cache", f"{split}_scores.npz")]
 
-    def build_caches(self, cfg, wd, experts, splits):
+    def _detections(self, experts, split, rows):
+        """``float32[len(rows), N, K, 6]``: every expert's detections on those images."""
         from experiments.det import ssd
 
+        images = self.sets[split].images[rows]
+        return np.stack([ssd.detect(e, images, batch_size=EXPERT_BATCH) for e in experts],
+                        axis=1).astype(np.float32)
+
+    def build_cache_shard(self, cfg, wd, experts, splits, num_shards, shard_index):
+        for split in [s for s in pipeline.SPLITS if s in splits]:
+            det_path = self.cache_files(cfg, wd, split)[0]
+            if os.path.exists(det_path):
+                continue
+            m = len(self.sets[split])
+            shard = shard_path(det_path, shard_index, num_shards)
+
+            def run_shard(split=split, m=m, shard=shard):
+                rows = shard_rows(m, EXPERT_BATCH, num_shards, shard_index)[0]
+                cache = {"kind": np.array("outputs")}
+                if len(rows):
+                    cache["outputs"] = self._detections(experts, split, rows)
+                save_cache(shard, as_cache_shard(cache, num_examples=m, batch_size=EXPERT_BATCH,
+                                                 num_shards=num_shards,
+                                                 shard_index=shard_index))
+
+            wd.run(f"cache {split} detections shard {shard_index + 1}/{num_shards}", shard,
+                   run_shard)
+
+    def build_caches(self, cfg, wd, experts, splits):
         for split in [s for s in pipeline.SPLITS if s in splits]:
             data = self.sets[split]
             det_path, score_path = self.cache_files(cfg, wd, split)
 
             def detect(data=data, det_path=det_path, split=split):
-                out = np.stack([ssd.detect(e, data.images) for e in experts], axis=1)
-                np.savez(det_path + ".tmp.npz", detections=out.astype(np.float32))
+                merged = distribute.merged_shards(det_path)  # a multi-worker run's shards
+                out = (merged["outputs"] if merged is not None
+                       else self._detections(experts, split, np.arange(len(data))))
+                np.savez(det_path + ".tmp.npz", detections=out)
                 os.replace(det_path + ".tmp.npz", det_path)
+                distribute.remove_shards(det_path)
 
             wd.run(f"cache {split} detections", det_path, detect)
             detections = load_artefact(det_path, _load_detections)

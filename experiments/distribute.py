@@ -17,14 +17,19 @@ gradients are summed over replicas (each replica's loss divided by their number)
 gate trained by W workers equals the one trained in one process on W devices with the
 same global batch.
 """
+import contextlib
+import glob
 import json
 import os
+import re
 import shutil
 import tempfile
 
 from bmoe_tf.backend import tf
+from bmoe_tf.cache import load_cache_shards
 
-__all__ = ["STRATEGIES", "make_strategy", "is_chief", "check_tf_config", "writable_dir"]
+__all__ = ["STRATEGIES", "make_strategy", "is_chief", "check_tf_config", "writable_dir",
+           "Team", "ClusterError", "complete_shards", "merged_shards", "remove_shards"]
 
 STRATEGIES = ("default", "mirrored", "multi_worker")
 
@@ -106,3 +111,99 @@ class writable_dir:
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
         return False
+
+
+class ClusterError(RuntimeError):
+    """Another worker of a multi-worker run failed (its own output says why)."""
+
+
+class Team:
+    """The workers of one run: ``count`` processes, this one ``index``; the ``chief``
+    (worker 0 or the ``chief`` task) writes the artefacts.
+
+    :meth:`sync` is a barrier made of one ``tf.distribute`` collective (an all-reduce of
+    each worker's "ok" flag over ``strategy``), so a worker waits there until every
+    worker arrives, and learns whether any failed. With one worker it does nothing.
+    """
+
+    def __init__(self, strategy=None):
+        self.strategy = strategy or tf.distribute.get_strategy()
+        self.chief = is_chief(self.strategy)
+        resolver = getattr(self.strategy, "cluster_resolver", None)
+        spec = resolver.cluster_spec().as_dict() if resolver is not None and getattr(
+            resolver, "cluster_spec", None) else {}
+        jobs = {k: v for k, v in spec.items() if k in ("chief", "worker")}
+        self.count = max(1, sum(len(v) for v in jobs.values()))
+        if self.count == 1 or resolver.task_type is None:
+            self.index = 0
+        else:  # the chief first, then the workers in TF_CONFIG's order
+            offset = len(jobs.get("chief", [])) if resolver.task_type == "worker" else 0
+            self.index = offset + int(resolver.task_id or 0)
+
+    def __repr__(self):
+        return f"Team(count={self.count}, index={self.index}, chief={self.chief})"
+
+    def sync(self, name, ok=True):
+        """Waits for every worker at barrier ``name``; returns True when all were ok.
+
+        Raises:
+          ClusterError: another worker arrived failed (only when this one is ``ok``).
+        """
+        if self.count == 1:
+            return ok
+        strategy = self.strategy
+        failed = strategy.run(lambda: tf.constant(0.0 if ok else 1.0))
+        failures = float(strategy.reduce(tf.distribute.ReduceOp.SUM, failed, axis=None))
+        if ok and failures > 0:
+            raise ClusterError(f"another worker failed before '{name}'; its output says why "
+                               f"(this is worker {self.index} of {self.count})")
+        return failures == 0
+
+    @contextlib.contextmanager
+    def section(self, name):
+        """``with team.section(name):`` -- the body (often chief-only work), then
+        :meth:`sync`; a body that raises tells the other workers before re-raising."""
+        try:
+            yield self
+        except BaseException:
+            if self.count > 1:
+                try:
+                    self.sync(name, ok=False)
+                except Exception:  # the cluster may be gone already
+                    pass
+            raise
+        self.sync(name)
+
+
+_SHARD_FILE = re.compile(r"\.shard-(\d+)-of-(\d+)\.npz$")
+
+
+def _stem(path):
+    path = os.fspath(path)
+    return path[:-4] if path.endswith(".npz") else path
+
+
+def complete_shards(path):
+    """S when every shard file ``<stem>.shard-<i>-of-<S>.npz`` of ``path`` exists
+    (:func:`bmoe_tf.cache.shard_path`), else None; the largest complete S wins."""
+    found = {}
+    for name in glob.glob(glob.escape(_stem(path)) + ".shard-*-of-*.npz"):
+        match = _SHARD_FILE.search(name)
+        if match:
+            found.setdefault(int(match.group(2)), set()).add(int(match.group(1)))
+    complete = [s for s, held in found.items() if held == set(range(s))]
+    return max(complete) if complete else None
+
+
+def merged_shards(path):
+    """The cache merged from a complete set of shard files of ``path`` (byte for byte
+    the cache one process builds), or None when there is none."""
+    count = complete_shards(path)
+    return None if count is None else load_cache_shards(path, count)
+
+
+def remove_shards(path):
+    """Deletes the shard files of ``path`` (after the merged file is written)."""
+    for name in glob.glob(glob.escape(_stem(path)) + ".shard-*-of-*.npz"):
+        if _SHARD_FILE.search(name):
+            os.remove(name)

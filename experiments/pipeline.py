@@ -143,6 +143,15 @@ class Task(abc.ABC):
         """Files of the caches of ``split`` (the eval stage rebuilds them)."""
         return []
 
+    def build_cache_shard(self, cfg, wd, experts, splits, num_shards, shard_index) -> None:
+        """Multi-worker runs: runs the experts on shard ``shard_index`` of ``num_shards``
+        of every split whose cache is not built yet (``tf.data``-style sharding by batch
+        index: :func:`bmoe_tf.cache.shard_rows`) and writes the shard files
+        (:func:`bmoe_tf.cache.shard_path`); :meth:`build_caches` then merges a complete
+        set (:func:`experiments.distribute.merged_shards`) into the files one process
+        writes, byte for byte. The default does nothing: the chief's
+        :meth:`build_caches` runs every expert itself."""
+
     @abc.abstractmethod
     def training_set(self, cfg) -> TrainingSet:
         """What the gates train on."""
@@ -510,17 +519,20 @@ def _expert_table(task, cfg, wd, experts, splits):
     return rows
 
 
-def _stage_gates(task, cfg, wd, experts, points, splits):
-    """Trains every (method, target) gate; returns ``{method: {index: gate}}``."""
+def _stage_gates(task, cfg, wd, experts, points, splits, team):
+    """Trains every (method, target) gate; returns ``{method: {index: gate}}``.
+
+    Every worker of ``team`` (:class:`experiments.distribute.Team`) runs this in the same
+    order (each gate's training is collective); only the chief writes gates and picks
+    the soft gates' w_bias (the others return ``{}``).
+    """
     train = task.training_set(cfg)
     n = len(experts)
     gates, loaded = {}, {}
-    from experiments import distribute
-
     common = dict(build_gate=lambda: task.build_gate(cfg, n), experts=experts, train=train,
                   batch_size=cfg.batch_size, learning_rate=cfg.learning_rate, combine=cfg.combine,
                   training_loss=cfg.training_loss, seed=cfg.seed, verbose=cfg.verbose,
-                  strategy=distribute.make_strategy(cfg.strategy))
+                  strategy=team.strategy)
     view = task.gate_view(cfg)
     if view is not None:
         common.update(input_shape=view[0], gate_preprocess=view[1])
@@ -561,19 +573,31 @@ def _stage_gates(task, cfg, wd, experts, points, splits):
                                                       name=name, epochs=cfg.soft_epochs,
                                                       **common),
                                  load=lambda c=cand: gates_lib.load_gate(c))
+                if not team.chief:
+                    continue  # the chief chooses
                 logits = gate.predict(val_inputs, batch_size=256, verbose=0)
                 picks = gate_assignment(logits, point["bias"], cfg.batch_size,
                                         seed=cfg.eval_batch_seed)
                 score = task.metric("validation", picks)
                 if best is None or score > best[0]:
                     best = (score, weight, gate)
-            write_json(chosen, dict(bias_weight=best[1], validation_metric=best[0]))
-            gates[method][index] = best[2]
-    return gates
+            if team.chief:
+                write_json(chosen, dict(bias_weight=best[1], validation_metric=best[0]))
+                gates[method][index] = best[2]
+    return gates if team.chief else {}
 
 
 def run(task, cfg, workdir, *, command=None):
     """Runs every stage of ``task`` for ``cfg`` in ``workdir``; returns the report dict.
+
+    With ``cfg.strategy == "multi_worker"`` every worker of the cluster (``TF_CONFIG``)
+    runs this with the same config and a shared ``workdir``: the chief (worker 0)
+    holds the workdir lock and runs the data, experts, bias, evaluation, scene-shift
+    and report stages; every worker runs the experts on its shard of every split
+    (:meth:`Task.build_cache_shard`; the chief merges the shards into the files one
+    process writes) and takes part in training every gate; the other workers return
+    None after the gates. Workers wait for each other at ``tf.distribute`` collective
+    barriers (:class:`experiments.distribute.Team`).
 
     Raises:
       WorkdirBusy: another run holds the workdir.
@@ -581,41 +605,75 @@ def run(task, cfg, workdir, *, command=None):
       ArtefactError: a corrupt artefact (the message names it).
       config.ConfigError: a setting that the data rules out (e.g. a batch larger than
         the training set).
+      distribute.ClusterError: another worker of a multi-worker run failed.
     """
-    from bmoe_tf.backend import tf
+    import contextlib
 
+    from bmoe_tf.backend import tf
+    from experiments import distribute
+
+    # a multi-worker strategy must exist before the first op runs
+    strategy = distribute.make_strategy(cfg.strategy)
+    team = distribute.Team(strategy)
     tf.config.experimental.enable_op_determinism()
     command = command or " ".join([f"python -m experiments.{task.name}"] + sys.argv[1:])
-    with WorkdirLock(workdir):
+    with WorkdirLock(workdir) if team.chief else contextlib.nullcontext():
         wd = Workdir(workdir)
         keys = _keys(task, cfg, wd)
-        _refuse_protected_changes(keys, wd)
-        write_json(wd.path("config.json"), cfg.as_dict())
-        print(f"bmoe-tf {task.name}: preset={cfg.preset} workdir={wd.root}", flush=True)
-        keys["data"].claim()
-        wd.run("data", task.data_files(cfg, wd), lambda: task.prepare_data(cfg, wd))
-        if cfg.eval_data:
-            keys["eval_data"].claim()
-            wd.run("eval data", task.eval_files(cfg, wd), lambda: task.prepare_eval_data(cfg, wd))
-        elif keys["eval_data"].stored() is not None:
-            keys["eval_data"].claim()  # --eval_data dropped: its set is superseded
-        splits = task.load_data(cfg, wd)
-        print(f"{task.example_name}s: " + ", ".join(f"{k} {v}" for k, v in splits.items()),
-              flush=True)
-        if splits["train"] < cfg.batch_size:
-            raise config_lib.ConfigError(
-                f"--batch_size {cfg.batch_size} is larger than the {splits['train']} training "
-                f"{task.example_name}s; use a smaller batch or more data")
-        task.check_data(cfg)
-        keys["experts"].claim()
-        experts = task.build_experts(cfg, wd)
-        keys["cache"].claim()
-        task.build_caches(cfg, wd, experts, splits)
-        table = _expert_table(task, cfg, wd, experts, splits)
-        keys["bias"].claim()
-        points = _stage_bias(task, cfg, wd, table)
-        keys["gates"].claim()
-        gates = _stage_gates(task, cfg, wd, experts, points, splits)
+        with team.section("data"):
+            if team.chief:
+                _refuse_protected_changes(keys, wd)
+                write_json(wd.path("config.json"), cfg.as_dict())
+                workers = f" workers={team.count}" if team.count > 1 else ""
+                print(f"bmoe-tf {task.name}: preset={cfg.preset} workdir={wd.root}{workers}",
+                      flush=True)
+                keys["data"].claim()
+                wd.run("data", task.data_files(cfg, wd), lambda: task.prepare_data(cfg, wd))
+                if cfg.eval_data:
+                    keys["eval_data"].claim()
+                    wd.run("eval data", task.eval_files(cfg, wd),
+                           lambda: task.prepare_eval_data(cfg, wd))
+                elif keys["eval_data"].stored() is not None:
+                    keys["eval_data"].claim()  # --eval_data dropped: its set is superseded
+            else:
+                print(f"bmoe-tf {task.name}: worker {team.index} of {team.count}, "
+                      f"workdir={wd.root}; worker 0 writes the artefacts", flush=True)
+        with team.section("experts"):
+            splits = task.load_data(cfg, wd)
+            if team.chief:
+                print(f"{task.example_name}s: " + ", ".join(f"{k} {v}" for k, v in
+                                                            splits.items()), flush=True)
+            if splits["train"] < cfg.batch_size:
+                raise config_lib.ConfigError(
+                    f"--batch_size {cfg.batch_size} is larger than the {splits['train']} "
+                    f"training {task.example_name}s; use a smaller batch or more data")
+            task.check_data(cfg)
+            if team.chief:
+                keys["experts"].claim()
+                experts = task.build_experts(cfg, wd)
+                keys["cache"].claim()  # before any shard file is written
+        with team.section("cache shards"):
+            if not team.chief:
+                experts = task.build_experts(cfg, wd)  # done by the chief: loaded
+            if team.count > 1:
+                task.build_cache_shard(cfg, wd, experts, splits, team.count, team.index)
+        with team.section("bias"):
+            if team.chief:  # merges the shards, then the table and b
+                task.build_caches(cfg, wd, experts, splits)
+                table = _expert_table(task, cfg, wd, experts, splits)
+                keys["bias"].claim()
+                points = _stage_bias(task, cfg, wd, table)
+                keys["gates"].claim()
+        with team.section("caches loaded"):
+            if not team.chief:
+                task.build_caches(cfg, wd, experts, splits)  # built by the chief: loaded
+                points = read_json(wd.path("bias.json"))
+        with team.section("gates"):
+            gates = _stage_gates(task, cfg, wd, experts, points, splits, team)
+        if not team.chief:
+            print(f"worker {team.index}: gates trained; worker 0 writes the evaluation and "
+                  f"the report", flush=True)
+            return None
         keys["evaluation"].claim()
         path = wd.path("evaluation.json")
         eval_splits = [s for s in ("test", "eval") if s in splits]

@@ -15,9 +15,9 @@ import numpy as np
 
 from bmoe_tf import evaluation as bmoe_eval
 from bmoe_tf.backend import keras, tf
-from bmoe_tf.cache import build_expert_cache, load_cache, save_cache
+from bmoe_tf.cache import build_expert_cache, load_cache, save_cache, shard_path
 from bmoe_tf.gating import compact_gate, paper_gate
-from experiments import pipeline
+from experiments import distribute, pipeline
 from experiments.config import ConfigError, Preset, Schedule, Targets, parse_numbers
 from experiments.sr import data as sr_data
 from experiments.sr import models as sr_models
@@ -237,21 +237,42 @@ class SuperResolutionTask(pipeline.Task):
     def cache_files(self, cfg, wd, split):
         return [wd.path("cache", f"{split}_outputs.npz")]
 
-    def build_caches(self, cfg, wd, experts, splits):
+    def _cache_jobs(self, cfg, wd, splits):
+        """``[(label, path, inputs, targets, kind)]``: the expert caches of a run."""
         train = self._training_parts(cfg)
-        path = wd.path("cache", "train_mse.npz")
-        wd.run("cache train", path, lambda: save_cache(path, build_expert_cache(
-            experts, train, train, kind="mse", verbose=cfg.verbose)))
-        self._train = pipeline.TrainingSet(train, load_artefact(path, load_cache))
+        jobs = [("train", wd.path("cache", "train_mse.npz"), train, train, "mse")]
         for split in [s for s in ("validation", "test", "eval") if s in splits]:
-            path = wd.path("cache", f"{split}_outputs.npz")
-            parts = self.sets[split].parts
-            wd.run(f"cache {split}", path, lambda path=path, parts=parts: save_cache(
-                path, build_expert_cache(experts, parts, kind="outputs", verbose=cfg.verbose)))
-            self.outputs[split] = load_artefact(path, load_cache)["outputs"]
-            if len(self.outputs[split]) != len(parts):
+            jobs.append((split, wd.path("cache", f"{split}_outputs.npz"),
+                         self.sets[split].parts, None, "outputs"))
+        return jobs
+
+    def build_cache_shard(self, cfg, wd, experts, splits, num_shards, shard_index):
+        for label, path, inputs, targets, kind in self._cache_jobs(cfg, wd, splits):
+            if os.path.exists(path):
+                continue
+            shard = shard_path(path, shard_index, num_shards)
+            wd.run(f"cache {label} shard {shard_index + 1}/{num_shards}", shard,
+                   lambda shard=shard, inputs=inputs, targets=targets, kind=kind: save_cache(
+                       shard, build_expert_cache(experts, inputs, targets, kind=kind,
+                                                 verbose=cfg.verbose, num_shards=num_shards,
+                                                 shard_index=shard_index)))
+
+    def build_caches(self, cfg, wd, experts, splits):
+        for label, path, inputs, targets, kind in self._cache_jobs(cfg, wd, splits):
+            def build(path=path, inputs=inputs, targets=targets, kind=kind):
+                merged = distribute.merged_shards(path)  # a multi-worker run's shards
+                save_cache(path, merged if merged is not None else build_expert_cache(
+                    experts, inputs, targets, kind=kind, verbose=cfg.verbose))
+                distribute.remove_shards(path)
+
+            wd.run(f"cache {label}", path, build)
+            if label == "train":
+                self._train = pipeline.TrainingSet(inputs, load_artefact(path, load_cache))
+                continue
+            self.outputs[label] = load_artefact(path, load_cache)["outputs"]
+            if len(self.outputs[label]) != len(inputs):
                 raise pipeline.ArtefactError(
-                    f"{path} holds {len(self.outputs[split])} parts, {split} has {len(parts)}; "
+                    f"{path} holds {len(self.outputs[label])} parts, {label} has {len(inputs)}; "
                     f"delete it and run again")
 
     def training_set(self, cfg):

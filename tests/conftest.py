@@ -108,3 +108,41 @@ def act_smoke(tmp_path_factory):
         assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
         runs.append(out)
     return wd, runs[0], runs[1]
+
+
+@pytest.fixture
+def sharded_cache_matches(tmp_path):
+    """``check(task, cfg, workdir, num_shards)``: builds the caches of a finished workdir's
+    data and experts again in ``num_shards`` shards (:meth:`Task.build_cache_shard`, one
+    call per worker index, as a multi-worker run does), merges them
+    (:meth:`Task.build_caches`) and asserts every cache file equals the workdir's,
+    array by array, byte for byte. Returns the compared file names."""
+    import os
+
+    from experiments.stages import Workdir
+
+    def check(task, cfg, workdir, num_shards):
+        src = Workdir(workdir)
+        copy = tmp_path / f"shards{num_shards}"
+        copy.mkdir()
+        for sub in ("data", "experts"):
+            os.symlink(src.path(sub), copy / sub)
+        wd = Workdir(str(copy))
+        splits = task.load_data(cfg, wd)
+        experts = task.build_experts(cfg, wd)  # there already: loaded
+        for index in range(num_shards):
+            task.build_cache_shard(cfg, wd, experts, splits, num_shards, index)
+        shards = [p for p in os.listdir(wd.path("cache")) if ".shard-" in p]
+        assert len(shards) % num_shards == 0 and shards
+        task.build_caches(cfg, wd, experts, splits)
+        made = sorted(os.listdir(wd.path("cache")))
+        assert not [p for p in made if ".shard-" in p]  # merged and removed
+        for name in made:
+            with np.load(wd.path("cache", name)) as a, np.load(src.path("cache", name)) as b:
+                assert sorted(a.files) == sorted(b.files), name
+                for key in a.files:
+                    assert a[key].dtype == b[key].dtype and a[key].shape == b[key].shape
+                    assert a[key].tobytes() == b[key].tobytes(), f"{name}: {key}"
+        return made
+
+    return check

@@ -3,17 +3,39 @@ under ``--strategy`` and writes its weights and per-step utilities.
 
     python tests/distributed_worker.py OUT_DIR multi_worker INDEX PORT0,PORT1
     python tests/distributed_worker.py OUT_DIR mirrored
+    python tests/distributed_worker.py WORKDIR pipeline INDEX PORT0,PORT1
+
+``pipeline``: the toy task of tests/test_pipeline_toy_task.py through
+experiments.pipeline.run with --strategy=multi_worker (a shared workdir); the report
+(chief) or None is written to ``WORKDIR/../worker<INDEX>.json``.
 """
 import json
 import os
 import sys
 
 
+def pipeline_worker(workdir, index):
+    import dataclasses
+
+    from experiments import config, pipeline
+    from tests.test_pipeline_toy_task import ToyTask
+
+    task = ToyTask()
+    cfg = config.build_config(task, preset_name="smoke", preset=task.presets()["smoke"],
+                              verbose=0, bias_weights=(1.0,))
+    report = pipeline.run(task, dataclasses.replace(cfg, strategy="multi_worker"), workdir,
+                          command="toy")
+    with open(os.path.join(os.path.dirname(workdir), f"worker{index}.json"), "w") as f:
+        json.dump(report, f)
+
+
 def main(out, mode, index=None, ports=None):
-    if mode == "multi_worker":
+    if mode in ("multi_worker", "pipeline"):
         os.environ["TF_CONFIG"] = json.dumps({
             "cluster": {"worker": [f"localhost:{p}" for p in ports.split(",")]},
             "task": {"type": "worker", "index": int(index)}})
+    if mode == "pipeline":
+        return pipeline_worker(out, index)
     import numpy as np
 
     from bmoe_tf.backend import keras, tf
@@ -52,8 +74,17 @@ def main(out, mode, index=None, ports=None):
 
     original_fit = keras.Model.fit
 
+    die_at = os.environ.get("BMOE_TEST_DIE_AT_EPOCH")  # a worker killed mid-training
+
+    class Die(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == int(die_at):
+                print(f"worker {index}: killed at the start of epoch {epoch}", flush=True)
+                os._exit(3)
+
     def fit(self, *args, **kwargs):  # record every step's global utilities
-        kwargs["callbacks"] = list(kwargs.get("callbacks") or []) + [Steps()]
+        extra = [Steps()] + ([Die()] if die_at is not None else [])
+        kwargs["callbacks"] = list(kwargs.get("callbacks") or []) + extra
         return original_fit(self, *args, **kwargs)
 
     keras.Model.fit = fit

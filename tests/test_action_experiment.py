@@ -246,3 +246,16 @@ def test_export_data_and_int8_gate_of_the_smoke_workdir(act_smoke, tmp_path):
     assert export["target"]["fits"] is True
     assert export["flash_bytes"] < 256 * 1024 and export["arena_bytes"] < 256 * 1024
     assert export["metric"]["name"].startswith("test top-1 accuracy")
+
+
+def test_the_cache_built_in_two_shards_is_the_single_process_cache(act_smoke,
+                                                                   sharded_cache_matches):
+    """What a 2-worker run writes: each worker's share of the experts' probabilities,
+    merged, and the scores made from them, equal the one-process cache byte for byte."""
+    from experiments.action import ActionTask
+
+    task = ActionTask()
+    cfg = config.build_config(task, preset_name="smoke", preset=task.presets()["smoke"],
+                              verbose=0)
+    made = sharded_cache_matches(task, cfg, act_smoke[0], 2)
+    assert len(made) == 6 and "train_probabilities.npz" in made

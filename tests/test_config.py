@@ -81,9 +81,10 @@ def test_targets_with_the_experts_own_costs():
     (["--bias_weights=1,1"], "lists a weight twice"),
     (["--bias_weights=1,a"], "--bias_weights: 'a' is not a number"),
     (["--eval_image_dir=/a", "--eval_data=/b"], "name different folders"),
-    (["--strategy=tpu"], "--strategy takes \\['default', 'mirrored'\\], got 'tpu'"),
-    (["--strategy=multi_worker"], "multi_worker: not in the pipeline yet"),
+    (["--strategy=tpu"], "--strategy takes \\['default', 'mirrored', 'multi_worker'\\], got 'tpu'"),
+    (["--strategy=multi_worker"], "multi_worker needs TF_CONFIG"),
 ])
-def test_bad_values_name_their_flag(argv, message):
+def test_bad_values_name_their_flag(argv, message, monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
     with pytest.raises(config.ConfigError, match=message):
         _config("--preset=smoke", *argv)

@@ -198,3 +198,15 @@ def test_bad_annotations_named_on_one_line(tmp_path):
     assert "annotations.json" in errors[0] and "7" in errors[0]
     assert not (wd / "data" / "split.json").exists()
     assert not os.listdir(wd / "experts")
+
+
+def test_the_cache_built_in_two_shards_is_the_single_process_cache(det_smoke,
+                                                                   sharded_cache_matches):
+    """What a 2-worker run writes: the detections (each worker runs the SSDs on its
+    batches) merged, and the per-image scores made from them, equal the one-process
+    cache byte for byte."""
+    task = DetectionTask()
+    cfg = config.build_config(task, preset_name="smoke", preset=task.presets()["smoke"],
+                              verbose=0)
+    made = sharded_cache_matches(task, cfg, det_smoke[0], 2)
+    assert len(made) == 6 and "train_detections.npz" in made

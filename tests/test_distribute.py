@@ -25,9 +25,12 @@ def _free_ports(n):
     return ports
 
 
-def _start(out, *args):
+def _start(out, *args, die_at=None):
     env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
     env.pop("TF_CONFIG", None)
+    env.pop("BMOE_TEST_DIE_AT_EPOCH", None)
+    if die_at is not None:
+        env["BMOE_TEST_DIE_AT_EPOCH"] = str(die_at)
     return subprocess.Popen([sys.executable, WORKER, str(out), *args], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -68,6 +71,36 @@ def test_two_workers_train_the_gate_two_devices_train(tmp_path):
     assert os.path.exists(tmp_path / "mw" / "gate" / "gate.json")
 
 
+def test_a_killed_worker_resumes_from_the_backup(tmp_path):
+    """Worker 1 dies at the start of epoch 1 (of 2); the chief cannot go on without it and
+    is stopped; both restart with the same command: BackupAndRestore resumes them at
+    epoch 1 and the gate equals the uninterrupted two-device one."""
+    import time
+
+    ports = ",".join(str(p) for p in _free_ports(2))
+    mirrored = _start(tmp_path / "one", "mirrored")
+    chief = _start(tmp_path / "mw", "multi_worker", "0", ports)
+    dying = _start(tmp_path / "mw", "multi_worker", "1", ports, die_at=1)
+    out, _ = dying.communicate(timeout=100)
+    assert dying.returncode == 3, out[-3000:]
+    deadline = time.time() + 20  # the chief notices the lost peer, or is stopped
+    while chief.poll() is None and time.time() < deadline:
+        time.sleep(0.5)
+    if chief.poll() is None:
+        chief.kill()
+    chief.wait()
+    assert os.path.isdir(tmp_path / "mw" / "gate" / "backup")
+    assert not os.path.exists(tmp_path / "mw" / "gate" / "gate.json")
+    ports = ",".join(str(p) for p in _free_ports(2))
+    again = [_start(tmp_path / "mw", "multi_worker", str(i), ports) for i in range(2)]
+    _finish(again + [mirrored])
+    one = np.load(tmp_path / "one" / "mirrored.npz")
+    w0 = np.load(tmp_path / "mw" / "worker0.npz")
+    assert len(w0["steps"]) == 96 // 8  # the resumed run trained epoch 1 only
+    for k in [k for k in one.files if k.startswith("arr_")]:
+        np.testing.assert_allclose(w0[k], one[k], atol=1e-5)
+
+
 def test_tf_config_is_checked_with_clear_messages(monkeypatch):
     monkeypatch.delenv("TF_CONFIG", raising=False)
     with pytest.raises(ValueError, match="needs TF_CONFIG"):
@@ -82,3 +115,35 @@ def test_tf_config_is_checked_with_clear_messages(monkeypatch):
     with pytest.raises(ValueError, match="unknown --strategy='tpu'"):
         distribute.make_strategy("tpu")
     assert distribute.is_chief(distribute.make_strategy("default"))
+
+
+def test_the_pipeline_runs_on_two_workers(tmp_path):
+    """--strategy=multi_worker through experiments.pipeline.run (the toy task): both workers
+    build their shard of every cache, the chief merges them into the files one process
+    writes (byte for byte), the gates train across both, only the chief reports."""
+    import json
+
+    from experiments import config, pipeline
+    from tests.test_pipeline_toy_task import ToyTask
+
+    ports = ",".join(str(p) for p in _free_ports(2))
+    workers = [_start(tmp_path / "wd", "pipeline", str(i), ports) for i in range(2)]
+    task = ToyTask()
+    cfg = config.build_config(task, preset_name="smoke", preset=task.presets()["smoke"],
+                              verbose=0, bias_weights=(1.0,))
+    single = pipeline.run(task, cfg, str(tmp_path / "single"), command="toy")
+    _finish(workers)
+    with open(tmp_path / "worker0.json") as f:
+        report = json.load(f)
+    with open(tmp_path / "worker1.json") as f:
+        assert json.load(f) is None
+    for split in pipeline.SPLITS:
+        name = f"{split}_outputs.npz"
+        merged = np.load(tmp_path / "wd" / "cache" / name)
+        alone = np.load(tmp_path / "single" / "cache" / name)
+        assert merged["outputs"].tobytes() == alone["outputs"].tobytes()
+    assert not [p for p in os.listdir(tmp_path / "wd" / "cache") if ".shard-" in p]
+    assert report["rho"]["random"] == single["rho"]["random"]
+    assert report["rho"]["oracle"] == single["rho"]["oracle"]
+    print({m: (report["rho"][m], single["rho"][m]) for m in report["rho"]})
+    assert os.path.exists(tmp_path / "wd" / "report.md")

@@ -9,8 +9,8 @@ import pytest
 
 from bmoe_tf import Expert
 from bmoe_tf.backend import keras
-from bmoe_tf.cache import score_cache
-from experiments import config, pipeline
+from bmoe_tf.cache import build_expert_cache, save_cache, score_cache, shard_path
+from experiments import config, distribute, pipeline
 from experiments.stages import write_json
 
 
@@ -65,13 +65,34 @@ class ToyTask(pipeline.Task):
     def build_experts(self, cfg, wd):
         experts = []
         for k in (1, 2, 4):
+            keras.utils.set_random_seed(cfg.seed + k)  # the same experts on every worker
             model = keras.Sequential([keras.Input((k,)), keras.layers.Dense(1)])
             experts.append(Expert(model, preprocess=lambda t, k=k: t[:, :k], name=f"k{k}",
                                   input_shape=(4,)))
         return experts
 
+    #: the experts' outputs are cached (unused by the metric: they exercise the sharded
+    #: cache of a multi-worker run) in batches of this size
+    CACHE_BATCH = 32
+
+    def build_cache_shard(self, cfg, wd, experts, splits, num_shards, shard_index):
+        for split in pipeline.SPLITS:
+            path = wd.path("cache", f"{split}_outputs.npz")
+            shard = shard_path(path, shard_index, num_shards)
+            if not os.path.exists(path):
+                save_cache(shard, build_expert_cache(
+                    experts, self.data[split]["x"], kind="outputs", batch_size=self.CACHE_BATCH,
+                    verbose=0, num_shards=num_shards, shard_index=shard_index))
+
     def build_caches(self, cfg, wd, experts, splits):
-        pass
+        for split in pipeline.SPLITS:
+            path = wd.path("cache", f"{split}_outputs.npz")
+            if not os.path.exists(path):
+                merged = distribute.merged_shards(path)
+                save_cache(path, merged if merged is not None else build_expert_cache(
+                    experts, self.data[split]["x"], kind="outputs",
+                    batch_size=self.CACHE_BATCH, verbose=0))
+                distribute.remove_shards(path)
 
     def training_set(self, cfg):
         d = self.data["train"]

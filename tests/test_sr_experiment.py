@@ -156,3 +156,16 @@ def test_the_sr_oracle_maximises_the_mean_psnr_better_than_the_summed_error(smok
         assert best >= task.metric("test", sse) - 1e-12
         for _ in range(300):
             assert task.metric("test", rng.permutation(sse)) <= best + 1e-9
+
+
+def test_the_cache_built_in_three_shards_is_the_single_process_cache(smoke,
+                                                                     sharded_cache_matches):
+    """What a 3-worker run (--strategy=multi_worker) writes: every split's cache, built
+    in 3 shards and merged, equals the one-process cache byte for byte."""
+    from experiments import config
+    from experiments.super_resolution import PRESETS, SuperResolutionTask
+
+    task = SuperResolutionTask()
+    cfg = config.build_config(task, preset_name="smoke", preset=PRESETS["smoke"], verbose=0)
+    made = sharded_cache_matches(task, cfg, smoke[0], 3)
+    assert made == ["test_outputs.npz", "train_mse.npz", "validation_outputs.npz"]
