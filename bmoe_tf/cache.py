@@ -41,9 +41,9 @@ from bmoe_tf.backend import keras, tf
 from bmoe_tf.checks import as_float_array, check_count, check_finite, is_int
 
 __all__ = ["CACHE_KINDS", "build_expert_cache", "score_cache", "cache_dataset", "epoch_order",
-           "set_dataset_epoch", "dataset_epoch_variable", "DatasetEpoch", "save_cache", "load_cache",
-           "mse_from_statistics", "SHARD_KEYS", "is_cache_shard", "merge_cache_shards",
-           "shard_path", "load_cache_shards", "shard_rows", "as_cache_shard"]
+           "set_dataset_epoch", "dataset_epoch_variable", "DatasetEpoch", "save_cache",
+           "load_cache", "mse_from_statistics", "SHARD_KEYS", "is_cache_shard",
+           "merge_cache_shards", "shard_path", "load_cache_shards", "shard_rows", "as_cache_shard"]
 
 CACHE_KINDS = ("outputs", "mse", "scores")
 _MSE_KEYS = ("residual_gram", "residual_target", "target_energy", "num_elements")

@@ -80,6 +80,8 @@ class GateLoss:
 _MSE_NAMES = ("mse", "mean_squared_error", "MeanSquaredError")
 #: the checkpoint name of the training dataset's epoch variable (see ``BiasedMixture.fit``)
 _EPOCH_DEPENDENCY = "cache_dataset_epoch"
+#: ``keras.Model.fit``'s signature, ``(self, x=None, y=None, ...)``
+_FIT_SIGNATURE = inspect.signature(keras.Model.fit)
 
 
 def _choice(value, allowed, what):
@@ -268,7 +270,8 @@ class BiasedMixture(keras.Model):
         else:
             offsets = tf.debugging.assert_all_finite(
                 self.offsets, "routing='streaming' needs mixture.calibrate(...) first")
-            mask = tf.one_hot(routing_lib.route(logits, offsets), self.num_experts, dtype=probs.dtype)
+            mask = tf.one_hot(routing_lib.route(logits, offsets), self.num_experts,
+                              dtype=probs.dtype)
         gates = probs * mask
         if self.combine == "gate":
             scales = gates
@@ -464,7 +467,9 @@ class BiasedMixture(keras.Model):
         ``BackupAndRestore`` saves and restores it with the gate.
         """
         self.offsets.assign(np.full(self.num_experts, np.nan, np.float32))
-        bound = inspect.signature(super().fit).bind_partial(*args, **kwargs)
+        # bound to keras.Model.fit's own signature (taken at import), so that x and the
+        # callbacks are found also when a wrapper replaced keras.Model.fit since
+        bound = _FIT_SIGNATURE.bind_partial(self, *args, **kwargs)
         arguments = bound.arguments
         epochs = cache_lib.DatasetEpoch(arguments.get("x"), arguments.get("validation_data"))
         if epochs.datasets:
@@ -475,7 +480,7 @@ class BiasedMixture(keras.Model):
             # a checkpoint dependency, not a Keras weight (not in weights / get_weights):
             # BackupAndRestore saves it and restores it before the first iterator exists
             self._track_trackable(variable, name=_EPOCH_DEPENDENCY, overwrite=True)
-        return super().fit(*bound.args, **bound.kwargs)
+        return super().fit(*bound.args[1:], **bound.kwargs)
 
     @staticmethod
     def _unpack(data):
@@ -508,7 +513,8 @@ class BiasedMixture(keras.Model):
 
     def calibrate(self, gate_inputs, batch_size=256):
         """Sets the streaming offsets from a calibration set; returns them ``[N]``."""
-        offsets = routing_lib.calibrate_offsets(self.gate_logits(gate_inputs, batch_size), self.bias)
+        offsets = routing_lib.calibrate_offsets(self.gate_logits(gate_inputs, batch_size),
+                                                self.bias)
         self.offsets.assign(offsets)
         return offsets
 

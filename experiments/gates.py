@@ -114,27 +114,3 @@ def train_gate(directory, *, build_gate, experts, bias, method, train, batch_siz
     with atomic_dir(os.path.join(directory, "gate")) as tmp:  # last: its presence means done
         mixture.gate.save(tmp, include_optimizer=False)
     return load_gate(directory)
-    os.makedirs(directory, exist_ok=True)
-    keras.utils.set_random_seed(seed)
-    mixture = BiasedMixture(build_gate(), experts, bias, method=method, bias_weight=bias_weight,
-                            combine=combine, training_loss=training_loss,
-                            input_shape=input_shape, gate_preprocess=gate_preprocess)
-    mixture.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="mse")
-    backup = os.path.join(directory, "backup")
-    callbacks = [
-        keras.callbacks.BackupAndRestore(backup),
-        keras.callbacks.TensorBoard(os.path.join(directory, "logs"), update_freq="epoch",
-                                    write_graph=False, profile_batch=0),
-    ]
-    data = cache_dataset(train.gate_inputs, train.cache, train.targets, batch_size=batch_size,
-                         seed=gate_seed(seed, name), drop_remainder=True)
-    history = mixture.fit(data, epochs=epochs, callbacks=callbacks, verbose=verbose)
-    info = dict(method=method, bias=[float(v) for v in np.asarray(bias)],
-                bias_weight=float(bias_weight), combine=combine, training_loss=training_loss,
-                epochs=int(epochs), batch_size=int(batch_size),
-                learning_rate=float(learning_rate), data_seed=gate_seed(seed, name),
-                history={k: [float(x) for x in v] for k, v in history.history.items()})
-    write_json(os.path.join(directory, "gate.json"), info)
-    with atomic_dir(os.path.join(directory, "gate")) as tmp:  # last: its presence means done
-        mixture.gate.save(tmp, include_optimizer=False)
-    return load_gate(directory)

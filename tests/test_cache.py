@@ -6,9 +6,9 @@ import pytest
 from bmoe_tf import BiasedMixture
 from bmoe_tf.backend import keras, tf
 from bmoe_tf.cache import (SHARD_KEYS, DatasetEpoch, build_expert_cache, cache_dataset,
-                           epoch_order, is_cache_shard, load_cache, load_cache_shards,
-                           merge_cache_shards, mse_from_statistics, save_cache, score_cache,
-                           set_dataset_epoch, shard_path)
+                           dataset_epoch_variable, epoch_order, is_cache_shard, load_cache,
+                           load_cache_shards, merge_cache_shards, mse_from_statistics,
+                           save_cache, score_cache, set_dataset_epoch, shard_path)
 
 B = [0.5, 0.25, 0.25]
 
@@ -164,31 +164,71 @@ class _Seen(keras.callbacks.Callback):
         self.epochs.append(epoch)
 
 
+class _EpochAtTrainBegin(keras.callbacks.Callback):
+    """The dataset's next epoch once BackupAndRestore (before it) has restored the model."""
+
+    def __init__(self, dataset):
+        super().__init__()
+        self.variable = dataset_epoch_variable(dataset)
+        self.value = None
+
+    def on_train_begin(self, logs=None):
+        self.value = int(self.variable.numpy())
+
+
 def test_backup_and_restore_resume_matches_an_uninterrupted_run(tmp_path, toy_problem, toy_gate):
     x, y, experts = toy_problem
     cache = build_expert_cache(experts, x, y, kind="mse", verbose=0)
 
-    def run(backup, callbacks, warm_up=0):
+    def run(backup, callbacks, warm_up=0, derived=False):
         mix = BiasedMixture(toy_gate(), experts, B)
         mix.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
         ds = cache_dataset(x, cache, batch_size=8, seed=11)
         _passes(ds, warm_up)  # e.g. a process that trained other gates on ds first
-        seen = _Seen()
+        if derived:  # as experiments.gates.train_gate under several replicas
+            ds = ds.with_options(tf.data.Options())
+        seen, start = _Seen(), _EpochAtTrainBegin(ds)
+        names = [w.name for w in mix.weights]
         mix.fit(ds, epochs=2, verbose=0,
-                callbacks=[keras.callbacks.BackupAndRestore(str(backup)), seen] + callbacks)
-        return mix.gate.get_weights(), seen.epochs
+                callbacks=[keras.callbacks.BackupAndRestore(str(backup)), start, seen]
+                + callbacks)
+        # the epoch variable is checkpointed with the mixture, but is no Keras weight
+        assert [w.name for w in mix.weights] == names
+        return mix.gate.get_weights(), seen.epochs, start.value
 
-    reference, epochs = run(tmp_path / "a", [])
+    reference, epochs, _ = run(tmp_path / "a", [])
     assert epochs == [0, 1]
     with pytest.raises(RuntimeError, match="killed"):
         run(tmp_path / "b", [_Kill()])
-    resumed, epochs = run(tmp_path / "b", [], warm_up=3)
+    resumed, epochs, start = run(tmp_path / "b", [], warm_up=3, derived=True)
     assert epochs == [1]  # BackupAndRestore skipped epoch 0
+    assert start == 1  # restored with the model (3 after the warm-up), before any pass
     for a, b in zip(resumed, reference):
         np.testing.assert_array_equal(a, b)  # bit for bit
     # without the epoch callback the resumed epoch would replay epoch 0's order
     assert not np.array_equal(epoch_order(11, 0, 64), epoch_order(11, 1, 64))
     assert DatasetEpoch(cache_dataset(x, cache, seed=1), np.zeros(3)).datasets
+
+
+def test_the_epoch_is_found_through_with_options_map_prefetch_only(toy_problem):
+    x, y, experts = toy_problem
+    cache = score_cache(np.random.default_rng(2).normal(size=(64, 3)))
+    ds = cache_dataset(x, cache, batch_size=16, seed=5)
+    variable = dataset_epoch_variable(ds)
+    derived = ds.with_options(tf.data.Options()).map(lambda f, s: (f, s)).prefetch(1)
+    assert dataset_epoch_variable(derived) is variable
+    for other in (ds.repeat(2), ds.take(1), ds.unbatch(), cache_dataset(x, cache, shuffle=False),
+                  np.zeros(3), None):
+        assert dataset_epoch_variable(other) is None
+        assert not set_dataset_epoch(other, 1)
+    assert set_dataset_epoch(derived, 2) and int(variable.numpy()) == 2
+    np.testing.assert_array_equal(np.concatenate(_passes(derived, 1)[0]), x[epoch_order(5, 2, 64)])
+    callback = DatasetEpoch(derived, None)
+    assert callback.variables == [variable]
+    callback.on_epoch_begin(4)
+    assert int(variable.numpy()) == 4
+    callback.on_epoch_end(4)  # the next epoch, before Keras makes its iterator
+    assert int(variable.numpy()) == 5
 
 
 # --------------------------------------------------------------------------- shards

@@ -5,6 +5,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -73,21 +74,16 @@ def test_two_workers_train_the_gate_two_devices_train(tmp_path):
 
 def test_a_killed_worker_resumes_from_the_backup(tmp_path):
     """Worker 1 dies at the start of epoch 1 (of 2); the chief cannot go on without it and
-    is stopped; both restart with the same command: BackupAndRestore resumes them at
+    is stopped (as a cluster manager would); both restart with the same command: BackupAndRestore resumes them at
     epoch 1 and the gate equals the uninterrupted two-device one."""
-    import time
-
     ports = ",".join(str(p) for p in _free_ports(2))
     mirrored = _start(tmp_path / "one", "mirrored")
     chief = _start(tmp_path / "mw", "multi_worker", "0", ports)
     dying = _start(tmp_path / "mw", "multi_worker", "1", ports, die_at=1)
     out, _ = dying.communicate(timeout=100)
     assert dying.returncode == 3, out[-3000:]
-    deadline = time.time() + 20  # the chief notices the lost peer, or is stopped
-    while chief.poll() is None and time.time() < deadline:
-        time.sleep(0.5)
-    if chief.poll() is None:
-        chief.kill()
+    time.sleep(1.0)  # the chief is stuck in the step's collective (it would stop by
+    chief.kill()     # itself after ~9 s of missed heartbeats); a cluster restarts it
     chief.wait()
     assert os.path.isdir(tmp_path / "mw" / "gate" / "backup")
     assert not os.path.exists(tmp_path / "mw" / "gate" / "gate.json")
@@ -143,7 +139,13 @@ def test_the_pipeline_runs_on_two_workers(tmp_path):
         alone = np.load(tmp_path / "single" / "cache" / name)
         assert merged["outputs"].tobytes() == alone["outputs"].tobytes()
     assert not [p for p in os.listdir(tmp_path / "wd" / "cache") if ".shard-" in p]
-    assert report["rho"]["random"] == single["rho"]["random"]
-    assert report["rho"]["oracle"] == single["rho"]["oracle"]
-    print({m: (report["rho"][m], single["rho"][m]) for m in report["rho"]})
+    # the gates two workers train are the gates one process trains: the same routings
+    for method in ("enforce", "soft", "random", "oracle", "benchmark"):
+        assert report["rho"][method] == pytest.approx(single["rho"][method], abs=1e-9), method
+    with open(tmp_path / "wd" / "evaluation.json") as f, \
+            open(tmp_path / "single" / "evaluation.json") as g:
+        two, one = json.load(f)["test"]["subsets"], json.load(g)["test"]["subsets"]
+    for method in ("enforce", "soft"):
+        for index in one[method]:
+            assert two[method][index]["picks"] == one[method][index]["picks"], (method, index)
     assert os.path.exists(tmp_path / "wd" / "report.md")

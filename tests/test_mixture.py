@@ -340,3 +340,33 @@ def test_gate_preprocess_lets_the_gate_see_part_of_the_input(toy_problem):
     routed = mixture.select(gate(x[:, 4:]), training=False)[2]
     np.testing.assert_array_equal(result.assignment.numpy(), routed.numpy())
     assert result.gates.shape == (64, 3)
+
+
+def test_fit_tells_the_dataset_its_epoch_also_through_a_wrapped_keras_fit(monkeypatch):
+    """BiasedMixture.fit finds x and the callbacks by keras.Model.fit's own signature, also
+    when a wrapper ``fit(self, *args, **kwargs)`` replaced it (as tests/distributed_worker.py
+    does), adds DatasetEpoch first and checkpoints the epoch variable (not a weight)."""
+    import inspect
+
+    from bmoe_tf.cache import DatasetEpoch, dataset_epoch_variable
+
+    seen = {}
+    original = keras.Model.fit
+
+    def wrapper(self, *args, **kwargs):
+        bound = inspect.signature(original).bind(self, *args, **kwargs)
+        seen["callbacks"] = list(bound.arguments.get("callbacks") or [])
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "fit", wrapper)
+    x, y = _data(32)
+    mix = _mixture()
+    cache = build_expert_cache(mix.experts, x, y, kind="mse", verbose=0)
+    ds = cache_dataset(x, cache, batch_size=8, seed=3).with_options(tf.data.Options())
+    names = [w.name for w in mix.weights]
+    mix.fit(ds, None, 8, 3, 0, initial_epoch=2)  # x, y, batch_size, epochs, verbose
+    assert isinstance(seen["callbacks"][0], DatasetEpoch)
+    variable = dataset_epoch_variable(ds)
+    assert int(variable.numpy()) == 3  # epoch 2 ran, epoch 3 is next
+    assert mix._lookup_dependency("cache_dataset_epoch") is variable
+    assert [w.name for w in mix.weights] == names

@@ -96,6 +96,37 @@ SCRIPT = textwrap.dedent('''
         return mix.gate.get_weights(), LABELS.numpy()[:int(COUNT.numpy())]
 
 
+    def utility_gradient():
+        """d bias_loss(u) / dW with u of Eq. 4 over a global batch of 8: summed over the
+        two replicas (each loss / 2, as in train_step) and on one device."""
+        from bmoe_tf.losses import bias_loss, expert_utility
+        from bmoe_tf.routing import sparse_gates
+
+        b, w0 = [0.75, 0.125, 0.125], np.random.default_rng(1).normal(size=(6, 3))
+        x = tf.constant(X[:8])
+
+        def loss(w, rows, replicas=1):
+            u = expert_utility(sparse_gates(tf.matmul(rows, w)), global_batch=True)
+            return bias_loss(u, b, 1.0) / replicas
+
+        with MIRRORED.scope():
+            w = tf.Variable(w0, dtype=tf.float32)
+        parts = MIRRORED.experimental_distribute_values_from_function(
+            lambda ctx: x[4 * ctx.replica_id_in_sync_group:4 * ctx.replica_id_in_sync_group + 4])
+
+        def step(rows):
+            with tf.GradientTape() as tape:
+                value = loss(w, rows, replicas=2)
+            return tape.gradient(value, w)
+
+        grads = tf.function(lambda p: MIRRORED.run(step, args=(p,)))(parts)
+        summed = MIRRORED.reduce(tf.distribute.ReduceOp.SUM, grads, axis=None)
+        one = tf.Variable(w0, dtype=tf.float32)
+        with tf.GradientTape() as tape:
+            value = loss(one, x)
+        return summed.numpy(), tape.gradient(value, one).numpy()
+
+
     def main(out, backup):
         default = tf.distribute.get_strategy()
         results = {}
@@ -113,6 +144,7 @@ SCRIPT = textwrap.dedent('''
             results[name + "/labels"] = labels
             for i, w in enumerate(weights):
                 results[f"{name}/{i}"] = w
+        results["gradient/mirrored"], results["gradient/default"] = utility_gradient()
         np.savez(out, **results)
 
 
@@ -151,3 +183,7 @@ def test_mirrored_training_equals_the_default_strategy_and_resumes(tmp_path):
     # Eq. 5 on the utility of the global batch (before: per replica, 0.017 apart after an
     # uninterrupted run) and epoch 2 on epoch 2's order (before: on epoch 0's)
     assert_same("mirrored_resumed", "default_soft")
+    # its gradient: the replicas' summed gradients are the single-device one (not 2x, 1/2x)
+    assert np.abs(r["gradient/default"]).max() > 1e-3
+    np.testing.assert_allclose(r["gradient/mirrored"], r["gradient/default"], rtol=1e-5,
+                               atol=1e-7)
