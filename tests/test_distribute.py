@@ -74,8 +74,9 @@ def test_two_workers_train_the_gate_two_devices_train(tmp_path):
 
 def test_a_killed_worker_resumes_from_the_backup(tmp_path):
     """Worker 1 dies at the start of epoch 1 (of 2); the chief cannot go on without it and
-    is stopped (as a cluster manager would); both restart with the same command: BackupAndRestore resumes them at
-    epoch 1 and the gate equals the uninterrupted two-device one."""
+    is stopped (as a cluster manager would); both restart with the same command:
+    BackupAndRestore resumes them at epoch 1 and the gate equals the uninterrupted
+    two-device one."""
     ports = ",".join(str(p) for p in _free_ports(2))
     mirrored = _start(tmp_path / "one", "mirrored")
     chief = _start(tmp_path / "mw", "multi_worker", "0", ports)
