@@ -48,35 +48,12 @@ def _finish(procs, timeout=100):
                 p.wait()
 
 
-def test_two_workers_train_the_gate_two_devices_train(tmp_path):
-    ports = ",".join(str(p) for p in _free_ports(2))
-    workers = [_start(tmp_path / "mw", "multi_worker", str(i), ports) for i in range(2)]
-    mirrored = _start(tmp_path / "one", "mirrored")
-    _finish(workers + [mirrored])
-    one = np.load(tmp_path / "one" / "mirrored.npz")
-    w0, w1 = (np.load(tmp_path / "mw" / f"worker{i}.npz") for i in range(2))
-    assert bool(w0["chief"]) and not bool(w1["chief"])
-    weights = [k for k in one.files if k.startswith("arr_")]
-    for k in weights:
-        np.testing.assert_allclose(w0[k], one[k], atol=1e-5)
-        np.testing.assert_array_equal(w0[k], w1[k])
-    # capacities for the global batch of 8 at b = (0.75, 0.125, 0.125): 6 / 1 / 1 on every
-    # step (per worker of 4 it would be 3 / 1 / 0, i.e. 6 / 2 / 0 in all)
-    for run in (one, w0, w1):
-        steps = run["steps"]
-        assert steps.shape == (2 * 96 // 8, 3)
-        np.testing.assert_allclose(steps, np.tile([0.75, 0.125, 0.125], (len(steps), 1)),
-                                   atol=1e-6)
-    # only the chief wrote the gate
-    assert os.path.exists(tmp_path / "mw" / "gate" / "gate" / "saved_model.pb")
-    assert os.path.exists(tmp_path / "mw" / "gate" / "gate.json")
-
-
-def test_a_killed_worker_resumes_from_the_backup(tmp_path):
-    """Worker 1 dies at the start of epoch 1 (of 2); the chief cannot go on without it and
-    is stopped (as a cluster manager would); both restart with the same command:
-    BackupAndRestore resumes them at epoch 1 and the gate equals the uninterrupted
-    two-device one."""
+def test_two_workers_train_the_two_device_gate_also_when_one_is_killed(tmp_path):
+    """Two workers train a gate with b enforced; worker 1 dies at the start of epoch 1 (of
+    2); the chief cannot go on without it and is stopped (as a cluster manager would);
+    both restart with the same command: BackupAndRestore resumes them at epoch 1, every
+    step's routing met Algorithm 1's capacities for the GLOBAL batch, and the gate equals
+    the one a single process trains on two logical devices (MirroredStrategy)."""
     ports = ",".join(str(p) for p in _free_ports(2))
     mirrored = _start(tmp_path / "one", "mirrored")
     chief = _start(tmp_path / "mw", "multi_worker", "0", ports)
@@ -92,10 +69,22 @@ def test_a_killed_worker_resumes_from_the_backup(tmp_path):
     again = [_start(tmp_path / "mw", "multi_worker", str(i), ports) for i in range(2)]
     _finish(again + [mirrored])
     one = np.load(tmp_path / "one" / "mirrored.npz")
-    w0 = np.load(tmp_path / "mw" / "worker0.npz")
-    assert len(w0["steps"]) == 96 // 8  # the resumed run trained epoch 1 only
+    w0, w1 = (np.load(tmp_path / "mw" / f"worker{i}.npz") for i in range(2))
+    assert bool(w0["chief"]) and not bool(w1["chief"])
     for k in [k for k in one.files if k.startswith("arr_")]:
         np.testing.assert_allclose(w0[k], one[k], atol=1e-5)
+        np.testing.assert_array_equal(w0[k], w1[k])
+    # capacities for the global batch of 8 at b = (0.75, 0.125, 0.125): 6 / 1 / 1 on every
+    # step (per worker of 4 it would be 3 / 1 / 0, i.e. 6 / 2 / 0 in all); the resumed
+    # workers trained epoch 1 only
+    for run, epochs in ((one, 2), (w0, 1), (w1, 1)):
+        steps = run["steps"]
+        assert steps.shape == (epochs * 96 // 8, 3)
+        np.testing.assert_allclose(steps, np.tile([0.75, 0.125, 0.125], (len(steps), 1)),
+                                   atol=1e-6)
+    # only the chief wrote the gate
+    assert os.path.exists(tmp_path / "mw" / "gate" / "gate" / "saved_model.pb")
+    assert os.path.exists(tmp_path / "mw" / "gate" / "gate.json")
 
 
 def test_tf_config_is_checked_with_clear_messages(monkeypatch):
@@ -117,7 +106,9 @@ def test_tf_config_is_checked_with_clear_messages(monkeypatch):
 def test_the_pipeline_runs_on_two_workers(tmp_path):
     """--strategy=multi_worker through experiments.pipeline.run (the toy task): both workers
     build their shard of every cache, the chief merges them into the files one process
-    writes (byte for byte), the gates train across both, only the chief reports."""
+    writes (byte for byte), the gates train across both and equal the gates one process
+    trains with the default strategy (to 1e-5; the same routing of every test example),
+    only the chief reports."""
     import json
 
     from experiments import config, pipeline
@@ -143,6 +134,13 @@ def test_the_pipeline_runs_on_two_workers(tmp_path):
     # the gates two workers train are the gates one process trains: the same routings
     for method in ("enforce", "soft", "random", "oracle", "benchmark"):
         assert report["rho"][method] == pytest.approx(single["rho"][method], abs=1e-9), method
+    from experiments.gates import load_gate
+
+    for gate in ("enforce/shared", "soft/1/candidates/w1", "soft/3/candidates/w1"):
+        two = load_gate(str(tmp_path / "wd" / "gates" / gate))[0].get_weights()
+        one = load_gate(str(tmp_path / "single" / "gates" / gate))[0].get_weights()
+        for a, b in zip(two, one):
+            np.testing.assert_allclose(a, b, atol=1e-5)
     with open(tmp_path / "wd" / "evaluation.json") as f, \
             open(tmp_path / "single" / "evaluation.json") as g:
         two, one = json.load(f)["test"]["subsets"], json.load(g)["test"]["subsets"]

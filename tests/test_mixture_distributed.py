@@ -11,6 +11,7 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -152,6 +153,8 @@ SCRIPT = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.slow  # ~22 s; the same equalities end to end (two workers vs one process, a
+# killed worker resumed) run in make test through tests/test_distribute.py
 def test_mirrored_training_equals_the_default_strategy_and_resumes(tmp_path):
     script = tmp_path / "mirrored_mixture.py"
     script.write_text(SCRIPT)
