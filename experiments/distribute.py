@@ -113,6 +113,10 @@ class writable_dir:
         return False
 
 
+#: how long a failed worker waits to tell the others (seconds)
+FAILURE_TIMEOUT_S = 60
+
+
 class ClusterError(RuntimeError):
     """Another worker of a multi-worker run failed (its own output says why)."""
 
@@ -146,23 +150,41 @@ class Team:
     def sync(self, name, ok=True):
         """Waits for every worker at barrier ``name``; returns True when all were ok.
 
+        A worker that failed (``ok=False``) waits at most :data:`FAILURE_TIMEOUT_S` for
+        the others to take its message, then goes on to stop.
+
         Raises:
           ClusterError: another worker arrived failed (only when this one is ``ok``).
         """
         if self.count == 1:
             return ok
-        strategy = self.strategy
-        failed = strategy.run(lambda: tf.constant(0.0 if ok else 1.0))
-        failures = float(strategy.reduce(tf.distribute.ReduceOp.SUM, failed, axis=None))
-        if ok and failures > 0:
+        options = tf.distribute.experimental.CommunicationOptions(
+            timeout_seconds=None if ok else FAILURE_TIMEOUT_S)
+        flag = 0.0 if ok else 1.0
+
+        def failures():
+            context = tf.distribute.get_replica_context()
+            return context.all_reduce(tf.distribute.ReduceOp.SUM, tf.constant(flag),
+                                      options=options)
+
+        try:
+            total = float(self.strategy.experimental_local_results(
+                self.strategy.run(failures))[0])
+        except (tf.errors.DeadlineExceededError, tf.errors.UnavailableError):
+            if ok:
+                raise
+            return False
+        if ok and total > 0:
             raise ClusterError(f"another worker failed before '{name}'; its output says why "
                                f"(this is worker {self.index} of {self.count})")
-        return failures == 0
+        return total == 0
 
     @contextlib.contextmanager
     def section(self, name):
-        """``with team.section(name):`` -- the body (often chief-only work), then
-        :meth:`sync`; a body that raises tells the other workers before re-raising."""
+        """``with team.section(name):`` -- the body, then :meth:`sync`; a body that raises
+        tells the other workers (waiting at the same barrier) before re-raising. Not for
+        collective work (gate training): a worker that dies there stops the others
+        through the strategy's own health checks."""
         try:
             yield self
         except BaseException:

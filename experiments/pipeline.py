@@ -617,7 +617,10 @@ def run(task, cfg, workdir, *, command=None):
     team = distribute.Team(strategy)
     tf.config.experimental.enable_op_determinism()
     command = command or " ".join([f"python -m experiments.{task.name}"] + sys.argv[1:])
-    with WorkdirLock(workdir) if team.chief else contextlib.nullcontext():
+    with contextlib.ExitStack() as stack:
+        with team.section("workdir lock"):  # a busy workdir stops every worker
+            if team.chief:
+                stack.enter_context(WorkdirLock(workdir))
         wd = Workdir(workdir)
         keys = _keys(task, cfg, wd)
         with team.section("data"):
@@ -668,8 +671,9 @@ def run(task, cfg, workdir, *, command=None):
             if not team.chief:
                 task.build_caches(cfg, wd, experts, splits)  # built by the chief: loaded
                 points = read_json(wd.path("bias.json"))
-        with team.section("gates"):
-            gates = _stage_gates(task, cfg, wd, experts, points, splits, team)
+        # every worker trains every gate (collective: a worker that dies here stops the
+        # others through the strategy's health checks); the others stop after it
+        gates = _stage_gates(task, cfg, wd, experts, points, splits, team)
         if not team.chief:
             print(f"worker {team.index}: gates trained; worker 0 writes the evaluation and "
                   f"the report", flush=True)
@@ -720,10 +724,18 @@ def main(task, argv):
     from bmoe_tf.backend import tf
 
     tf.get_logger().setLevel("ERROR")
+    from experiments.distribute import ClusterError
+
     try:
         return run(task, cfg, FLAGS.workdir)
-    except (WorkdirBusy, StageMismatch, ArtefactError, ValueError) as err:
+    except (WorkdirBusy, StageMismatch, ArtefactError, ValueError, ClusterError) as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    except tf.errors.UnavailableError as err:  # multi_worker: a worker stopped mid-step
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"error: another worker stopped ({first}); start every worker again with the "
+              f"same command: finished stages and gates are skipped, the gate in training "
+              f"resumes from its backup", file=sys.stderr, flush=True)
         sys.exit(2)
 
 

@@ -20,12 +20,22 @@ def pipeline_worker(workdir, index):
     from experiments import config, pipeline
     from tests.test_pipeline_toy_task import ToyTask
 
-    task = ToyTask()
+    class Failing(ToyTask):  # BMOE_TEST_FAIL_DATA: the chief's data stage fails
+        def prepare_data(self, cfg, wd):
+            raise ValueError("the data stage failed (test)")
+
+    task = Failing() if os.environ.get("BMOE_TEST_FAIL_DATA") else ToyTask()
     cfg = config.build_config(task, preset_name="smoke", preset=task.presets()["smoke"],
                               verbose=0, bias_weights=(1.0,))
-    report = pipeline.run(task, dataclasses.replace(cfg, strategy="multi_worker"), workdir,
-                          command="toy")
-    with open(os.path.join(os.path.dirname(workdir), f"worker{index}.json"), "w") as f:
+    out = os.path.join(os.path.dirname(workdir), f"worker{index}.json")
+    try:
+        report = pipeline.run(task, dataclasses.replace(cfg, strategy="multi_worker"),
+                              workdir, command="toy")
+    except Exception as err:  # what each worker saw
+        with open(out, "w") as f:
+            json.dump({"error": f"{type(err).__name__}: {err}"}, f)
+        sys.exit(2)
+    with open(out, "w") as f:
         json.dump(report, f)
 
 

@@ -1,6 +1,7 @@
 """experiments.distribute and gate training under tf.distribute: two worker processes
 (MultiWorkerMirroredStrategy on loopback) train the same gate as one process with two
 logical devices (MirroredStrategy); Algorithm 1's capacities hold for the global batch."""
+import contextlib
 import os
 import socket
 import subprocess
@@ -26,12 +27,14 @@ def _free_ports(n):
     return ports
 
 
-def _start(out, *args, die_at=None):
+def _start(out, *args, die_at=None, fail_data=False):
     env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
-    env.pop("TF_CONFIG", None)
-    env.pop("BMOE_TEST_DIE_AT_EPOCH", None)
+    for name in ("TF_CONFIG", "BMOE_TEST_DIE_AT_EPOCH", "BMOE_TEST_FAIL_DATA"):
+        env.pop(name, None)
     if die_at is not None:
         env["BMOE_TEST_DIE_AT_EPOCH"] = str(die_at)
+    if fail_data:
+        env["BMOE_TEST_FAIL_DATA"] = "1"
     return subprocess.Popen([sys.executable, WORKER, str(out), *args], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -148,3 +151,38 @@ def test_the_pipeline_runs_on_two_workers(tmp_path):
         for index in one[method]:
             assert two[method][index]["picks"] == one[method][index]["picks"], (method, index)
     assert os.path.exists(tmp_path / "wd" / "report.md")
+
+
+@pytest.mark.parametrize("failure", ["data", "busy"])
+def test_a_failed_chief_stage_stops_the_other_worker_with_a_message(tmp_path, failure):
+    """The chief's data stage raises, or its workdir is locked by another run: it tells
+    worker 1 at the barrier, both stop (status 2, worker 1's error names the barrier),
+    nothing hangs."""
+    import json
+
+    from experiments.stages import WorkdirLock
+
+    ports = ",".join(str(p) for p in _free_ports(2))
+    with WorkdirLock(str(tmp_path / "wd")) if failure == "busy" else contextlib.nullcontext():
+        workers = [_start(tmp_path / "wd", "pipeline", str(i), ports,
+                          fail_data=failure == "data") for i in range(2)]
+        try:
+            for p in workers:
+                p.communicate(timeout=100)
+        finally:
+            for p in workers:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+    assert [p.returncode for p in workers] == [2, 2]
+    errors = []
+    for i in range(2):
+        with open(tmp_path / f"worker{i}.json") as f:
+            errors.append(json.load(f)["error"])
+    if failure == "data":
+        assert errors[0] == "ValueError: the data stage failed (test)"
+        assert errors[1].startswith("ClusterError: another worker failed before 'data'")
+    else:
+        assert errors[0].startswith("WorkdirBusy: ") and "in use by another run" in errors[0]
+        assert errors[1].startswith("ClusterError: another worker failed before "
+                                    "'workdir lock'")
