@@ -316,11 +316,12 @@ class ActionTask(pipeline.Task):
                 wd.path("cache", f"{split}_scores.npz")]
 
     def _probabilities(self, experts, split, rows):
-        """``float32[len(rows), N, C]``: every expert's class probabilities on those clips."""
+        """``float32[len(rows), N, C]``: every expert's class probabilities on those clips
+        (``rows=None``: the whole split, without a copy)."""
         from experiments.act.experts import predict_probabilities
 
         data = self.sets[split]
-        mv, rgb = data.mv[rows], data.rgb[rows]
+        mv, rgb = (data.mv, data.rgb) if rows is None else (data.mv[rows], data.rgb[rows])
         return np.stack([predict_probabilities(e, mv, rgb, batch_size=EXPERT_BATCH)
                          for e in experts], axis=1).astype(np.float32)
 
@@ -352,7 +353,7 @@ class ActionTask(pipeline.Task):
             def predict(data=data, prob_path=prob_path, split=split):
                 merged = distribute.merged_shards(prob_path)  # a multi-worker run's shards
                 out = (merged["outputs"] if merged is not None
-                       else self._probabilities(experts, split, np.arange(len(data))))
+                       else self._probabilities(experts, split, None))
                 np.savez(prob_path + ".tmp.npz", probabilities=out)
                 os.replace(prob_path + ".tmp.npz", prob_path)
                 distribute.remove_shards(prob_path)

@@ -302,10 +302,12 @@ class DetectionTask(pipeline.Task):
                 wd.path("cache", f"{split}_scores.npz")]
 
     def _detections(self, experts, split, rows):
-        """``float32[len(rows), N, K, 6]``: every expert's detections on those images."""
+        """``float32[len(rows), N, K, 6]``: every expert's detections on those images
+        (``rows=None``: the whole split, without a copy)."""
         from experiments.det import ssd
 
-        images = self.sets[split].images[rows]
+        images = self.sets[split].images
+        images = images if rows is None else images[rows]
         return np.stack([ssd.detect(e, images, batch_size=EXPERT_BATCH) for e in experts],
                         axis=1).astype(np.float32)
 
@@ -337,7 +339,7 @@ class DetectionTask(pipeline.Task):
             def detect(data=data, det_path=det_path, split=split):
                 merged = distribute.merged_shards(det_path)  # a multi-worker run's shards
                 out = (merged["outputs"] if merged is not None
-                       else self._detections(experts, split, np.arange(len(data))))
+                       else self._detections(experts, split, None))
                 np.savez(det_path + ".tmp.npz", detections=out)
                 os.replace(det_path + ".tmp.npz", det_path)
                 distribute.remove_shards(det_path)

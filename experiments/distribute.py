@@ -9,7 +9,8 @@
   "index": 0}}``); worker 0 (or the ``chief``) writes the artefacts.
 
 What is global and what is per replica: the batch (``--batch_size``) is the GLOBAL batch,
-split in equal consecutive parts over the replicas in replica order; Algorithm 1's
+split in equal consecutive parts over the replicas in replica order (the pipeline
+refuses a batch that the number of replicas does not divide); Algorithm 1's
 capacities hold for the global batch (the gate values are all-gathered,
 :class:`bmoe_tf.routing.BatchwiseBiasEnforcement`); the data order is
 ``epoch_order(seed, epoch)`` over the whole training set, the same on every worker;
@@ -29,7 +30,8 @@ from bmoe_tf.backend import tf
 from bmoe_tf.cache import load_cache_shards
 
 __all__ = ["STRATEGIES", "make_strategy", "is_chief", "check_tf_config", "writable_dir",
-           "Team", "ClusterError", "complete_shards", "merged_shards", "remove_shards"]
+           "Team", "ClusterError", "shard_files", "complete_shards", "merged_shards",
+           "remove_shards"]
 
 STRATEGIES = ("default", "mirrored", "multi_worker")
 
@@ -54,6 +56,10 @@ def check_tf_config(text=None):
                          f"{sorted(config) if isinstance(config, dict) else type(config).__name__}")
     task = config["task"]
     kinds = config["cluster"]
+    if not isinstance(kinds, dict) or set(kinds) - {"chief", "worker"} or not kinds:
+        raise ValueError(f"TF_CONFIG's cluster may hold 'chief' and 'worker' jobs only "
+                         f"(MultiWorkerMirroredStrategy), got "
+                         f"{sorted(kinds) if isinstance(kinds, dict) else kinds!r}")
     if not isinstance(task, dict) or task.get("type") not in kinds:
         raise ValueError(f"TF_CONFIG task {task!r} is not one of the cluster's job types "
                          f"{sorted(kinds)}")
@@ -205,27 +211,48 @@ def _stem(path):
     return path[:-4] if path.endswith(".npz") else path
 
 
+def shard_files(path):
+    """The shard files ``<stem>.shard-<i>-of-<S>.npz`` of ``path`` present now."""
+    return sorted(name for name in glob.glob(glob.escape(_stem(path)) + ".shard-*-of-*.npz")
+                  if _SHARD_FILE.search(name))
+
+
 def complete_shards(path):
     """S when every shard file ``<stem>.shard-<i>-of-<S>.npz`` of ``path`` exists
-    (:func:`bmoe_tf.cache.shard_path`), else None; the largest complete S wins."""
+    (:func:`bmoe_tf.cache.shard_path`), else None; the largest complete S wins (every
+    complete set of the same stage key merges to the same cache)."""
     found = {}
-    for name in glob.glob(glob.escape(_stem(path)) + ".shard-*-of-*.npz"):
+    for name in shard_files(path):
         match = _SHARD_FILE.search(name)
-        if match:
-            found.setdefault(int(match.group(2)), set()).add(int(match.group(1)))
+        found.setdefault(int(match.group(2)), set()).add(int(match.group(1)))
     complete = [s for s, held in found.items() if held == set(range(s))]
     return max(complete) if complete else None
 
 
 def merged_shards(path):
     """The cache merged from a complete set of shard files of ``path`` (byte for byte
-    the cache one process builds), or None when there is none."""
+    the cache one process builds), or None when there is none.
+
+    Raises:
+      experiments.stages.ArtefactError: the shards are corrupt or do not merge (the
+        message names them).
+    """
+    from experiments.stages import ArtefactError
+
     count = complete_shards(path)
-    return None if count is None else load_cache_shards(path, count)
+    if count is None:
+        return None
+    try:
+        return load_cache_shards(path, count)
+    except (ValueError, OSError, EOFError, KeyError) as err:
+        raise ArtefactError(
+            f"the {count} cache shards of {path} do not merge ({err}); delete "
+            f"{_stem(path)}.shard-*-of-{count}.npz and run again") from None
 
 
 def remove_shards(path):
-    """Deletes the shard files of ``path`` (after the merged file is written)."""
-    for name in glob.glob(glob.escape(_stem(path)) + ".shard-*-of-*.npz"):
-        if _SHARD_FILE.search(name):
-            os.remove(name)
+    """Deletes the shard files of ``path`` (after the merged file is written), and
+    temporary files a stopped writer left."""
+    for name in shard_files(path) + glob.glob(
+            glob.escape(_stem(path)) + ".shard-*-of-*.npz.tmp.npz"):
+        os.remove(name)

@@ -26,6 +26,7 @@ from bmoe_tf import evaluation as bmoe_eval
 from bmoe_tf.bias import select_bias, upper_hull, validate_bias
 from bmoe_tf.routing import route_in_batches
 from experiments import config as config_lib
+from experiments import distribute
 from experiments import gates as gates_lib
 from experiments import report as report_lib
 from experiments.stages import (ArtefactError, StageKey, StageMismatch, Workdir, WorkdirBusy,
@@ -447,6 +448,8 @@ def _keys(task, cfg, wd):
                          parent=experts,
                          artefacts=[wd.rel(p) for p in task.eval_files(cfg, wd)]
                          + [wd.rel(p) for p in task.cache_files(cfg, wd, "eval")]
+                         + [wd.rel(p) for p in task.cache_files(cfg, wd, "eval")
+                            for p in distribute.shard_files(p)]
                          + ["experts_eval.json"])
     evaluation = StageKey(wd, "evaluation", dict(methods=list(cfg.methods),
                                                  eval_batch_seed=cfg.eval_batch_seed,
@@ -587,6 +590,18 @@ def _stage_gates(task, cfg, wd, experts, points, splits, team):
     return gates if team.chief else {}
 
 
+def _same_as_chief(team, keys, names):
+    """A worker other than the chief: the chief claimed these stages with the same settings
+    (a worker started with other flags would train other gates, or hang)."""
+    for name in names:
+        if not keys[name].is_current():
+            changed = "; ".join(f"{k}: chief {a!r}, this worker {b!r}"
+                                for k, a, b in keys[name].changes()) or "no key from the chief"
+            raise config_lib.ConfigError(
+                f"worker {team.index} was started with other settings than worker 0 for the "
+                f"{name} stage ({changed}); start every worker with the same flags")
+
+
 def run(task, cfg, workdir, *, command=None):
     """Runs every stage of ``task`` for ``cfg`` in ``workdir``; returns the report dict.
 
@@ -610,11 +625,15 @@ def run(task, cfg, workdir, *, command=None):
     import contextlib
 
     from bmoe_tf.backend import tf
-    from experiments import distribute
 
     # a multi-worker strategy must exist before the first op runs
     strategy = distribute.make_strategy(cfg.strategy)
     team = distribute.Team(strategy)
+    replicas = strategy.num_replicas_in_sync
+    if cfg.batch_size % replicas:
+        raise config_lib.ConfigError(
+            f"--batch_size {cfg.batch_size} does not split into {replicas} equal replica "
+            f"parts (--strategy={cfg.strategy}); use a multiple of {replicas}")
     tf.config.experimental.enable_op_determinism()
     command = command or " ".join([f"python -m experiments.{task.name}"] + sys.argv[1:])
     with contextlib.ExitStack() as stack:
@@ -657,6 +676,7 @@ def run(task, cfg, workdir, *, command=None):
                 keys["cache"].claim()  # before any shard file is written
         with team.section("cache shards"):
             if not team.chief:
+                _same_as_chief(team, keys, ("data", "experts", "cache"))
                 experts = task.build_experts(cfg, wd)  # done by the chief: loaded
             if team.count > 1:
                 task.build_cache_shard(cfg, wd, experts, splits, team.count, team.index)
@@ -669,6 +689,7 @@ def run(task, cfg, workdir, *, command=None):
                 keys["gates"].claim()
         with team.section("caches loaded"):
             if not team.chief:
+                _same_as_chief(team, keys, ("bias", "gates"))
                 task.build_caches(cfg, wd, experts, splits)  # built by the chief: loaded
                 points = read_json(wd.path("bias.json"))
         # every worker trains every gate (collective: a worker that dies here stops the
@@ -728,14 +749,16 @@ def main(task, argv):
 
     try:
         return run(task, cfg, FLAGS.workdir)
-    except (WorkdirBusy, StageMismatch, ArtefactError, ValueError, ClusterError) as err:
+    except (WorkdirBusy, StageMismatch, ArtefactError, ValueError, ClusterError,
+            config_lib.ConfigError) as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         sys.exit(2)
     except tf.errors.UnavailableError as err:  # multi_worker: a worker stopped mid-step
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        print(f"error: another worker stopped ({first}); start every worker again with the "
-              f"same command: finished stages and gates are skipped, the gate in training "
-              f"resumes from its backup", file=sys.stderr, flush=True)
+        print(f"error: another worker stopped ({first}); its output says why. Start every "
+              f"worker again with the same command: finished stages and gates are skipped, "
+              f"and a gate stopped in training resumes from its last finished epoch",
+              file=sys.stderr, flush=True)
         sys.exit(2)
 
 

@@ -27,10 +27,13 @@ def _free_ports(n):
     return ports
 
 
-def _start(out, *args, die_at=None, fail_data=False):
+def _start(out, *args, die_at=None, fail_data=False, learning_rate=None):
     env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
-    for name in ("TF_CONFIG", "BMOE_TEST_DIE_AT_EPOCH", "BMOE_TEST_FAIL_DATA"):
+    for name in ("TF_CONFIG", "BMOE_TEST_DIE_AT_EPOCH", "BMOE_TEST_FAIL_DATA",
+                 "BMOE_TEST_LEARNING_RATE"):
         env.pop(name, None)
+    if learning_rate is not None:
+        env["BMOE_TEST_LEARNING_RATE"] = str(learning_rate)
     if die_at is not None:
         env["BMOE_TEST_DIE_AT_EPOCH"] = str(die_at)
     if fail_data:
@@ -101,6 +104,9 @@ def test_tf_config_is_checked_with_clear_messages(monkeypatch):
     with pytest.raises(ValueError, match="index 2 is outside"):
         distribute.check_tf_config('{"cluster": {"worker": ["a:1", "b:2"]}, '
                                    '"task": {"type": "worker", "index": 2}}')
+    with pytest.raises(ValueError, match="'chief' and 'worker' jobs only"):
+        distribute.check_tf_config('{"cluster": {"worker": ["a:1"], "ps": ["b:2"]}, '
+                                   '"task": {"type": "worker", "index": 0}}')
     with pytest.raises(ValueError, match="unknown --strategy='tpu'"):
         distribute.make_strategy("tpu")
     assert distribute.is_chief(distribute.make_strategy("default"))
@@ -153,11 +159,11 @@ def test_the_pipeline_runs_on_two_workers(tmp_path):
     assert os.path.exists(tmp_path / "wd" / "report.md")
 
 
-@pytest.mark.parametrize("failure", ["data", "busy"])
+@pytest.mark.parametrize("failure", ["data", "busy", "settings"])
 def test_a_failed_chief_stage_stops_the_other_worker_with_a_message(tmp_path, failure):
-    """The chief's data stage raises, or its workdir is locked by another run: it tells
-    worker 1 at the barrier, both stop (status 2, worker 1's error names the barrier),
-    nothing hangs."""
+    """The chief's data stage raises, or its workdir is locked by another run, or worker 1
+    was started with another learning rate: the failing worker tells the other at the
+    barrier, both stop (status 2, the other's error names the barrier), nothing hangs."""
     import json
 
     from experiments.stages import WorkdirLock
@@ -165,7 +171,9 @@ def test_a_failed_chief_stage_stops_the_other_worker_with_a_message(tmp_path, fa
     ports = ",".join(str(p) for p in _free_ports(2))
     with WorkdirLock(str(tmp_path / "wd")) if failure == "busy" else contextlib.nullcontext():
         workers = [_start(tmp_path / "wd", "pipeline", str(i), ports,
-                          fail_data=failure == "data") for i in range(2)]
+                          fail_data=failure == "data",
+                          learning_rate=0.5 if failure == "settings" and i == 1 else None)
+                   for i in range(2)]
         try:
             for p in workers:
                 p.communicate(timeout=100)
@@ -182,7 +190,36 @@ def test_a_failed_chief_stage_stops_the_other_worker_with_a_message(tmp_path, fa
     if failure == "data":
         assert errors[0] == "ValueError: the data stage failed (test)"
         assert errors[1].startswith("ClusterError: another worker failed before 'data'")
+    elif failure == "settings":
+        assert errors[1].startswith("ConfigError: worker 1 was started with other settings "
+                                    "than worker 0 for the gates stage (learning_rate: chief "
+                                    "0.01, this worker 0.5)"), errors[1]
+        assert errors[0].startswith("ClusterError: another worker failed before "
+                                    "'caches loaded'")
     else:
         assert errors[0].startswith("WorkdirBusy: ") and "in use by another run" in errors[0]
         assert errors[1].startswith("ClusterError: another worker failed before "
                                     "'workdir lock'")
+
+
+def test_merged_shards_needs_a_complete_set_and_names_corrupt_ones(tmp_path):
+    from bmoe_tf.cache import as_cache_shard, save_cache, shard_path
+    from experiments.stages import ArtefactError
+
+    path = str(tmp_path / "train_outputs.npz")
+    values = np.arange(40, dtype=np.float32).reshape(20, 2)
+    assert distribute.merged_shards(path) is None
+    for i in range(3):
+        rows = np.arange(20).reshape(-1, 4)[i::3].reshape(-1)  # batches of 4, k = i mod 3
+        save_cache(shard_path(path, i, 3), as_cache_shard(
+            {"kind": np.array("outputs"), "outputs": values[rows]}, num_examples=20,
+            batch_size=4, num_shards=3, shard_index=i))
+        assert (distribute.complete_shards(path) == 3) == (i == 2)
+    assert distribute.merged_shards(path)["outputs"].tobytes() == values.tobytes()
+    with open(shard_path(path, 1, 3), "wb") as f:
+        f.write(b"not a zip")
+    with pytest.raises(ArtefactError, match=r"the 3 cache shards of .* do not merge"):
+        distribute.merged_shards(path)
+    open(path[:-4] + ".shard-0-of-3.npz.tmp.npz", "w").close()
+    distribute.remove_shards(path)
+    assert os.listdir(tmp_path) == []

@@ -201,3 +201,15 @@ def test_the_mirrored_strategy_runs_the_pipeline(toy_run, tmp_path):
     # every global batch got exactly Algorithm 1's capacities, so every epoch's mean too
     np.testing.assert_allclose(utilities, np.tile(
         expert_capacities(cfg.batch_size, b) / cfg.batch_size, (len(utilities), 1)), atol=1e-6)
+
+
+def test_a_global_batch_the_replicas_do_not_split_is_refused(tmp_path):
+    """Two logical CPUs (conftest.py) cannot split a batch of 15 in equal parts: refused
+    before any stage runs."""
+    task = ToyTask()
+    cfg = config.build_config(task, preset_name="smoke", preset=task.presets()["smoke"],
+                              verbose=0, batch_size=15, strategy="mirrored")
+    with pytest.raises(config.ConfigError, match="--batch_size 15 does not split into 2 "
+                                                 "equal replica parts"):
+        pipeline.run(task, cfg, str(tmp_path / "wd"), command="toy")
+    assert not os.path.exists(tmp_path / "wd")
