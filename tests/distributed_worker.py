@@ -26,7 +26,7 @@ def pipeline_worker(workdir, index):
 
     task = Failing() if os.environ.get("BMOE_TEST_FAIL_DATA") else ToyTask()
     cfg = config.build_config(task, preset_name="smoke", preset=task.presets()["smoke"],
-                              verbose=0, bias_weights=(1.0,))
+                              verbose=0, bias_weights=(1.0, 4.0))
     if os.environ.get("BMOE_TEST_LEARNING_RATE"):  # a worker started with other flags
         cfg = dataclasses.replace(cfg, learning_rate=float(os.environ["BMOE_TEST_LEARNING_RATE"]))
     out = os.path.join(os.path.dirname(workdir), f"worker{index}.json")

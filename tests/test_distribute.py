@@ -115,9 +115,9 @@ def test_tf_config_is_checked_with_clear_messages(monkeypatch):
 def test_the_pipeline_runs_on_two_workers(tmp_path):
     """--strategy=multi_worker through experiments.pipeline.run (the toy task): both workers
     build their shard of every cache, the chief merges them into the files one process
-    writes (byte for byte), the gates train across both and equal the gates one process
-    trains with the default strategy (to 1e-5; the same routing of every test example),
-    only the chief reports."""
+    writes (byte for byte), the gates (two soft w_bias candidates each) train across both
+    and equal the gates one process trains with the default strategy (to 1e-5; the same
+    w_bias chosen, the same routing of every test example), only the chief reports."""
     import json
 
     from experiments import config, pipeline
@@ -127,7 +127,7 @@ def test_the_pipeline_runs_on_two_workers(tmp_path):
     workers = [_start(tmp_path / "wd", "pipeline", str(i), ports) for i in range(2)]
     task = ToyTask()
     cfg = config.build_config(task, preset_name="smoke", preset=task.presets()["smoke"],
-                              verbose=0, bias_weights=(1.0,))
+                              verbose=0, bias_weights=(1.0, 4.0))
     single = pipeline.run(task, cfg, str(tmp_path / "single"), command="toy")
     _finish(workers)
     with open(tmp_path / "worker0.json") as f:
@@ -145,7 +145,12 @@ def test_the_pipeline_runs_on_two_workers(tmp_path):
         assert report["rho"][method] == pytest.approx(single["rho"][method], abs=1e-9), method
     from experiments.gates import load_gate
 
-    for gate in ("enforce/shared", "soft/1/candidates/w1", "soft/3/candidates/w1"):
+    for index in ("1", "3"):  # the chief alone chose w_bias on the validation split
+        with open(tmp_path / "wd" / "gates" / "soft" / index / "chosen.json") as f, \
+                open(tmp_path / "single" / "gates" / "soft" / index / "chosen.json") as g:
+            assert json.load(f) == json.load(g)
+    for gate in ("enforce/shared", "soft/1/candidates/w1", "soft/1/candidates/w4",
+                 "soft/3/candidates/w1", "soft/3/candidates/w4"):
         two = load_gate(str(tmp_path / "wd" / "gates" / gate))[0].get_weights()
         one = load_gate(str(tmp_path / "single" / "gates" / gate))[0].get_weights()
         for a, b in zip(two, one):
