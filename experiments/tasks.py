@@ -10,9 +10,9 @@ __all__ = ["TASKS", "get_task", "task_names"]
 
 #: task name -> "module:attribute" of its Task class.
 TASKS = {
-    "super_resolution": "experiments.super_resolution:SuperResolutionTask",
-    "detection": "experiments.detection:DetectionTask",
-    "action": "experiments.action:ActionTask",
+    "super_resolution": "experiments.super_resolution.task:SuperResolutionTask",
+    "detection": "experiments.detection.task:DetectionTask",
+    "action": "experiments.action.task:ActionTask",
 }
 
 

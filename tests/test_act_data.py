@@ -8,9 +8,9 @@ import av
 import numpy as np
 import pytest
 
-from experiments.act import data as D
-from experiments.act.clips import MV_GRID
-from experiments.act.video import encode_h264
+from experiments.action import data as D
+from experiments.action.clips import MV_GRID
+from experiments.action.video import encode_h264
 
 F_T = 4           # motion-vector maps per clip in these tests (clips need 5 frames)
 SIZE = 32         # RGB frame side
@@ -117,7 +117,7 @@ def test_folder_splits_by_group_with_labels_shapes_and_motion(ucf):
 
 def test_folder_rgb_is_centre_crop_of_frames_0_and_ft(ucf):
     root, _ = ucf
-    from experiments.act.video import read_motion_vectors
+    from experiments.action.video import read_motion_vectors
 
     rel = f"{CLASSES[2]}/v_{CLASSES[2]}_g03_c01.mp4"
     decoded = read_motion_vectors(root / rel, max_frames=F_T + 1, keep_frames=True)
@@ -201,9 +201,9 @@ def test_parse_data_and_dispatch(tmp_path, monkeypatch):
         D.load_splits("video:/x", seed=0, sizes={s: 1 for s in D.SPLIT_NAMES})
 
     calls = []
-    fake = types.ModuleType("experiments.act.footage")
+    fake = types.ModuleType("experiments.action.footage")
     fake.generate_splits = lambda seed, sizes, **kw: calls.append((seed, sizes, kw)) or "sets"
-    monkeypatch.setitem(sys.modules, "experiments.act.footage", fake)
+    monkeypatch.setitem(sys.modules, "experiments.action.footage", fake)
     sizes = {"experts": 5, "train": 4, "validation": 2, "test": 3}
     assert D.load_splits("generated", seed=7, sizes=sizes, mv_frames=8, unreliable_share=0.5,
                          progress=False) == "sets"

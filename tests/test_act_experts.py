@@ -1,4 +1,4 @@
-"""Action experts (experiments/act/experts.py): packing, export/loading, fusion, training."""
+"""Action experts (experiments/action/experts.py): packing, export/loading, fusion, training."""
 import json
 import os
 import shutil
@@ -8,7 +8,7 @@ import pytest
 
 from bmoe_tf import Expert
 from bmoe_tf.backend import keras, tf
-from experiments.act import experts
+from experiments.action import experts
 
 FT, FS, S, C = 2, 2, 32, 4
 SHAPES = {"mv_frames": FT, "rgb_frames": FS, "frame_size": S}

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from experiments.act import footage
+from experiments.action import footage
 
 SIZES = {"experts": 60, "train": 40, "validation": 26, "test": 26}
 

@@ -1,9 +1,9 @@
-"""experiments.act.video: libx264 encoding and PyAV motion-vector maps."""
+"""experiments.action.video: libx264 encoding and PyAV motion-vector maps."""
 import numpy as np
 import pytest
 from scipy.ndimage import gaussian_filter
 
-from experiments.act.video import (
+from experiments.action.video import (
     MV_GRID,
     DecodedVideo,
     compressed_mv_bytes,
@@ -177,7 +177,7 @@ def test_encoding_is_identical_across_processes():
     import sys
 
     script = ("import hashlib\n"
-              "from experiments.act import footage, video\n"
+              "from experiments.action import footage, video\n"
               "plans = footage.render_plan(0, dict(experts=24, test=8))['experts']\n"
               "print(' '.join(hashlib.md5(video.encode_h264(footage.render_clip(p, 96), "
               "crf=p.crf, keyint=p.keyint)).hexdigest() for p in plans))\n")
@@ -189,7 +189,7 @@ def test_encoding_is_identical_across_processes():
 
 
 def test_rgb_to_yuv420p_bt601_limited_range():
-    from experiments.act.video import rgb_to_yuv420p
+    from experiments.action.video import rgb_to_yuv420p
 
     rgb = np.zeros((4, 4, 3), np.uint8)
     rgb[:2] = 255                       # top half white, bottom half black

@@ -54,7 +54,7 @@ def test_gate_input_stacks_maps_on_channels():
 
 
 def test_mirror_negates_horizontal_motion():
-    from experiments.act.export_data import mirror
+    from experiments.action.export_data import mirror
 
     x = np.random.default_rng(0).normal(size=(2, 24, 24, 4)).astype(np.float32)
     y = mirror(x)
@@ -65,7 +65,7 @@ def test_mirror_negates_horizontal_motion():
 
 def test_gate_view_in_tf_equals_gate_input():
     """The mixture's P_g (packed clips -> gate input, in TF) is gate_input of the MV maps."""
-    from experiments.act.experts import pack
+    from experiments.action.experts import pack
 
     cfg = _config()
     rng = np.random.default_rng(1)
@@ -79,7 +79,7 @@ def test_gate_view_in_tf_equals_gate_input():
 
 # ---- report helpers --------------------------------------------------------------------
 def test_assigned_accuracy_and_unreliable_routing():
-    from experiments.act.report import assigned_accuracy, class_shares, unreliable_routing
+    from experiments.action.report import assigned_accuracy, class_shares, unreliable_routing
 
     correct = np.array([[1, 0, 1], [0, 1, 1], [0, 0, 1], [1, 1, 0]], float)
     picks = np.array([0, 2, 2, 1])
@@ -99,7 +99,7 @@ def test_assigned_accuracy_and_unreliable_routing():
 
 
 def test_tsne_keeps_separated_clusters_apart():
-    from experiments.act.tsne import tsne
+    from experiments.action.tsne import tsne
 
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(3), 20)
@@ -222,7 +222,7 @@ def test_quick_preset_meets_the_bar(tmp_path):
 def test_export_data_and_int8_gate_of_the_smoke_workdir(act_smoke, tmp_path):
     """gating_tflite finds the action task's inputs through the registry; the compact
     int8 gate runs in TFLite Micro and fits 256 KiB flash / 256 KiB arena."""
-    from experiments.act.export_data import mirror
+    from experiments.action.export_data import mirror
     from experiments.tasks import get_task
 
     wd, _, _ = act_smoke

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from bmoe_tf.gating import count_macs
-from experiments.det.ablation import GRIDS, RANGES, complexity_gates, spaced_resolutions
+from experiments.detection.ablation import GRIDS, RANGES, complexity_gates, spaced_resolutions
 
 
 def test_spaced_resolutions():

@@ -1,4 +1,4 @@
-"""Detection data (experiments/det/data.py): generated set, DetectionSet, folder and tfds
+"""Detection data (experiments/detection/data.py): generated set, DetectionSet, folder and tfds
 loaders."""
 import json
 import os
@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from experiments.det import data as D
+from experiments.detection import data as D
 
 
 # --------------------------------------------------------------------------- generated set

@@ -1,4 +1,4 @@
-"""Tests of the detection task's SSD experts (experiments/det/ssd.py)."""
+"""Tests of the detection task's SSD experts (experiments/detection/ssd.py)."""
 import math
 import types
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from bmoe_tf.backend import keras, tf
-from experiments.det import ssd
+from experiments.detection import ssd
 
 
 def _corners(a):

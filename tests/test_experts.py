@@ -106,7 +106,7 @@ def test_data_cost_bytes_matches_the_paper():
 @pytest.fixture(scope="module")
 def sr_experts(tmp_path_factory):
     """Untrained ESPCN x4/x3/x2 SavedModels (exactly bicubic), loaded through hub."""
-    from experiments.sr.models import build_expert_model, export_expert
+    from experiments.super_resolution.models import build_expert_model, export_expert
 
     root = tmp_path_factory.mktemp("experts")
     experts = []

@@ -20,7 +20,7 @@ def _example_block():
 def test_readme_example_runs_as_written_on_a_smoke_workdir(sr_smoke, tmp_path, monkeypatch):
     """The block as written, in a folder whose ``workdir`` is the smoke run's workdir
     (its trained ESPCN SavedModels), on that run's own training / validation / test parts."""
-    from experiments.sr.data import PartSet
+    from experiments.super_resolution.data import PartSet
 
     smoke_workdir, _ = sr_smoke
     os.symlink(smoke_workdir, tmp_path / "workdir")

@@ -1,4 +1,4 @@
-"""Super-resolution data pipeline (experiments/sr/data.py) and PSNR (experiments/sr/metrics.py)."""
+"""Super-resolution data pipeline (experiments/super_resolution/data.py) and PSNR (experiments/super_resolution/metrics.py)."""
 import hashlib
 import math
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import skimage.io
 
-from experiments.sr import data as sr_data
-from experiments.sr.metrics import mean_psnr_y, psnr_y, rgb_to_y
+from experiments.super_resolution import data as sr_data
+from experiments.super_resolution.metrics import mean_psnr_y, psnr_y, rgb_to_y
 
 
 @pytest.fixture(scope="module")

@@ -1,9 +1,9 @@
-"""Super-resolution experts (experiments/sr/models.py): shapes, P_n, export, training."""
+"""Super-resolution experts (experiments/super_resolution/models.py): shapes, P_n, export, training."""
 import numpy as np
 import pytest
 
 from bmoe_tf.backend import keras, tf
-from experiments.sr import models
+from experiments.super_resolution import models
 
 LOW = {4: 16, 3: 21, 2: 32}
 

@@ -29,7 +29,7 @@ import av
 import numpy as np
 from PIL import Image
 
-from experiments.act.clips import MV_GRID
+from experiments.action.clips import MV_GRID
 
 __all__ = ["MV_GRID", "DecodedVideo", "compressed_mv_bytes", "encode_h264", "jpeg_bytes",
            "rgb_to_yuv420p",

@@ -24,8 +24,8 @@ import os
 
 import numpy as np
 
-from experiments.sr import data as sr_data
-from experiments.sr.evaluate import assignment_psnr
+from experiments.super_resolution import data as sr_data
+from experiments.super_resolution.evaluate import assignment_psnr
 from experiments.stages import read_json
 from gating_tflite.calibration import ExportData
 
@@ -48,7 +48,7 @@ def shifted_parts(part_set, shift):
 
 def export_data(workdir):
     """:class:`gating_tflite.calibration.ExportData` of an SR experiment workdir."""
-    from experiments.super_resolution import test_frames
+    from experiments.super_resolution.task import test_frames
 
     def path(*parts):
         return os.path.join(workdir, *parts)

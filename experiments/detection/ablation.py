@@ -76,8 +76,8 @@ class _ExpertPool:
         if resolution in self.detections:
             return
         from bmoe_tf.backend import keras
-        from experiments.det import coco_metric, ssd
-        from experiments.detection import interpolate_epochs
+        from experiments.detection import coco_metric, ssd
+        from experiments.detection.task import interpolate_epochs
 
         task, cfg, wd = self.task, self.cfg, self.wd
         name = f"ssd{resolution}"
@@ -119,7 +119,7 @@ class _SubsetTask:
     """The task restricted to the experts at ``resolutions`` (what evaluate_split reads)."""
 
     def __init__(self, task, pool, resolutions):
-        from experiments.det.coco_metric import RoutingEvaluator
+        from experiments.detection.coco_metric import RoutingEvaluator
 
         self.task, self.resolutions = task, tuple(resolutions)
         self._scores = {s: np.stack([pool.scores[r][s] for r in resolutions], axis=1)

@@ -26,9 +26,9 @@ REPRESENTATIVE_IMAGES = 300
 
 def export_data(workdir):
     """:class:`gating_tflite.calibration.ExportData` of a detection experiment workdir."""
-    from experiments.det.coco_metric import RoutingEvaluator
-    from experiments.det.data import DetectionSet
-    from experiments.detection import gate_view
+    from experiments.detection.coco_metric import RoutingEvaluator
+    from experiments.detection.data import DetectionSet
+    from experiments.detection.task import gate_view
 
     def path(*parts):
         return os.path.join(workdir, *parts)

@@ -19,9 +19,9 @@ from bmoe_tf.cache import build_expert_cache, load_cache, save_cache, shard_path
 from bmoe_tf.gating import compact_gate, paper_gate
 from experiments import distribute, pipeline
 from experiments.config import ConfigError, Preset, Schedule, Targets, parse_numbers
-from experiments.sr import data as sr_data
-from experiments.sr import models as sr_models
-from experiments.sr.evaluate import assignment_psnr, part_scores
+from experiments.super_resolution import data as sr_data
+from experiments.super_resolution import models as sr_models
+from experiments.super_resolution.evaluate import assignment_psnr, part_scores
 from experiments.stages import load_artefact, write_json
 
 __all__ = ["SuperResolutionTask", "SRSettings", "PRESETS", "PAPER_TABLE_IV", "run",
@@ -319,7 +319,7 @@ class SuperResolutionTask(pipeline.Task):
 
     def test_order(self, cfg, wd):
         """None: ``data/test.npz`` stores the photos one after another and each photo's
-        parts in raster (row-major grid) order (:func:`experiments.sr.data.cut_parts`)."""
+        parts in raster (row-major grid) order (:func:`experiments.super_resolution.data.cut_parts`)."""
         return None
 
     def test_frames(self, cfg, wd):
@@ -361,14 +361,14 @@ class SuperResolutionTask(pipeline.Task):
                  "style": dict(ls="--", marker="x", color="grey", label="Bicubic")}]
 
     def figures(self, cfg, wd, report, results):
-        from experiments.sr.figures import figure_assignments
+        from experiments.super_resolution.figures import figure_assignments
 
         return {"fig7": figure_assignments(wd, cfg, results["test"], self.sets["test"],
                                            report["bias"])}
 
     # ---- export ------------------------------------------------------------------------
     def export_data(self, workdir):
-        from experiments.sr.export_data import export_data
+        from experiments.super_resolution.export_data import export_data
 
         return export_data(workdir)
 
@@ -388,6 +388,3 @@ def run():
     """Console script ``bmoe-super-resolution``."""
     pipeline.cli(SuperResolutionTask)
 
-
-if __name__ == "__main__":
-    run()

@@ -22,7 +22,7 @@ def _plt():
 
 def figure_tsne(path, features, labels, class_names, picks, modes, title, *, seed=0):
     """Two t-SNE panels of ``features [M, D]``: colours = class (a), chosen mode (b)."""
-    from experiments.act.tsne import tsne
+    from experiments.action.tsne import tsne
 
     plt = _plt()
     y = tsne(features, perplexity=min(30.0, (len(features) - 1) / 3.0), seed=seed)
@@ -78,7 +78,7 @@ def figure_fusion_by_class(path, fusion, unreliable=None):
 def action_figures(task, cfg, wd, report, results_test):
     """``{"fig9_tsne": path, "fig10_fusion_by_class": path}`` (None where there is no gate
     routing to show)."""
-    from experiments.act.experts import temporal_features
+    from experiments.action.experts import temporal_features
 
     out = {}
     chosen = pick_routing(results_test)

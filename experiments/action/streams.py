@@ -28,8 +28,8 @@ def stream_inputs(kind, clips):
 def build_mode_experts(task, cfg, wd):
     """Trains / loads the experts; returns the :class:`bmoe_tf.Expert` of ``cfg.task.modes``."""
     from bmoe_tf.backend import keras
-    from experiments.act import experts as act_experts
-    from experiments.action import MODES, mode_costs
+    from experiments.action import experts as act_experts
+    from experiments.action.task import MODES, mode_costs
 
     s = cfg.task
     shapes = dict(mv_frames=s.mv_frames, rgb_frames=s.rgb_frames, frame_size=s.frame_size)

@@ -17,7 +17,7 @@ clips, F_t motion-vector maps per clip, F_s RGB frames of S x S pixels:
   motion vectors unreliable (generated data only: ``"flat"``, ``"noise"``,
   ``"intra"``); real data is all ``""``.
 * ``mv_bytes``: ``int64[M]`` -- compressed bytes of the clip's motion vectors (see
-  :func:`experiments.act.video.compressed_mv_bytes`).
+  :func:`experiments.action.video.compressed_mv_bytes`).
 * ``rgb_bytes``: ``int64[M]`` -- JPEG bytes of the clip's F_s RGB frames (quality 90).
 """
 import dataclasses

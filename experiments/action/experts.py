@@ -4,7 +4,7 @@ Three frozen experts classify one clip into C actions; each returns class
 probabilities ``float32[B, C]`` (softmax):
 
 * **Temporal** (:func:`build_temporal`) sees only the F_t motion-vector maps
-  ``mv [B, F_t, 24, 24, 2]`` (pixels per frame, as in :mod:`experiments.act.clips`),
+  ``mv [B, F_t, 24, 24, 2]`` (pixels per frame, as in :mod:`experiments.action.clips`),
   in the spirit of EMV-CNN / MV-3DCNN: the maps are stacked on channels as the
   paper's gate input (24 x 24 x 2F_t), scaled by 1/4, plus F_t magnitude maps
   (24 x 24 x 3F_t in all); 3x3 convolutions with BatchNorm and ReLU (48 at 24x24, 64
@@ -58,7 +58,7 @@ from scipy.optimize import minimize
 
 from bmoe_tf.backend import keras, tf
 from bmoe_tf.experts import Expert
-from experiments.act.clips import MV_GRID
+from experiments.action.clips import MV_GRID
 from experiments.stages import atomic_dir
 
 __all__ = [

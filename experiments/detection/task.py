@@ -9,13 +9,13 @@ exported as a SavedModel and loaded only through :class:`bmoe_tf.Expert`. The
 gate sees the 224x224 centre crop (Table III), optionally downsampled for the
 compact (Cortex-M7) gate. The cache holds every expert's detections on every
 split (``[M, N, K, 6]``) and a per-image, per-expert score (the gates' training
-signal and the oracle's objective, see :mod:`experiments.det.coco_metric`); the
+signal and the oracle's objective, see :mod:`experiments.detection.coco_metric`); the
 metric of a routing is COCO mAP@[.5:.95] (in %) of the union of each image's
 detections from its chosen expert, from pycocotools' own per-image evaluation.
 
 Data: ``--data=generated`` (default) is a seeded, *generated* detection set made
 at run time from scikit-image's bundled textures and photos
-(:mod:`experiments.det.data`): it shows that a gate can learn which images need
+(:mod:`experiments.detection.data`): it shows that a gate can learn which images need
 resolution; it is not COCO, and its mAP values are not comparable with the
 paper's. ``tfds:coco/2017``, ``tfds:voc/2007`` (prepared by the user, with
 ``--tfds_data_dir``) and ``folder:PATH`` (images + COCO ``annotations.json``) are
@@ -23,7 +23,7 @@ the paths for real data. Nothing is downloaded.
 
 ``--ablation=complexity,experts`` adds the paper's Table II (rho for gate
 complexity x batch size, N = 3 and N = 2) and Fig. 5 (rho vs N for several
-(R_min, R_max)) after the main run (:mod:`experiments.det.ablation`).
+(R_min, R_max)) after the main run (:mod:`experiments.detection.ablation`).
 """
 import dataclasses
 import os
@@ -130,7 +130,7 @@ class DetectionTask(pipeline.Task):
     curve_figure_name = "fig4_map_vs_cost.png"
     curve_figure_title = "Fig. 4 layout"
     oracle_description = ("capacity-constrained assignment maximising the summed per-image "
-                          "scores (see experiments.det.coco_metric.per_image_scores; a proxy "
+                          "scores (see experiments.detection.coco_metric.per_image_scores; a proxy "
                           "of the dataset mAP, not a bound on it)")
 
     def __init__(self):
@@ -242,7 +242,7 @@ class DetectionTask(pipeline.Task):
 
     # ---- data --------------------------------------------------------------------------
     def prepare_data(self, cfg, wd):
-        from experiments.det import data as det_data
+        from experiments.detection import data as det_data
 
         s = cfg.task
         sizes = dict(train=s.train_images, validation=s.validation_images, test=s.test_images)
@@ -260,7 +260,7 @@ class DetectionTask(pipeline.Task):
                for name in pipeline.SPLITS}))
 
     def load_data(self, cfg, wd):
-        from experiments.det import data as det_data
+        from experiments.detection import data as det_data
 
         self._view = self.view_resolution(cfg)
         self.sets = {s: load_artefact(wd.path("data", f"{s}.npz"), det_data.DetectionSet.load,
@@ -274,7 +274,7 @@ class DetectionTask(pipeline.Task):
     # ---- experts and caches ------------------------------------------------------------
     def build_experts(self, cfg, wd):
         from bmoe_tf.backend import keras
-        from experiments.det import ssd
+        from experiments.detection import ssd
 
         s = cfg.task
         num_classes = len(self.sets["train"].class_names)
@@ -304,7 +304,7 @@ class DetectionTask(pipeline.Task):
     def _detections(self, experts, split, rows):
         """``float32[len(rows), N, K, 6]``: every expert's detections on those images
         (``rows=None``: the whole split, without a copy)."""
-        from experiments.det import ssd
+        from experiments.detection import ssd
 
         images = self.sets[split].images
         images = images if rows is None else images[rows]
@@ -372,8 +372,8 @@ class DetectionTask(pipeline.Task):
         return self._scores[split]
 
     def evaluator(self, split):
-        """The split's :class:`experiments.det.coco_metric.RoutingEvaluator` (built once)."""
-        from experiments.det.coco_metric import RoutingEvaluator
+        """The split's :class:`experiments.detection.coco_metric.RoutingEvaluator` (built once)."""
+        from experiments.detection.coco_metric import RoutingEvaluator
 
         if split not in self._evaluators:
             data = self.sets[split]
@@ -416,7 +416,7 @@ class DetectionTask(pipeline.Task):
         return PAPER_TABLE_I["vgg16"]
 
     def evaluation_extras(self, cfg, results):
-        from experiments.det.report import assigned_map_tables
+        from experiments.detection.report import assigned_map_tables
 
         return {"assigned_map": assigned_map_tables(self, results)}
 
@@ -426,20 +426,20 @@ class DetectionTask(pipeline.Task):
                 "gate_view": self.view_resolution(cfg)}
 
     def markdown_extras(self, cfg, report):
-        from experiments.det.report import markdown_lines
+        from experiments.detection.report import markdown_lines
 
         return markdown_lines(report)
 
     def figures(self, cfg, wd, report, results):
-        from experiments.det.figures import figure_examples
+        from experiments.detection.figures import figure_examples
 
         return {"examples": figure_examples(wd, self, report, results["test"])}
 
     def extra_stages(self, cfg, wd, experts, report):
         if cfg.task.ablation:
-            from experiments.det.ablation import run_ablations
+            from experiments.detection.ablation import run_ablations
 
-            from experiments.det.report import ablation_lines
+            from experiments.detection.report import ablation_lines
 
             report.update(run_ablations(self, cfg, wd, experts, report))
             write_json(wd.path("report.json"), report)
@@ -448,7 +448,7 @@ class DetectionTask(pipeline.Task):
 
     # ---- export ------------------------------------------------------------------------
     def export_data(self, workdir):
-        from experiments.det.export_data import export_data
+        from experiments.detection.export_data import export_data
 
         return export_data(workdir)
 
@@ -473,6 +473,3 @@ def run():
     """Console script ``bmoe-detection``."""
     pipeline.cli(DetectionTask)
 
-
-if __name__ == "__main__":
-    run()

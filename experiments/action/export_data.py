@@ -36,8 +36,8 @@ def mirror(inputs):
 
 def export_data(workdir):
     """:class:`gating_tflite.calibration.ExportData` of an action experiment workdir."""
-    from experiments.act.clips import ClipSet
-    from experiments.action import gate_input, natural_order
+    from experiments.action.clips import ClipSet
+    from experiments.action.task import gate_input, natural_order
 
     def path(*parts):
         return os.path.join(workdir, *parts)

@@ -8,7 +8,7 @@ imported: it fails without its scipy pin) and decoded once with PyAV (:func:`sou
 
 A clip is F_t + 1 frames (``mv_frames`` = F_t) of S x S pixels (``frame_size``) rendered by a
 virtual camera that moves a square crop window over the *playing* source (consecutive source
-frames), encoded with libx264 (:func:`experiments.act.video.encode_h264`) and decoded with
+frames), encoded with libx264 (:func:`experiments.action.video.encode_h264`) and decoded with
 FFmpeg's motion-vector export: the clip's ``mv`` is the F_t maps of decoded frames 1..F_t (map k
 = motion from frame k-1 to frame k; frame 0 is the I-frame). Its ``rgb`` is F_s (``rgb_frames``)
 of the rendered frames, evenly spaced over 0..F_t: for the default F_s = 2 the *first and the
@@ -76,8 +76,8 @@ import time
 import numpy as np
 from PIL import Image, ImageFilter
 
-from experiments.act import video
-from experiments.act.clips import MV_GRID, ClipSet
+from experiments.action import video
+from experiments.action.clips import MV_GRID, ClipSet
 
 __all__ = ["CLASSES", "DEGRADATIONS", "GUARD_FRAMES", "SOURCES", "SPLITS", "ClipPlan",
            "bundled_videos", "encode_clip", "generate_splits", "render_clip", "render_plan",

@@ -12,14 +12,14 @@ def subset_map(data, detections, images, expert):
     """COCO mAP / AP50 (%) of ``expert`` on the images ``images`` (indices) of ``data``.
 
     Args:
-      data: an :class:`experiments.det.data.DetectionSet` (M images).
+      data: an :class:`experiments.detection.data.DetectionSet` (M images).
       detections: ``float32[M, N, K, 6]`` cached detections.
       images: ``int[m]`` image indices.
       expert: n.
     Returns:
       ``{"map": %, "ap50": %}``, or None for an empty subset.
     """
-    from experiments.det.coco_metric import coco_map
+    from experiments.detection.coco_metric import coco_map
 
     images = np.asarray(images, np.int64)
     if len(images) == 0:
@@ -65,7 +65,7 @@ def markdown_lines(report):
     """report.md sections of the detection task."""
     out = ["", "## Table I layout (test split, mAP@[.5:.95] %, next to the paper's COCO rows)", ""]
     if report.get("generated_data"):
-        out += ["The data is the *generated* set (experiments.det.data): its mAP values show the "
+        out += ["The data is the *generated* set (experiments.detection.data): its mAP values show the "
                 "routing effect, they are not comparable with the paper's COCO numbers.", ""]
     out += method_rows_markdown(report, report.get("paper_table_i"))
     tables = report.get("assigned_map") or {}

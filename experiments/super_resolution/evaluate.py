@@ -5,7 +5,7 @@ the ``"outputs"`` expert cache of a split.
 """
 import numpy as np
 
-from experiments.sr.metrics import mean_psnr_y, rgb_to_y
+from experiments.super_resolution.metrics import mean_psnr_y, rgb_to_y
 
 __all__ = ["assignment_psnr", "part_scores", "chosen_outputs"]
 

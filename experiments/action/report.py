@@ -99,7 +99,7 @@ def markdown_lines(report):
            "UCF-101 rows)", ""]
     if report.get("generated_data"):
         out += ["The data is *generated* from bundled footage (camera-motion classes, "
-                "experiments.act.footage): its accuracies show the routing effect; they are "
+                "experiments.action.footage): its accuracies show the routing effect; they are "
                 "not comparable with the paper's UCF-101 numbers.", ""]
     out += method_rows_markdown(report, report.get("paper_table_vi"))
     clip = report.get("clip") or {}

@@ -1,6 +1,6 @@
 """Clip sets of the action task from three sources: generated, a folder of videos, tfds.
 
-Every source gives one :class:`~experiments.act.clips.ClipSet` per split of
+Every source gives one :class:`~experiments.action.clips.ClipSet` per split of
 ``SPLIT_NAMES``: ``experts`` (the experts' training clips), ``train`` (the gate's
 training clips), ``validation`` and ``test``. Clips keep F_t motion-vector maps
 (``decoded.mv[1:F_t + 1]``: the motion into frames 1..F_t, so a clip needs F_t + 1
@@ -10,7 +10,7 @@ anti-aliases when it shrinks) to S x S (:func:`clip_arrays`).
 
 Sources (``load_splits(data, ...)``, ``data`` as :func:`parse_data` reads it):
 
-* ``"generated"``: :func:`experiments.act.footage.generate_splits` (the default set).
+* ``"generated"``: :func:`experiments.action.footage.generate_splits` (the default set).
 
 * ``"folder:PATH"`` (:func:`load_folder`): videos in class subfolders, UCF-101's own
   layout (``PATH/ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi``). A class is an
@@ -22,7 +22,7 @@ Sources (``load_splits(data, ...)``, ``data`` as :func:`parse_data` reads it):
   (libx264 with one past reference, no B-frames), a file's own bitstream may have
   B-frames or several references (UCF-101's xvid AVIs have B-frames): FFmpeg does not
   say how far a vector reaches, so such vectors may span more than one frame and the
-  maps are approximate (see :mod:`experiments.act.video`). The RGB frames are the
+  maps are approximate (see :mod:`experiments.action.video`). The RGB frames are the
   file's decoded frames.
 
   Groups: the ``_gNN_`` part of a file name (``v_<Class>_g08_c03.avi`` -> group 8).
@@ -48,7 +48,7 @@ Sources (``load_splits(data, ...)``, ``data`` as :func:`parse_data` reads it):
   TensorFlow Datasets dataset (``--tfds_data_dir``); nothing is downloaded. tfds keeps
   JPEG frames, not the original bitstream, so the first F_t + 1 frames (cropped to an
   even height and width) are re-encoded with libx264
-  (:func:`experiments.act.video.encode_h264`) and the motion vectors read from that
+  (:func:`experiments.action.video.encode_h264`) and the motion vectors read from that
   encoding: they are x264's vectors of the re-encoded frames, not the source file's.
   The RGB frames are the tfds frames themselves. tfds has no UCF group, so its
   ``train`` split is dealt into experts / train / validation by a seeded permutation
@@ -73,7 +73,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from experiments.act.clips import MV_GRID, ClipSet
+from experiments.action.clips import MV_GRID, ClipSet
 
 __all__ = [
     "DEFAULT_FRACTIONS",
@@ -251,7 +251,7 @@ def _progress(where, done, total, start):
 
 def _row(mv, rgb):
     """``(mv float16, rgb, mv_bytes, rgb_bytes)`` of one clip (bytes from the float32 maps)."""
-    from experiments.act.video import compressed_mv_bytes, jpeg_bytes
+    from experiments.action.video import compressed_mv_bytes, jpeg_bytes
 
     return mv.astype(np.float16), rgb, compressed_mv_bytes(mv), jpeg_bytes(rgb, 90)
 
@@ -424,7 +424,7 @@ def _assign(path, class_names, clips, seed, fractions):
 
 
 def _decode_file(clip, mv_frames, rgb_frames, frame_size):
-    from experiments.act.video import read_motion_vectors
+    from experiments.action.video import read_motion_vectors
 
     try:
         decoded = read_motion_vectors(clip.path, max_frames=mv_frames + 1, keep_frames=True)
@@ -588,7 +588,7 @@ def _tfds_clips(builder, name, split, indices, data_dir, hint, mv_frames):
 
 def _tfds_arrays(frames, where, mv_frames, rgb_frames, frame_size):
     """Re-encodes the frames (cropped to even sizes) with libx264 and reads its vectors."""
-    from experiments.act.video import encode_h264, read_motion_vectors
+    from experiments.action.video import encode_h264, read_motion_vectors
 
     h, w = frames.shape[1:3]
     even = np.ascontiguousarray(frames[:, : h - h % 2, : w - w % 2, :3])
@@ -679,7 +679,7 @@ def load_splits(data, *, seed, sizes, mv_frames=16, rgb_frames=2, frame_size=96,
                 tfds_data_dir=None, unreliable_share=0.25, progress=True) -> dict:
     """``{split: ClipSet}`` for every split of ``SPLIT_NAMES`` from the source ``data``.
 
-    ``"generated"``: :func:`experiments.act.footage.generate_splits` with ``sizes`` clips
+    ``"generated"``: :func:`experiments.action.footage.generate_splits` with ``sizes`` clips
     per split (``unreliable_share`` of them degraded). ``"folder:PATH"``:
     :func:`load_folder`, ``sizes`` caps per split (0 = all). ``"tfds:NAME"``:
     :func:`load_tfds` with ``tfds_data_dir``, ``sizes`` caps per split (0 = all).
@@ -692,7 +692,7 @@ def load_splits(data, *, seed, sizes, mv_frames=16, rgb_frames=2, frame_size=96,
     if kind == "generated":
         if sizes is None:
             raise ValueError(f"--data=generated needs sizes for {list(SPLIT_NAMES)}")
-        from experiments.act.footage import generate_splits
+        from experiments.action.footage import generate_splits
 
         return generate_splits(seed, sizes, mv_frames=mv_frames, rgb_frames=rgb_frames,
                                frame_size=frame_size, unreliable_share=unreliable_share,

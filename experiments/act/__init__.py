@@ -1,1 +1,0 @@
-"""Pieces of the action classification task (experiments.action)."""
