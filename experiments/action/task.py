@@ -510,5 +510,7 @@ def natural_order(clips):
 
 def run():
     """Console script ``bmoe-action``."""
-    pipeline.cli(ActionTask)
+    from experiments.cli import cli
+
+    cli(ActionTask)
 

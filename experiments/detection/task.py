@@ -471,5 +471,7 @@ def _load_detections(path):
 
 def run():
     """Console script ``bmoe-detection``."""
-    pipeline.cli(DetectionTask)
+    from experiments.cli import cli
+
+    cli(DetectionTask)
 

@@ -386,5 +386,7 @@ def test_frames(part_set):
 
 def run():
     """Console script ``bmoe-super-resolution``."""
-    pipeline.cli(SuperResolutionTask)
+    from experiments.cli import cli
+
+    cli(SuperResolutionTask)
 
