@@ -14,6 +14,9 @@ import dataclasses
 import math
 from typing import Any, Mapping, Sequence
 
+from experiments import settings as settings_lib
+from experiments.settings import ConfigError, parse_numbers
+
 __all__ = ["Schedule", "Preset", "Config", "Targets", "ConfigError", "PRESET_NAMES",
            "EVAL_METHODS", "GATE_KINDS", "define_shared_flags", "from_flags", "parse_targets",
            "parse_numbers", "SHARED_FLAGS"]
@@ -26,10 +29,6 @@ GATE_METHODS = ("enforce", "soft")
 GATE_KINDS = ("paper", "compact")
 #: Test-time batches are a seeded permutation of a split (a shuffled loader).
 DEFAULT_EVAL_BATCH_SEED = 1234
-
-
-class ConfigError(ValueError):
-    """A flag value that is not allowed; the message names the flag."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,23 +142,6 @@ def _plain(value):
 
 
 # ---- parsing ------------------------------------------------------------------------
-def parse_numbers(values: Sequence[str] | None, flag: str, kind=float) -> tuple | None:
-    """``("0.5", "0.3")`` -> ``(0.5, 0.3)``; an unparsable or non-finite value names the flag."""
-    if values is None:
-        return None
-    out = []
-    for v in values:
-        try:
-            x = kind(str(v).strip())
-        except ValueError:
-            raise ConfigError(f"--{flag}: {v!r} is not a{'n integer' if kind is int else ' number'}"
-                              f" (got {','.join(map(str, values))})") from None
-        if kind is float and not math.isfinite(x):
-            raise ConfigError(f"--{flag}: {v!r} is not a finite number")
-        out.append(x)
-    return tuple(out)
-
-
 def parse_targets(values: Sequence[str]) -> Targets:
     """One integer below 100 = a number of grid points; otherwise explicit costs; the
     word ``experts`` beside either adds every expert's d_n."""
@@ -288,10 +270,11 @@ def from_flags(task, flag_values=None) -> Config:
                         seed=values["seed"],
                         verbose=values["verbose"], data=values["data"],
                         tfds_data_dir=values["tfds_data_dir"],
-                        eval_data=task.eval_data_from_flags(fv) or values["eval_data"],
+                        eval_data=((task.eval_data.from_flags(fv) if task.eval_data else None)
+                                   or values["eval_data"]),
                         eval_batch_seed=values["eval_batch_seed"],
                         strategy=values["strategy"],
-                        task_settings=task.settings_from_flags(fv, preset.task))
+                        task_settings=settings_lib.from_flags(task.Settings, fv, preset.task))
 
 
 def _or(value, default):
@@ -371,7 +354,10 @@ def check(cfg: Config, task) -> None:
                           f"{list(cfg.bias_weights)}")
     if len(set(cfg.bias_weights)) != len(cfg.bias_weights):
         raise ConfigError(f"--bias_weights lists a weight twice: {list(cfg.bias_weights)}")
-    task.check_settings(cfg)
+    if cfg.eval_data and task.eval_data is None:
+        raise ConfigError(f"--eval_data is not supported by the {task.name} task; evaluate "
+                          "other data with --data=folder:PATH")
+    settings_lib.check_settings(cfg.task, cfg)
     costs = task.data_costs(cfg)
     n = len(costs)
     if cfg.batch_size < n:

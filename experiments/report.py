@@ -24,27 +24,43 @@ def _summary(split_result):
     return {k: split_result[k] for k in _SUMMARY_KEYS if k in split_result}
 
 
-def write_report(task, cfg, wd, table, points, results, splits, command, *, gate_model,
-                 scene_shift=None):
+def _add(report, extra, where):
+    """Adds ``extra``'s keys to ``report``; a key the pipeline wrote may not be replaced."""
+    clash = sorted(set(extra) & set(report))
+    if clash:
+        raise ValueError(f"{where} would replace the report's {clash}; a task's report "
+                         "hooks may only add keys")
+    report.update(extra)
+
+
+def write_report(task, cfg, wd, data, table, points, results, splits, command, *, gate_model,
+                 scene_shift=None, views=None):
     """Writes report.json / report.md / figures; returns the report dict.
 
-    ``scene_shift``: the scene-shift stage's result (``scene_shift.json``), reported under
-    the key ``scene_shift`` and in report.md's section "Scene shift: the test split in its
-    natural order"; None: neither."""
+    ``data``: the task's loaded data (passed to its report hooks); ``views``: the evaluated
+    :class:`experiments.task.Split` views. ``scene_shift``: the scene-shift stage's result
+    (``scene_shift.json``), reported under the key ``scene_shift`` and in report.md's
+    section "Scene shift: the test split in its natural order"; None: neither."""
+    hooks = task.report
     commands_path = wd.path("commands.json")
     commands = read_json(commands_path) if os.path.exists(commands_path) else []
     if not commands or commands[-1] != command:
         commands.append(command)
         write_json(commands_path, commands)
     test = results["test"]
+    experts = []
+    for r in table:
+        row = dict(name=r["name"], data_cost=r["data_cost"], metric=r["metric_test"],
+                   metric_validation=r["metric_validation"],
+                   **{k: v for k, v in r.items() if not k.startswith("metric_")
+                      and k not in ("name", "data_cost")})
+        _add(row, hooks.expert_fields(row), f"{task.name}'s report.expert_fields")
+        experts.append(row)
     report = {
         "task": task.name,
         "metric": task.metric_name,
         "cost_unit": task.cost_unit,
-        "experts": [dict(name=r["name"], data_cost=r["data_cost"], metric=r["metric_test"],
-                         metric_validation=r["metric_validation"],
-                         **{k: v for k, v in r.items() if not k.startswith("metric_")
-                            and k not in ("name", "data_cost")}) for r in table],
+        "experts": experts,
         **_summary(test),
         "oracle": task.oracle_description,
         "eval": _summary(results["eval"]) if "eval" in results else {},
@@ -52,20 +68,23 @@ def write_report(task, cfg, wd, table, points, results, splits, command, *, gate
         "gate": dict(kind=cfg.gate, macs=int(count_macs(gate_model)),
                      params=int(gate_model.count_params())),
         "config": cfg.as_dict(),
-        "paper": task.paper_reference(cfg),
+        "paper": hooks.paper_reference(cfg),
         "commands": commands,
         "examples": {k: int(v) for k, v in splits.items()},
     }
+    report["curves"] = dict(report["curves"])
+    _add(report["curves"], hooks.curves(report), f"{task.name}'s report.curves")
     if scene_shift is not None:
         report["scene_shift"] = scene_shift
-    report.update(task.evaluation_extras(cfg, results))
-    report.update(task.report_extras(cfg, report))
+    _add(report, hooks.evaluation_extras(cfg, data, results, views or {}),
+         f"{task.name}'s report.evaluation_extras")
+    _add(report, hooks.extras(cfg, report), f"{task.name}'s report.extras")
     write_json(wd.path("report.json"), report)
     figures = {"curves": _figure_curves(task, wd, report)}
-    figures.update(task.figures(cfg, wd, report, results))
+    figures.update(hooks.figures(cfg, wd, data, report, results))
     with open(wd.path("report.md"), "w") as f:
         f.write(_markdown(task, report, test, figures, wd))
-        extra = task.markdown_extras(cfg, report)
+        extra = hooks.markdown(cfg, report)
         if extra:
             f.write("\n".join(extra) + "\n")
     return report
@@ -287,17 +306,17 @@ def _figure_curves(task, wd, report):
         over = [(p["cost"] / 1000, p["metric"]) for p in pts if p["over_target"]]
         if over:
             ax.scatter(*zip(*over), marker="x", color="black", zorder=5)
-    for extra in task.curve_extras(report):
+    for extra in task.report.curve_extras(report):
         ax.plot(*extra["xy"], **extra["style"])
     for e in report["experts"]:
         ax.annotate(e.get("label", e["name"]), (e["data_cost"] / 1000, e["metric"]),
                     textcoords="offset points", xytext=(4, -10), fontsize=8)
     ax.set_xlabel(f"mean data cost per {task.example_name} (kB)")
     ax.set_ylabel(f"test {report['metric']}")
-    ax.set_title(f"{task.curve_figure_title}: {report['metric']} vs data cost")
+    ax.set_title(f"{task.report.curve_figure_title}: {report['metric']} vs data cost")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    path = wd.path("reports", task.curve_figure_name)
+    path = wd.path("reports", task.report.curve_figure_name)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -114,11 +114,12 @@ def act_smoke(tmp_path_factory):
 def sharded_cache_matches(tmp_path):
     """``check(task, cfg, workdir, num_shards)``: builds the caches of a finished workdir's
     data and experts again in ``num_shards`` shards (:meth:`Task.build_cache_shard`, one
-    call per worker index, as a multi-worker run does), merges them
-    (:meth:`Task.build_caches`) and asserts every cache file equals the workdir's,
+    call per worker index, as a multi-worker run does: :func:`pipeline.build_cache_shards`),
+    merges them (:func:`pipeline.build_caches`) and asserts every cache file equals the workdir's,
     array by array, byte for byte. Returns the compared file names."""
     import os
 
+    from experiments import pipeline
     from experiments.stages import Workdir
 
     def check(task, cfg, workdir, num_shards):
@@ -128,13 +129,14 @@ def sharded_cache_matches(tmp_path):
         for sub in ("data", "experts"):
             os.symlink(src.path(sub), copy / sub)
         wd = Workdir(str(copy))
-        splits = task.load_data(cfg, wd)
-        experts = task.build_experts(cfg, wd)  # there already: loaded
+        run = pipeline.Run(task, cfg, wd)
+        pipeline.load_data(run, announce=False)
+        pipeline.build_experts(run)  # there already: loaded
         for index in range(num_shards):
-            task.build_cache_shard(cfg, wd, experts, splits, num_shards, index)
+            pipeline.build_cache_shards(run, num_shards, index)
         shards = [p for p in os.listdir(wd.path("cache")) if ".shard-" in p]
         assert len(shards) % num_shards == 0 and shards
-        task.build_caches(cfg, wd, experts, splits)
+        pipeline.build_caches(run)
         made = sorted(os.listdir(wd.path("cache")))
         assert not [p for p in made if ".shard-" in p]  # merged and removed
         for name in made:

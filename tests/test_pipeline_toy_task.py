@@ -9,17 +9,19 @@ import pytest
 
 from bmoe_tf import Expert
 from bmoe_tf.backend import keras
-from bmoe_tf.cache import build_expert_cache, save_cache, score_cache, shard_path
-from experiments import config, distribute, pipeline
-from experiments.stages import write_json
+from bmoe_tf.cache import build_expert_cache, score_cache
+from experiments import config, pipeline
+from experiments.settings import setting
+from experiments.stages import Workdir, write_json
+from experiments.task import SPLITS, CacheJob, Split, Task, TrainingSet
 
 
 @dataclasses.dataclass(frozen=True)
 class ToySettings:
-    examples: int = 240
+    examples: int = setting(240, "Examples per split.", stage="data", low=16)
 
 
-class ToyTask(pipeline.Task):
+class ToyTask(Task):
     """Inputs x [M, 4]; expert n sees the first 1, 2 or 4 features (d_n = 4, 8, 16 bytes);
     per example and expert a hit h[M, N] in {0, 1} and false alarms f[M, N] in {0, 1, 2};
     metric = F1 = 2 TP / (2 TP + FP + FN) over the whole split: a ratio of totals (like
@@ -29,10 +31,10 @@ class ToyTask(pipeline.Task):
     title = "Toy"
     metric_name = "F1-like"
     cost_unit = "bytes"
-    example_name = "example"
-
-    def __init__(self):
-        self.data = {}
+    Settings = ToySettings
+    #: the experts' outputs are cached (unused by the metric: they exercise the sharded
+    #: cache of a multi-worker run) in batches of this size
+    CACHE_BATCH = 32
 
     def presets(self):
         schedule = config.Schedule(targets=config.Targets(count=3), batch_size=16,
@@ -42,12 +44,9 @@ class ToyTask(pipeline.Task):
     def data_costs(self, cfg):
         return np.array([4.0, 8.0, 16.0])
 
-    def stage_settings(self, cfg):
-        return {"data": dict(examples=cfg.task.examples), "experts": {}, "cache": {}}
-
     def prepare_data(self, cfg, wd):
         rng = np.random.default_rng(cfg.seed)
-        for split in pipeline.SPLITS:
+        for split in SPLITS:
             x = rng.normal(size=(cfg.task.examples, 4)).astype(np.float32)
             difficulty = np.abs(x[:, 3])  # hard examples need more features
             hits = (difficulty[:, None] < np.array([0.3, 0.8, 5.0])[None]).astype(np.float32)
@@ -57,12 +56,13 @@ class ToyTask(pipeline.Task):
         write_json(wd.path("data", "split.json"), {"ok": True})
 
     def load_data(self, cfg, wd):
-        for split in pipeline.SPLITS:
+        def load(split):
             with np.load(wd.path("data", f"{split}.npz")) as f:
-                self.data[split] = dict(x=f["x"], hits=f["hits"], false=f["false"])
-        return {s: len(v["x"]) for s, v in self.data.items()}
+                return dict(x=f["x"], hits=f["hits"], false=f["false"])
 
-    def build_experts(self, cfg, wd):
+        return {split: ToySplit(load(split)) for split in SPLITS}
+
+    def build_experts(self, cfg, wd, data):
         experts = []
         for k in (1, 2, 4):
             keras.utils.set_random_seed(cfg.seed + k)  # the same experts on every worker
@@ -71,45 +71,35 @@ class ToyTask(pipeline.Task):
                                   input_shape=(4,)))
         return experts
 
-    #: the experts' outputs are cached (unused by the metric: they exercise the sharded
-    #: cache of a multi-worker run) in batches of this size
-    CACHE_BATCH = 32
+    def caches(self, cfg, wd, data, experts):
+        def job(split):
+            def build(num_shards, shard_index):
+                return build_expert_cache(experts, data[split]["x"], kind="outputs",
+                                          batch_size=self.CACHE_BATCH, verbose=0,
+                                          num_shards=num_shards, shard_index=shard_index)
+            return CacheJob(f"{split} outputs", wd.path("cache", f"{split}_outputs.npz"), build)
 
-    def build_cache_shard(self, cfg, wd, experts, splits, num_shards, shard_index):
-        for split in pipeline.SPLITS:
-            path = wd.path("cache", f"{split}_outputs.npz")
-            shard = shard_path(path, shard_index, num_shards)
-            if not os.path.exists(path):
-                save_cache(shard, build_expert_cache(
-                    experts, self.data[split]["x"], kind="outputs", batch_size=self.CACHE_BATCH,
-                    verbose=0, num_shards=num_shards, shard_index=shard_index))
+        return [job(split) for split in SPLITS]
 
-    def build_caches(self, cfg, wd, experts, splits):
-        for split in pipeline.SPLITS:
-            path = wd.path("cache", f"{split}_outputs.npz")
-            if not os.path.exists(path):
-                merged = distribute.merged_shards(path)
-                save_cache(path, merged if merged is not None else build_expert_cache(
-                    experts, self.data[split]["x"], kind="outputs",
-                    batch_size=self.CACHE_BATCH, verbose=0))
-                distribute.remove_shards(path)
+    def training_set(self, cfg, wd, data):
+        d = data["train"]
+        return TrainingSet(d["x"], score_cache(d["hits"] - d["false"] / 2))
 
-    def training_set(self, cfg):
-        d = self.data["train"]
-        return pipeline.TrainingSet(d["x"], score_cache(d["hits"] - d["false"] / 2))
-
-    def gate_inputs(self, split):
-        return self.data[split]["x"]
-
-    def scores(self, split):
-        return self.data[split]["hits"] - self.data[split]["false"] / 2
-
-    def metric(self, split, assignment):
-        return f1(self.data[split], np.asarray(assignment))
+    def split(self, cfg, wd, data, name):
+        d = data[name]
+        return Split(gate_inputs=d["x"], scores=d["hits"] - d["false"] / 2,
+                     metric=lambda a: f1(d, np.asarray(a)))
 
     def build_gate(self, cfg, num_experts):
         return keras.Sequential([keras.Input((4,)), keras.layers.Dense(16, activation="relu"),
                                  keras.layers.Dense(num_experts)])
+
+
+class ToySplit(dict):
+    """One split's arrays; ``len`` is its number of examples."""
+
+    def __len__(self):
+        return len(self["x"])
 
 
 def f1(data, assignment):
@@ -126,7 +116,9 @@ def toy_run(tmp_path_factory):
     cfg = config.build_config(task, preset_name="smoke", preset=task.presets()["smoke"],
                               verbose=0, bias_weights=(1.0,))
     workdir = str(tmp_path_factory.mktemp("toy") / "wd")
-    return task, cfg, workdir, pipeline.run(task, cfg, workdir, command="toy")
+    report = pipeline.run(task, cfg, workdir, command="toy")
+    task.data = task.load_data(cfg, Workdir(workdir))  # what the tests compare with
+    return task, cfg, workdir, report
 
 
 def test_a_task_with_a_non_mean_metric_runs_through_the_pipeline(toy_run):

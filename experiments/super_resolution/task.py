@@ -2,7 +2,7 @@
 
     python -m experiments.super_resolution --workdir=workdir/sr --preset=quick
 
-A :class:`experiments.pipeline.Task`: 64x64 parts of photos, ESPCN/FSRCNN experts at
+A :class:`experiments.task.Task`: 64x64 parts of photos, ESPCN/FSRCNN experts at
 x4/x3/x2 (P_n: anti-aliased downsample, d_n: float32 bytes of P_n(x)), the MSE
 cache the gates train on, minus the per-part Y squared error as the score matrix,
 and the mean per-image Y-PSNR of the stitched images as the metric. The pipeline
@@ -15,17 +15,19 @@ import numpy as np
 
 from bmoe_tf import evaluation as bmoe_eval
 from bmoe_tf.backend import keras, tf
-from bmoe_tf.cache import build_expert_cache, load_cache, save_cache, shard_path
+from bmoe_tf.cache import build_expert_cache, load_cache
 from bmoe_tf.gating import compact_gate, paper_gate
-from experiments import distribute, pipeline
-from experiments.config import ConfigError, Preset, Schedule, Targets, parse_numbers
+from experiments.config import ConfigError, Preset, Schedule, Targets
+from experiments.settings import setting
 from experiments.super_resolution import data as sr_data
 from experiments.super_resolution import models as sr_models
 from experiments.super_resolution.evaluate import assignment_psnr, part_scores
-from experiments.stages import load_artefact, write_json
+from experiments.stages import ArtefactError, load_artefact, write_json
+from experiments.task import (SPLITS, CacheJob, EvalData, NaturalOrder, Report, Split, Task,
+                              TrainingSet)
 
 __all__ = ["SuperResolutionTask", "SRSettings", "PRESETS", "PAPER_TABLE_IV", "run",
-           "test_frames"]
+           "test_frames", "psnr_oracle"]
 
 PART = sr_data.PART_SIZE
 
@@ -38,15 +40,38 @@ PAPER_TABLE_IV = {
 }
 
 
+def _check_scales(scales):
+    if len(scales) < 2 or set(scales) - set(sr_models.SCALES):
+        return f"takes at least two of {sr_models.SCALES}, got {list(scales)}"
+    if len(set(scales)) != len(scales):
+        return f"lists a scale twice: {list(scales)}; each expert needs its own scale"
+    return None
+
+
 @dataclasses.dataclass(frozen=True)
 class SRSettings:
     """The SR task's own settings (flags of the same names)."""
 
-    experts: str = "espcn"
-    scales: tuple = (4, 3, 2)
-    expert_epochs: int = 8
-    image_scale: float = 1.0
-    max_train_parts: int = 0
+    experts: str = setting("espcn", "Expert family.", stage="experts",
+                           choices=sr_models.FAMILIES)
+    scales: tuple = setting((4, 3, 2), "Upscale factors of the experts, cheapest first.",
+                            stage="experts", check=_check_scales)
+    expert_epochs: int = setting(8, "Expert training epochs. Default from --preset.",
+                                 stage="experts", low=1)
+    image_scale: float = setting(1.0, "Resize factor applied to every image before cutting "
+                                 "parts (smoke runs use small images). Default from --preset.",
+                                 stage=("data", "eval_data"),
+                                 check=lambda v: None if 0 < v <= 4 else "must be in (0, 4]")
+    max_train_parts: int = setting(0, "Cap on training parts (random subset; 0: all). Default "
+                                   "from --preset.", stage="experts", low=0)
+
+    def check(self, cfg):
+        if self.max_train_parts and self.max_train_parts < cfg.batch_size:
+            raise ConfigError(f"--max_train_parts {self.max_train_parts} is smaller than "
+                              f"--batch_size {cfg.batch_size}")
+        if cfg.eval_data and not os.path.isdir(cfg.eval_data):
+            raise ConfigError(f"--eval_image_dir/--eval_data: {cfg.eval_data!r} is not a "
+                              "directory")
 
 
 #: Presets; an explicit flag always wins. WORKSPACE.md ("Presets") says why.
@@ -73,7 +98,105 @@ def _resize(images, scale):
     return out
 
 
-class SuperResolutionTask(pipeline.Task):
+class SRReport(Report):
+    """Table IV rows: each expert's scale and bicubic baseline; Fig. 6 with the bicubic
+    line; Fig. 7 (the gate's assignments on test photos)."""
+
+    curve_figure_name = "fig6_psnr_vs_cost.png"
+    curve_figure_title = "Fig. 6 layout"
+
+    def expert_row(self, cfg, index, expert):
+        scale = int(cfg.task.scales[index])
+        return dict(scale=scale, label=f"x{scale}")
+
+    def expert_split_row(self, cfg, data, split, index, view):
+        scale = int(cfg.task.scales[index])
+        bicubic = sr_models.bicubic_upscale(data[split].parts, scale)
+        return {f"psnr_{split}": view.metric(np.full(len(bicubic), index)),
+                f"bicubic_{split}": assignment_psnr(data[split], bicubic[:, None],
+                                                    np.zeros(len(bicubic), np.int64))}
+
+    def expert_fields(self, row):
+        return dict(psnr=row["metric"], bicubic=row.get("bicubic_test"))
+
+    def curves(self, report):
+        return {"bicubic": [[e["data_cost"], e["bicubic"]] for e in report["experts"]]}
+
+    def curve_extras(self, report):
+        xs = [e["data_cost"] / 1000 for e in report["experts"]]
+        ys = [e["bicubic"] for e in report["experts"]]
+        order = np.argsort(xs)
+        return [{"xy": (np.array(xs)[order], np.array(ys)[order]),
+                 "style": dict(ls="--", marker="x", color="grey", label="Bicubic")}]
+
+    def paper_reference(self, cfg):
+        return PAPER_TABLE_IV.get(cfg.task.experts)
+
+    def extras(self, cfg, report):
+        return {"eval_images": report["eval"], "parts": report["examples"]}
+
+    def figures(self, cfg, wd, data, report, results):
+        from experiments.super_resolution.figures import figure_assignments
+
+        return {"fig7": figure_assignments(wd, cfg, results["test"], data["test"],
+                                           report["bias"])}
+
+
+class SRNaturalOrder(NaturalOrder):
+    """The test photos one after another, each photo's parts in raster order."""
+
+    description = ("the test photos one after another as stored in data/test.npz, each "
+                   "photo's 64x64 parts in raster order; a frame is one photo")
+
+    def frames(self, cfg, data):
+        """``int[M]``: the photo of each test part (``PartSet.image_index``, contiguous);
+        the stored order is natural (:func:`experiments.super_resolution.data.cut_parts`)."""
+        return test_frames(data["test"])
+
+
+class SREvalImages(EvalData):
+    """``--eval_image_dir`` / ``--eval_data``: a folder of extra held-out images."""
+
+    def prepare(self, cfg, wd):
+        extra = _resize(sr_data.load_images(f"folder:{cfg.eval_data}"), cfg.task.image_scale)
+        extra = [(n, im) for n, im in extra if min(im.shape[:2]) >= PART]
+        if not extra:
+            raise ConfigError(f"--eval_image_dir={cfg.eval_data}: no image of at least "
+                              f"{PART}x{PART} px")
+        sr_data.make_part_set(extra).save(wd.path("data", "eval.npz"))
+
+    def cache_files(self, cfg, wd):
+        return [_outputs_file(wd, "eval")]
+
+    def define_flags(self, fv):
+        from absl import flags
+
+        flags.DEFINE_string("eval_image_dir", None, "Extra held-out images evaluated "
+                            "separately (the same as --eval_data).", flag_values=fv)
+
+    def from_flags(self, fv):
+        if fv.eval_image_dir and fv.eval_data and fv.eval_image_dir != fv.eval_data:
+            raise ConfigError("--eval_image_dir and --eval_data name different folders; "
+                              "give one")
+        return fv.eval_image_dir
+
+
+def _outputs_file(wd, split):
+    return wd.path("cache", f"{split}_outputs.npz")
+
+
+def _training_parts(cfg, data):
+    """``float32[P, 64, 64, 3]``: the training parts the experts and gates see (a seeded
+    subset of ``--max_train_parts``)."""
+    parts = data["train"].parts
+    cap = cfg.task.max_train_parts
+    if cap and len(parts) > cap:
+        pick = np.random.default_rng(cfg.seed).choice(len(parts), cap, replace=False)
+        return parts[np.sort(pick)]
+    return parts
+
+
+class SuperResolutionTask(Task):
     """Section IV-C on 64x64 parts (see the module docstring)."""
 
     name = "super_resolution"
@@ -81,92 +204,20 @@ class SuperResolutionTask(pipeline.Task):
     metric_name = "Y-PSNR (dB)"
     cost_unit = "bytes per 64x64 part"
     example_name = "part"
-    curve_figure_name = "fig6_psnr_vs_cost.png"
-    curve_figure_title = "Fig. 6 layout"
     oracle_description = (
         "capacity-constrained assignment maximising the mean per-image Y-PSNR: the exact "
         "optimum of the summed per-part squared error, improved by majorize-minimize "
         "steps on the per-image log-MSE (a near-optimum of the metric, not a certified "
         "bound)")
-
-    def __init__(self):
-        self.sets = {}
-        self.outputs = {}
-        self._scores = {}
-        self._train = None
-        self._scales = ()
-
-    # ---- configuration ---------------------------------------------------------------
-    def presets(self):
-        return PRESETS
-
-    def define_flags(self, fv):
-        from absl import flags
-
-        d = dict(flag_values=fv)
-        flags.DEFINE_enum("experts", "espcn", sr_models.FAMILIES, "Expert family.", **d)
-        flags.DEFINE_list("scales", ["4", "3", "2"], "Upscale factors of the experts, "
-                          "cheapest first.", **d)
-        flags.DEFINE_integer("expert_epochs", None, "Expert training epochs. Default from "
-                             "--preset.", **d)
-        flags.DEFINE_string("eval_image_dir", None, "Extra held-out images evaluated "
-                            "separately (the same as --eval_data).", **d)
-        flags.DEFINE_float("image_scale", None, "Resize factor applied to every image before "
-                           "cutting parts (smoke runs use small images). Default from "
-                           "--preset.", **d)
-        flags.DEFINE_integer("max_train_parts", None, "Cap on training parts (random "
-                             "subset; 0: all). Default from --preset.", **d)
-
-    def settings_from_flags(self, fv, default):
-        scales = parse_numbers(fv.scales, "scales", int)
-        changes = dict(experts=fv.experts, scales=scales)
-        for name in ("expert_epochs", "image_scale", "max_train_parts"):
-            if getattr(fv, name) is not None:
-                changes[name] = getattr(fv, name)
-        return dataclasses.replace(default, **changes)
-
-    def eval_data_from_flags(self, fv):
-        if fv.eval_image_dir and fv.eval_data and fv.eval_image_dir != fv.eval_data:
-            raise ConfigError("--eval_image_dir and --eval_data name different folders; "
-                              "give one")
-        return fv.eval_image_dir
-
-    def check_settings(self, cfg):
-        s = cfg.task
-        bad = sorted(set(s.scales) - set(sr_models.SCALES))
-        if bad or len(s.scales) < 2:
-            raise ConfigError(f"--scales takes at least two of {sr_models.SCALES}, got "
-                              f"{list(s.scales)}")
-        if len(set(s.scales)) != len(s.scales):
-            raise ConfigError(f"--scales lists a scale twice: {list(s.scales)}; each expert "
-                              "needs its own scale")
-        if s.experts not in sr_models.FAMILIES:
-            raise ConfigError(f"--experts takes {sr_models.FAMILIES}, got {s.experts!r}")
-        if s.expert_epochs < 1:
-            raise ConfigError(f"--expert_epochs must be >= 1, got {s.expert_epochs}")
-        if not 0 < s.image_scale <= 4:
-            raise ConfigError(f"--image_scale must be in (0, 4], got {s.image_scale}")
-        if s.max_train_parts < 0:
-            raise ConfigError(f"--max_train_parts must be >= 0 (0: all), got "
-                              f"{s.max_train_parts}")
-        if s.max_train_parts and s.max_train_parts < cfg.batch_size:
-            raise ConfigError(f"--max_train_parts {s.max_train_parts} is smaller than "
-                              f"--batch_size {cfg.batch_size}")
-        if cfg.eval_data and not os.path.isdir(cfg.eval_data):
-            raise ConfigError(f"--eval_image_dir/--eval_data: {cfg.eval_data!r} is not a "
-                              "directory")
+    Settings = SRSettings
+    PRESETS = PRESETS
+    report = SRReport()
+    natural_order = SRNaturalOrder()
+    eval_data = SREvalImages()
 
     def data_costs(self, cfg):
         return np.array([3 * sr_models.low_resolution_size(s) ** 2 * 4 for s in cfg.task.scales],
                         np.float64)
-
-    def stage_settings(self, cfg):
-        s = cfg.task
-        return {"data": dict(image_scale=s.image_scale),
-                "experts": dict(experts=s.experts, scales=list(s.scales),
-                                expert_epochs=s.expert_epochs, max_train_parts=s.max_train_parts),
-                "cache": {},
-                "eval_data": dict(image_scale=s.image_scale)}
 
     # ---- data --------------------------------------------------------------------------
     def prepare_data(self, cfg, wd):
@@ -178,44 +229,26 @@ class SuperResolutionTask(pipeline.Task):
                               "px after --image_scale; the splits need at least 3")
         split = sr_data.split_images([n for n, _ in images], seed=cfg.seed)
         by_name = dict(images)
-        for name in pipeline.SPLITS:
+        for name in SPLITS:
             sr_data.make_part_set([(n, by_name[n]) for n in split[name]]).save(
                 wd.path("data", f"{name}.npz"))
         write_json(wd.path("data", "split.json"), split)
 
-    def prepare_eval_data(self, cfg, wd):
-        extra = _resize(sr_data.load_images(f"folder:{cfg.eval_data}"), cfg.task.image_scale)
-        extra = [(n, im) for n, im in extra if min(im.shape[:2]) >= PART]
-        if not extra:
-            raise ConfigError(f"--eval_image_dir={cfg.eval_data}: no image of at least "
-                              f"{PART}x{PART} px")
-        sr_data.make_part_set(extra).save(wd.path("data", "eval.npz"))
-
     def load_data(self, cfg, wd):
-        names = list(pipeline.SPLITS) + (["eval"] if cfg.eval_data else [])
-        self.sets = {s: load_artefact(wd.path("data", f"{s}.npz"), sr_data.PartSet.load,
-                                      rebuild=wd.path("data")) for s in names}
-        return {s: len(v) for s, v in self.sets.items()}
+        names = list(SPLITS) + (["eval"] if cfg.eval_data else [])
+        return {s: load_artefact(wd.path("data", f"{s}.npz"), sr_data.PartSet.load,
+                                 rebuild=wd.path("data")) for s in names}
 
-    def _training_parts(self, cfg):
-        parts = self.sets["train"].parts
-        cap = cfg.task.max_train_parts
-        if cap and len(parts) > cap:
-            pick = np.random.default_rng(cfg.seed).choice(len(parts), cap, replace=False)
-            return parts[np.sort(pick)]
-        return parts
-
-    def check_data(self, cfg):
-        train = len(self._training_parts(cfg))
+    def check_data(self, cfg, data):
+        train = len(_training_parts(cfg, data))
         if train < cfg.batch_size:
             raise ConfigError(f"--batch_size {cfg.batch_size} is larger than the {train} "
                               "training parts; use a smaller batch or more images")
 
     # ---- experts and caches ------------------------------------------------------------
-    def build_experts(self, cfg, wd):
+    def build_experts(self, cfg, wd, data):
         s = cfg.task
-        self._scales = tuple(s.scales)
-        train = self._training_parts(cfg)
+        train = _training_parts(cfg, data)
         experts = []
         for scale in s.scales:
             name = f"{s.experts}_x{scale}"
@@ -224,7 +257,7 @@ class SuperResolutionTask(pipeline.Task):
             def build(scale=scale, path=path):
                 keras.utils.set_random_seed(cfg.seed + scale)
                 model = sr_models.build_expert_model(s.experts, scale)
-                sr_models.train_expert(model, scale, train, self.sets["validation"].parts,
+                sr_models.train_expert(model, scale, train, data["validation"].parts,
                                        epochs=s.expert_epochs, checkpoint_dir=path + ".ckpt",
                                        verbose=cfg.verbose, seed=cfg.seed)
                 sr_models.export_expert(model, path)
@@ -234,143 +267,78 @@ class SuperResolutionTask(pipeline.Task):
                 p, scale, s.experts).resolve((PART, PART, 3))))
         return experts
 
-    def cache_files(self, cfg, wd, split):
-        return [wd.path("cache", f"{split}_outputs.npz")]
+    def caches(self, cfg, wd, data, experts):
+        def job(label, path, inputs, targets, kind):
+            return CacheJob(label, path, lambda num_shards, shard_index: build_expert_cache(
+                experts, inputs, targets, kind=kind, verbose=cfg.verbose,
+                num_shards=num_shards, shard_index=shard_index))
 
-    def _cache_jobs(self, cfg, wd, splits):
-        """``[(label, path, inputs, targets, kind)]``: the expert caches of a run."""
-        train = self._training_parts(cfg)
-        jobs = [("train", wd.path("cache", "train_mse.npz"), train, train, "mse")]
-        for split in [s for s in ("validation", "test", "eval") if s in splits]:
-            jobs.append((split, wd.path("cache", f"{split}_outputs.npz"),
-                         self.sets[split].parts, None, "outputs"))
+        train = _training_parts(cfg, data)
+        jobs = [job("train", wd.path("cache", "train_mse.npz"), train, train, "mse")]
+        for split in [s for s in ("validation", "test", "eval") if s in data]:
+            jobs.append(job(split, _outputs_file(wd, split), data[split].parts, None, "outputs"))
         return jobs
 
-    def build_cache_shard(self, cfg, wd, experts, splits, num_shards, shard_index):
-        for label, path, inputs, targets, kind in self._cache_jobs(cfg, wd, splits):
-            if os.path.exists(path):
-                continue
-            shard = shard_path(path, shard_index, num_shards)
-            wd.run(f"cache {label} shard {shard_index + 1}/{num_shards}", shard,
-                   lambda shard=shard, inputs=inputs, targets=targets, kind=kind: save_cache(
-                       shard, build_expert_cache(experts, inputs, targets, kind=kind,
-                                                 verbose=cfg.verbose, num_shards=num_shards,
-                                                 shard_index=shard_index)))
+    def training_set(self, cfg, wd, data):
+        return TrainingSet(_training_parts(cfg, data),
+                           load_artefact(wd.path("cache", "train_mse.npz"), load_cache))
 
-    def build_caches(self, cfg, wd, experts, splits):
-        for label, path, inputs, targets, kind in self._cache_jobs(cfg, wd, splits):
-            def build(path=path, inputs=inputs, targets=targets, kind=kind):
-                merged = distribute.merged_shards(path)  # a multi-worker run's shards
-                save_cache(path, merged if merged is not None else build_expert_cache(
-                    experts, inputs, targets, kind=kind, verbose=cfg.verbose))
-                distribute.remove_shards(path)
+    def split(self, cfg, wd, data, name):
+        part_set = data[name]
+        path = _outputs_file(wd, name)
+        outputs = load_artefact(path, load_cache)["outputs"]
+        if len(outputs) != len(part_set):
+            raise ArtefactError(f"{path} holds {len(outputs)} parts, {name} has "
+                                f"{len(part_set)}; delete it and run again")
+        scores = part_scores(part_set, outputs)[0]
 
-            wd.run(f"cache {label}", path, build)
-            if label == "train":
-                self._train = pipeline.TrainingSet(inputs, load_artefact(path, load_cache))
-                continue
-            self.outputs[label] = load_artefact(path, load_cache)["outputs"]
-            if len(self.outputs[label]) != len(inputs):
-                raise pipeline.ArtefactError(
-                    f"{path} holds {len(self.outputs[label])} parts, {label} has {len(inputs)}; "
-                    f"delete it and run again")
+        def metric(assignment):
+            return assignment_psnr(part_set, outputs, np.asarray(assignment, np.int64))
 
-    def training_set(self, cfg):
-        return self._train
-
-    def gate_inputs(self, split):
-        return self.sets[split].parts
-
-    def scores(self, split):
-        if split not in self._scores:
-            self._scores[split] = part_scores(self.sets[split], self.outputs[split])[0]
-        return self._scores[split]
-
-    def metric(self, split, assignment):
-        return assignment_psnr(self.sets[split], self.outputs[split],
-                               np.asarray(assignment, np.int64))
-
-    def oracle_assignment(self, split, bias, *, steps=20):
-        """Majorize-minimize on the mean per-image PSNR from the summed-SE optimum.
-
-        PSNR_i = c - 10 log10(SSE_i); log is concave, so ``sum_i SSE_i / SSE_i^(t)``
-        majorizes ``sum_i log SSE_i`` at the routing t: the capacity-constrained
-        optimum of the weighted per-part errors never lowers the metric. Steps stop
-        when the metric stops rising.
-        """
-        scores = self.scores(split)
-        image = self.sets[split].image_index
-        a = bmoe_eval.oracle_assignment(scores, bias)
-        best = self.metric(split, a)
-        for _ in range(steps):
-            sse = np.bincount(image, weights=-scores[np.arange(len(a)), a],
-                              minlength=len(self.sets[split].names))
-            weights = 1.0 / np.maximum(sse[image], 1e-12)
-            candidate = bmoe_eval.oracle_assignment(scores * weights[:, None], bias)
-            value = self.metric(split, candidate)
-            if value <= best + 1e-9:
-                break
-            a, best = candidate, value
-        return a
-
-    # ---- natural order of the test split ----------------------------------------------
-    test_order_description = ("the test photos one after another as stored in data/test.npz, "
-                              "each photo's 64x64 parts in raster order; a frame is one photo")
-
-    def test_order(self, cfg, wd):
-        """None: ``data/test.npz`` stores the photos one after another and each photo's
-        parts in raster (row-major grid) order (:func:`experiments.super_resolution.data.cut_parts`)."""
-        return None
-
-    def test_frames(self, cfg, wd):
-        """``int[M]``: the photo of each test part (``PartSet.image_index``, contiguous)."""
-        return test_frames(self.sets["test"])
+        return Split(gate_inputs=part_set.parts, scores=scores, metric=metric,
+                     oracle=lambda b: psnr_oracle(scores, part_set, metric, b))
 
     def build_gate(self, cfg, num_experts):
         if cfg.gate == "compact":
             return compact_gate((PART, PART, 3), num_experts)
         return paper_gate("super_resolution", num_experts=num_experts)
 
-    # ---- report ------------------------------------------------------------------------
-    def expert_row(self, cfg, index, expert):
-        scale = int(cfg.task.scales[index])
-        return dict(scale=scale, label=f"x{scale}")
-
-    def expert_split_extras(self, split, index):
-        scale = int(self._scales[index])
-        bicubic = sr_models.bicubic_upscale(self.sets[split].parts, scale)
-        return {f"psnr_{split}": self.metric(split, np.full(len(bicubic), index)),
-                f"bicubic_{split}": assignment_psnr(self.sets[split], bicubic[:, None],
-                                                    np.zeros(len(bicubic), np.int64))}
-
-    def paper_reference(self, cfg):
-        return PAPER_TABLE_IV.get(cfg.task.experts)
-
-    def report_extras(self, cfg, report):
-        experts = [dict(e, psnr=e["metric"], psnr_validation=e["metric_validation"],
-                        bicubic=e.get("bicubic_test")) for e in report["experts"]]
-        curves = dict(report["curves"], bicubic=[[e["data_cost"], e["bicubic"]] for e in experts])
-        return {"experts": experts, "curves": curves, "eval_images": report["eval"],
-                "parts": report["examples"]}
-
-    def curve_extras(self, report):
-        xs = [e["data_cost"] / 1000 for e in report["experts"]]
-        ys = [e["bicubic"] for e in report["experts"]]
-        order = np.argsort(xs)
-        return [{"xy": (np.array(xs)[order], np.array(ys)[order]),
-                 "style": dict(ls="--", marker="x", color="grey", label="Bicubic")}]
-
-    def figures(self, cfg, wd, report, results):
-        from experiments.super_resolution.figures import figure_assignments
-
-        return {"fig7": figure_assignments(wd, cfg, results["test"], self.sets["test"],
-                                           report["bias"])}
-
     # ---- export ------------------------------------------------------------------------
     def export_data(self, workdir):
         from experiments.super_resolution.export_data import export_data
 
         return export_data(workdir)
+
+
+def psnr_oracle(scores, part_set, metric, bias, *, steps=20):
+    """Majorize-minimize on the mean per-image PSNR from the summed-SE optimum.
+
+    PSNR_i = c - 10 log10(SSE_i); log is concave, so ``sum_i SSE_i / SSE_i^(t)``
+    majorizes ``sum_i log SSE_i`` at the routing t: the capacity-constrained
+    optimum of the weighted per-part errors never lowers the metric. Steps stop
+    when the metric stops rising.
+
+    Args:
+      scores: ``float[P, N]`` minus each part's Y squared error per expert.
+      part_set: the split's :class:`PartSet` (``image_index``: the photo of each part).
+      metric: ``int64[P] -> float`` the mean per-image Y-PSNR of a routing.
+      bias: ``float[N]`` b.
+    Returns:
+      ``int64[P]``: the routing.
+    """
+    image = part_set.image_index
+    a = bmoe_eval.oracle_assignment(scores, bias)
+    best = metric(a)
+    for _ in range(steps):
+        sse = np.bincount(image, weights=-scores[np.arange(len(a)), a],
+                          minlength=len(part_set.names))
+        weights = 1.0 / np.maximum(sse[image], 1e-12)
+        candidate = bmoe_eval.oracle_assignment(scores * weights[:, None], bias)
+        value = metric(candidate)
+        if value <= best + 1e-9:
+            break
+        a, best = candidate, value
+    return a
 
 
 def test_frames(part_set):
