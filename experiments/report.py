@@ -81,7 +81,7 @@ def write_report(task, cfg, wd, data, table, points, results, splits, command, *
     _add(report, hooks.extras(cfg, report), f"{task.name}'s report.extras")
     write_json(wd.path("report.json"), report)
     figures = {"curves": _figure_curves(task, wd, report)}
-    figures.update(hooks.figures(cfg, wd, data, report, results))
+    figures.update(hooks.figures(cfg, wd, data, report, results, views or {}))
     with open(wd.path("report.md"), "w") as f:
         f.write(_markdown(task, report, test, figures, wd))
         extra = hooks.markdown(cfg, report)

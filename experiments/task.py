@@ -150,8 +150,8 @@ class Report:
         """Extra report.md lines (task tables), appended after the generic sections."""
         return []
 
-    def figures(self, cfg, wd, data, report, results) -> dict:
-        """Extra figures ``{name: path}``."""
+    def figures(self, cfg, wd, data, report, results, views) -> dict:
+        """Extra figures ``{name: path}`` (``views``: the evaluated :class:`Split` views)."""
         return {}
 
 

@@ -62,14 +62,14 @@ class _ExpertPool:
     """Detections and per-image scores of every resolution (the main run's experts and
     the extra ones), by split."""
 
-    def __init__(self, task, cfg, wd):
-        self.task, self.cfg, self.wd = task, cfg, wd
+    def __init__(self, run):
+        self.run, self.cfg, self.wd = run, run.cfg, run.wd
         self.detections = {}  # resolution -> {split: [M, K, 6]}
         self.scores = {}      # resolution -> {split: [M]}
-        main = list(cfg.task.resolutions)
+        main = list(self.cfg.task.resolutions)
         for n, r in enumerate(main):
-            self.detections[r] = {s: task.detections[s][:, n] for s in pipeline.SPLITS}
-            self.scores[r] = {s: task.scores(s)[:, n] for s in pipeline.SPLITS}
+            self.detections[r] = {s: run.view(s).detections[:, n] for s in pipeline.SPLITS}
+            self.scores[r] = {s: run.view(s).scores[:, n] for s in pipeline.SPLITS}
 
     def need(self, resolution):
         """Trains (once) and caches (once) the expert at ``resolution``."""
@@ -79,16 +79,16 @@ class _ExpertPool:
         from experiments.detection import coco_metric, ssd
         from experiments.detection.task import interpolate_epochs
 
-        task, cfg, wd = self.task, self.cfg, self.wd
+        data, cfg, wd = self.run.data, self.cfg, self.wd
         name = f"ssd{resolution}"
         path = wd.path("ablations", "experts", name)
         epochs = interpolate_epochs(cfg.task, [resolution])[0]
-        num_classes = len(task.sets["train"].class_names)
+        num_classes = len(data["train"].class_names)
 
         def build():
             keras.utils.set_random_seed(cfg.seed + resolution)
             model = ssd.build_ssd(resolution, num_classes)
-            ssd.train_ssd(model, resolution, task.sets["train"], task.sets["validation"],
+            ssd.train_ssd(model, resolution, data["train"], data["validation"],
                           epochs=epochs, seed=cfg.seed + resolution,
                           checkpoint_dir=path + ".ckpt", verbose=cfg.verbose)
             ssd.export_ssd(model, resolution, path)
@@ -97,10 +97,9 @@ class _ExpertPool:
         expert = load_artefact(path, lambda p: ssd.load_expert(p, resolution, name=name))
         self.detections[resolution], self.scores[resolution] = {}, {}
         for split in pipeline.SPLITS:
-            data = task.sets[split]
             out = wd.path("ablations", "cache", f"{split}_{name}.npz")
 
-            def detect(data=data, out=out):
+            def detect(data=data[split], out=out):
                 det = ssd.detect(expert, data.images)
                 score = coco_metric.per_image_scores(
                     data.boxes, data.labels, data.image_index, len(data), det[:, None],
@@ -118,44 +117,44 @@ class _ExpertPool:
 class _SubsetTask:
     """The task restricted to the experts at ``resolutions`` (what evaluate_split reads)."""
 
-    def __init__(self, task, pool, resolutions):
+    def __init__(self, run, pool, resolutions):
         from experiments.detection.coco_metric import RoutingEvaluator
+        from experiments.task import Split
 
-        self.task, self.resolutions = task, tuple(resolutions)
-        self._scores = {s: np.stack([pool.scores[r][s] for r in resolutions], axis=1)
-                        for s in pipeline.SPLITS}
-        self._evaluators = {}
-        for split in ("validation", "test"):
-            data = task.sets[split]
-            self._evaluators[split] = RoutingEvaluator(
-                data.boxes, data.labels, data.image_index, len(data), len(data.class_names),
-                np.stack([pool.detections[r][split] for r in resolutions], axis=1))
+        self.resolutions = tuple(resolutions)
+        self._views = {}
+        for split in pipeline.SPLITS:
+            scores = np.stack([pool.scores[r][split] for r in resolutions], axis=1)
+            metric = None
+            if split != "train":
+                data = run.data[split]
+                evaluator = RoutingEvaluator(
+                    data.boxes, data.labels, data.image_index, len(data), len(data.class_names),
+                    np.stack([pool.detections[r][split] for r in resolutions], axis=1))
+                metric = (lambda e: lambda a: 100.0 * e.map(np.asarray(a, np.int64)))(evaluator)
+            self._views[split] = Split(gate_inputs=run.view(split).gate_inputs, scores=scores,
+                                       metric=metric)
 
     def costs(self):
         return np.array([3 * r * r * 4 for r in self.resolutions], np.float64)
 
-    def scores(self, split):
-        return self._scores[split]
-
-    def gate_inputs(self, split):
-        return self.task.gate_inputs(split)
-
-    def metric(self, split, assignment):
-        return 100.0 * self._evaluators[split].map(np.asarray(assignment, np.int64))
+    def view(self, split):
+        return self._views[split]
 
 
 def _rho_point(sub, cfg, wd, directory, build, batch_size, name):
     """Trains one enforce gate for ``sub`` and returns ``{"rho", "points"}`` on test."""
     d = sub.costs()
+    val, test = sub.view("validation"), sub.view("test")
     table = [dict(name=f"ssd{r}", data_cost=float(c),
-                  metric_validation=sub.metric("validation", np.full(len(sub.scores(
-                      "validation")), n)),
-                  metric_test=sub.metric("test", np.full(len(sub.scores("test")), n)))
+                  metric_validation=val.metric(np.full(len(val), n)),
+                  metric_test=test.metric(np.full(len(test), n)))
              for n, (r, c) in enumerate(zip(sub.resolutions, d))]
     p = np.array([row["metric_validation"] for row in table])
     points = [dict(target=float(t), bias=select_bias(d, p, target_cost=t).tolist())
               for t in cfg.targets.resolve(d)]
-    train = pipeline.TrainingSet(sub.gate_inputs("train"), score_cache(sub.scores("train")))
+    train = pipeline.TrainingSet(sub.view("train").gate_inputs,
+                                 score_cache(sub.view("train").scores))
     gate = None
     gates = {"enforce": {}}
     for index, point in enumerate(points):
@@ -170,7 +169,7 @@ def _rho_point(sub, cfg, wd, directory, build, batch_size, name):
                 verbose=0)[0]
         gates["enforce"][index] = gate
     run_cfg = dataclasses.replace(cfg, methods=("enforce",), batch_size=batch_size)
-    result = pipeline.evaluate_split(sub, run_cfg, "test", table, points, gates)
+    result = pipeline.evaluate_split(run_cfg, test, "test", table, points, gates)
     return dict(rho=result["rho"].get("enforce"), points=result["points"]["enforce"],
                 experts=table)
 
@@ -185,8 +184,10 @@ def _cost_experts(costs, resolutions):
             for c, r in zip(costs, resolutions)]
 
 
-def run_ablations(task, cfg, wd, experts, report):
-    """Runs ``cfg.task.ablation``; returns ``{"ablation": {...}}`` for report.json."""
+def run_ablations(task, run, report):
+    """Runs ``cfg.task.ablation`` after the main run ``run``
+    (:class:`experiments.pipeline.Run`); returns ``{"ablation": {...}}`` for report.json."""
+    cfg, wd = run.cfg, run.wd
     grid = GRIDS[cfg.preset]
     view = task.view_resolution(cfg)
     settings = dict(gate=cfg.gate, view=view, epochs=cfg.epochs,
@@ -196,7 +197,7 @@ def run_ablations(task, cfg, wd, experts, report):
     root = wd.path("ablations", fingerprint(settings))
     os.makedirs(root, exist_ok=True)
     write_json(os.path.join(root, "settings.json"), settings)
-    pool = _ExpertPool(task, cfg, wd)
+    pool = _ExpertPool(run)
     out = {}
     resolutions = list(cfg.task.resolutions)
     if "complexity" in cfg.task.ablation:
@@ -212,7 +213,7 @@ def run_ablations(task, cfg, wd, experts, report):
                     row = dict(gate=label, batch_size=m,
                                macs=int(count_macs(build())), rho={})
                     for n, res in sets.items():
-                        sub = _SubsetTask(task, pool, res)
+                        sub = _SubsetTask(run, pool, res)
                         build_n = dict(complexity_gates(cfg.gate, view, n))[label]
                         name = f"complexity/{label}/M{m}/N{n}"
                         print(f"[ablation {name}]", flush=True)
@@ -236,7 +237,7 @@ def run_ablations(task, cfg, wd, experts, report):
                     res = spaced_resolutions(r_min, r_max, n)
                     for r in res:
                         pool.need(r)
-                    sub = _SubsetTask(task, pool, res)
+                    sub = _SubsetTask(run, pool, res)
                     name = f"experts/{r_min}-{r_max}/N{n}"
                     print(f"[ablation {name}] resolutions {list(res)}", flush=True)
                     point = _rho_point(sub, cfg, wd, os.path.join(root, "gates", name),

@@ -9,7 +9,7 @@ __all__ = ["figure_examples", "pick_routing"]
 DRAW_SCORE = 0.3
 
 
-def figure_examples(wd, task, report, results_test, *, per_expert=4, seed=0):
+def figure_examples(wd, data, detections, report, results_test, *, per_expert=4, seed=0):
     """``reports/examples.png``: up to ``per_expert`` test images per expert, framed in the
     colour of the expert the gate chose, with the ground truth (white) and that
     expert's detections (score >= 0.3, in its colour). Returns the path or None."""
@@ -24,7 +24,6 @@ def figure_examples(wd, task, report, results_test, *, per_expert=4, seed=0):
 
     method, entry = chosen
     picks = np.asarray(entry["picks"])
-    data, detections = task.sets["test"], task.detections["test"]
     names = [e["name"] for e in report["experts"]]
     rng = np.random.default_rng(seed)
     shown = []

@@ -33,10 +33,10 @@ def subset_map(data, detections, images, expert):
     return {k: 100.0 * float(result[k]) for k in ("map", "ap50")}
 
 
-def assigned_map_tables(task, results, split="test"):
+def assigned_map_tables(data, detections, results, split="test"):
     """``{method: [{"target", "bias", "rows": [{expert, share, assigned, all, delta}]}]}``:
-    each expert's mAP (%) on the images its gate assigned to it vs on all images."""
-    data, detections = task.sets[split], task.detections[split]
+    each expert's mAP (%) on the images its gate assigned to it vs on all images
+    (``data``: the split's DetectionSet, ``detections``: ``float32[M, N, K, 6]``)."""
     everything = np.arange(len(data))
     whole = [subset_map(data, detections, everything, n)["map"]
              for n in range(detections.shape[1])]

@@ -2,7 +2,7 @@
 
     python -m experiments.detection --workdir=workdir/detection --preset=quick
 
-A :class:`experiments.pipeline.Task`: 300x300 images, N SSD experts at R_n px
+A :class:`experiments.task.Task`: 300x300 images, N SSD experts at R_n px
 (P_n: anti-aliased resize of the 300x300 image to R_n x R_n; d_n = 3 R_n^2 K bytes,
 K = 4: 120 / 270 / 1080 kB), each trained here on images at its own resolution,
 exported as a SavedModel and loaded only through :class:`bmoe_tf.Expert`. The
@@ -30,15 +30,17 @@ import os
 
 import numpy as np
 
-from bmoe_tf.cache import (as_cache_shard, load_cache, save_cache, score_cache, shard_path,
-                           shard_rows)
-from bmoe_tf.gating import compact_gate, paper_gate
-from experiments import distribute, pipeline
-from experiments.config import ConfigError, Preset, Schedule, Targets, parse_numbers
-from experiments.stages import ArtefactError, load_artefact, write_json
+from typing import Any
 
-__all__ = ["DetectionTask", "DetectionSettings", "PRESETS", "PAPER_TABLE_I", "ABLATIONS",
-           "gate_view", "interpolate_epochs", "run"]
+from bmoe_tf.cache import load_cache, score_cache
+from bmoe_tf.gating import compact_gate, paper_gate
+from experiments.config import ConfigError, Preset, Schedule, Targets
+from experiments.settings import setting
+from experiments.stages import ArtefactError, load_artefact, write_json
+from experiments.task import SPLITS, CacheJob, NaturalOrder, Report, Split, Task, TrainingSet
+
+__all__ = ["DetectionTask", "DetectionSettings", "DetectionSplit", "PRESETS", "PAPER_TABLE_I",
+           "ABLATIONS", "gate_view", "view_resolution", "interpolate_epochs", "run"]
 
 #: Table I of the paper (COCO, {R_n} = {100, 150, 300}): mAP (%) at d_max, d_max/2,
 #: d_max/3 and rho. The printed table is garbled (see WORKSPACE.md, D26): at d_max
@@ -61,6 +63,14 @@ GATE_CROP = 224
 COMPACT_VIEW = 96
 
 
+def _check_resolutions(r):
+    if len(r) < 2 or min(r) < 32 or max(r) > 300:
+        return f"takes at least two resolutions in [32, 300] px, got {list(r)}"
+    if list(r) != sorted(set(r)):
+        return f"must be strictly increasing (cheapest expert first), got {list(r)}"
+    return None
+
+
 @dataclasses.dataclass(frozen=True)
 class DetectionSettings:
     """The detection task's own settings (flags of the same names).
@@ -70,14 +80,54 @@ class DetectionSettings:
     means 224 for the paper gate and :data:`COMPACT_VIEW` for the compact gate.
     """
 
-    resolutions: tuple = (100, 150, 300)
-    expert_epochs: tuple = (24, 20, 18)
-    train_images: int = 1200
-    validation_images: int = 300
-    test_images: int = 300
-    gate_resolution: int = 0
-    allow_small_images: bool = False
-    ablation: tuple = ()
+    resolutions: tuple = setting((100, 150, 300), "Expert input resolutions R_n in px, "
+                                 "cheapest first (at most 300). Default from --preset: "
+                                 "100,150,300.", stage="experts", check=_check_resolutions)
+    expert_epochs: tuple = setting((24, 20, 18), "SSD training epochs, one per resolution (or "
+                                   "one for all). Default from --preset.", stage="experts")
+    train_images: int = setting(1200, "Training images (generated: made; tfds/folder: a cap, "
+                                "0 = all). Default from --preset.", stage="data")
+    validation_images: int = setting(300, "Validation images (as --train_images). Default "
+                                     "from --preset.", stage="data")
+    test_images: int = setting(300, "Test images (as --train_images). Default from --preset.",
+                               stage="data")
+    gate_resolution: int = setting(0, "Side of the gate's view of the 224x224 centre crop; 0: "
+                                   f"224 for --gate=paper, {COMPACT_VIEW} for --gate=compact.",
+                                   stage="gates", key=lambda s, cfg: view_resolution(cfg),
+                                   check=lambda v: None if v == 0 or 16 <= v <= GATE_CROP else
+                                   f"must be 0 (auto) or in [16, {GATE_CROP}], got {v}")
+    allow_small_images: bool = setting(False, "Upsample tfds/folder images whose shorter side "
+                                       "is below 300 px instead of refusing them.", stage="data")
+    ablation: tuple = setting((), f"Ablations after the main run: any of {','.join(ABLATIONS)} "
+                              "(Table II, Fig. 5).", choices=ABLATIONS)
+
+    def resolve(self, given, preset):
+        """One ``--expert_epochs`` value: every expert; new ``--resolutions`` without
+        ``--expert_epochs``: the preset's epochs interpolated in R."""
+        if "expert_epochs" in given and len(self.expert_epochs) == 1:
+            return dataclasses.replace(self, expert_epochs=self.expert_epochs
+                                       * len(self.resolutions))
+        if "expert_epochs" not in given and tuple(self.resolutions) != tuple(preset.resolutions):
+            return dataclasses.replace(self, expert_epochs=interpolate_epochs(
+                preset, self.resolutions))
+        return self
+
+    def check(self, cfg):
+        r = list(self.resolutions)
+        if len(self.expert_epochs) != len(r):
+            raise ConfigError(f"--expert_epochs gives {len(self.expert_epochs)} values for "
+                              f"{len(r)} resolutions {r}; give one per resolution or one for all")
+        if min(self.expert_epochs) < 1:
+            raise ConfigError(f"--expert_epochs must be >= 1, got {list(self.expert_epochs)}")
+        generated = cfg.data == DetectionTask.default_data
+        for name in ("train_images", "validation_images", "test_images"):
+            value = getattr(self, name)
+            if value < (1 if generated else 0):
+                raise ConfigError(f"--{name} must be >= {1 if generated else 0}"
+                                  f"{'' if generated else ' (0: all)'}, got {value}")
+        if self.train_images and self.train_images < cfg.batch_size:
+            raise ConfigError(f"--train_images {self.train_images} is smaller than --batch_size "
+                              f"{cfg.batch_size}")
 
 
 PRESETS = {
@@ -116,7 +166,82 @@ def gate_view(images, resolution):
     return out
 
 
-class DetectionTask(pipeline.Task):
+@dataclasses.dataclass(frozen=True)
+class DetectionSplit(Split):
+    """A detection split's view, with what the report and the ablations read.
+
+    Attributes (besides :class:`experiments.task.Split`'s):
+      data: the split's :class:`experiments.detection.data.DetectionSet`.
+      detections: ``float32[M, N, K, 6]`` every expert's cached detections.
+      evaluator: its :class:`experiments.detection.coco_metric.RoutingEvaluator`.
+    """
+
+    data: Any = None
+    detections: np.ndarray | None = None
+    evaluator: Any = None
+
+
+class DetectionReport(Report):
+    """Table I rows (resolution, AP50), the mAP of each expert on its assigned images, the
+    example figure; the ablation tables when they ran."""
+
+    curve_figure_name = "fig4_map_vs_cost.png"
+    curve_figure_title = "Fig. 4 layout"
+
+    def expert_row(self, cfg, index, expert):
+        r = int(cfg.task.resolutions[index])
+        return dict(resolution=r, label=f"{r} px")
+
+    def expert_split_row(self, cfg, data, split, index, view):
+        result = view.evaluator.evaluate(np.full(len(view), index))
+        return {f"ap50_{split}": 100.0 * result["ap50"]}
+
+    def paper_reference(self, cfg):
+        return PAPER_TABLE_I["vgg16"]
+
+    def evaluation_extras(self, cfg, data, results, views):
+        from experiments.detection.report import assigned_map_tables
+
+        test = views["test"]
+        return {"assigned_map": assigned_map_tables(test.data, test.detections, results)}
+
+    def extras(self, cfg, report):
+        return {"paper_table_i": PAPER_TABLE_I,
+                "generated_data": cfg.data == DetectionTask.default_data,
+                "gate_view": view_resolution(cfg)}
+
+    def markdown(self, cfg, report):
+        from experiments.detection.report import markdown_lines
+
+        return markdown_lines(report)
+
+    def figures(self, cfg, wd, data, report, results, views):
+        from experiments.detection.figures import figure_examples
+
+        test = views["test"]
+        return {"examples": figure_examples(wd, test.data, test.detections, report,
+                                            results["test"])}
+
+
+class DetectionNaturalOrder(NaturalOrder):
+    description = ("the test images in their stored order (data/test.npz: the generator's, "
+                   "the folder's or tfds' order), one image per frame")
+
+
+def view_resolution(cfg):
+    """Side of the gate's view (``--gate_resolution``, 0 = by gate kind)."""
+    if cfg.task.gate_resolution:
+        return int(cfg.task.gate_resolution)
+    return GATE_CROP if cfg.gate == "paper" else COMPACT_VIEW
+
+
+def _files(wd, split):
+    """The detections and per-image scores cache files of ``split``."""
+    return (wd.path("cache", f"{split}_detections.npz"),
+            wd.path("cache", f"{split}_scores.npz"))
+
+
+class DetectionTask(Task):
     """Section IV-B on 300x300 images (see the module docstring)."""
 
     name = "detection"
@@ -127,118 +252,20 @@ class DetectionTask(pipeline.Task):
     default_data = "generated"
     data_help = ("generated (a seeded generated set, made at run time) | folder:PATH (images "
                  "+ COCO annotations.json) | tfds:coco/2017 | tfds:voc/2007")
-    curve_figure_name = "fig4_map_vs_cost.png"
-    curve_figure_title = "Fig. 4 layout"
     oracle_description = ("capacity-constrained assignment maximising the summed per-image "
                           "scores (see experiments.detection.coco_metric.per_image_scores; a proxy "
                           "of the dataset mAP, not a bound on it)")
-
-    def __init__(self):
-        self.sets = {}
-        self.detections = {}
-        self._scores = {}
-        self._views = {}
-        self._evaluators = {}
-        self._train = None
-        self._view = GATE_CROP
-
-    # ---- configuration ---------------------------------------------------------------
-    def presets(self):
-        return PRESETS
-
-    def define_flags(self, fv):
-        from absl import flags
-
-        d = dict(flag_values=fv)
-        flags.DEFINE_list("resolutions", None, "Expert input resolutions R_n in px, cheapest "
-                          "first (at most 300). Default from --preset: 100,150,300.", **d)
-        flags.DEFINE_list("expert_epochs", None, "SSD training epochs, one per resolution (or "
-                          "one for all). Default from --preset.", **d)
-        flags.DEFINE_integer("train_images", None, "Training images (generated: made; "
-                             "tfds/folder: a cap, 0 = all). Default from --preset.", **d)
-        flags.DEFINE_integer("validation_images", None, "Validation images (as "
-                             "--train_images). Default from --preset.", **d)
-        flags.DEFINE_integer("test_images", None, "Test images (as --train_images). Default "
-                             "from --preset.", **d)
-        flags.DEFINE_integer("gate_resolution", None, "Side of the gate's view of the 224x224 "
-                             f"centre crop; 0: 224 for --gate=paper, {COMPACT_VIEW} for "
-                             "--gate=compact.", **d)
-        flags.DEFINE_bool("allow_small_images", False, "Upsample tfds/folder images whose "
-                          "shorter side is below 300 px instead of refusing them.", **d)
-        flags.DEFINE_list("ablation", [], f"Ablations after the main run: any of "
-                          f"{','.join(ABLATIONS)} (Table II, Fig. 5).", **d)
-
-    def settings_from_flags(self, fv, default):
-        changes = {}
-        if fv.resolutions is not None:
-            changes["resolutions"] = parse_numbers(fv.resolutions, "resolutions", int)
-        resolutions = changes.get("resolutions", default.resolutions)
-        if fv.expert_epochs is not None:
-            epochs = parse_numbers(fv.expert_epochs, "expert_epochs", int)
-            if len(epochs) == 1:
-                epochs = epochs * len(resolutions)
-            changes["expert_epochs"] = epochs
-        elif tuple(resolutions) != tuple(default.resolutions):
-            changes["expert_epochs"] = interpolate_epochs(default, resolutions)
-        for name in ("train_images", "validation_images", "test_images", "gate_resolution"):
-            if getattr(fv, name) is not None:
-                changes[name] = getattr(fv, name)
-        changes["allow_small_images"] = bool(fv.allow_small_images)
-        changes["ablation"] = tuple(a.strip() for a in fv.ablation if a.strip())
-        return dataclasses.replace(default, **changes)
-
-    def check_settings(self, cfg):
-        s = cfg.task
-        r = list(s.resolutions)
-        if len(r) < 2 or min(r) < 32 or max(r) > 300:
-            raise ConfigError(f"--resolutions takes at least two resolutions in [32, 300] px, "
-                              f"got {r}")
-        if r != sorted(set(r)):
-            raise ConfigError(f"--resolutions must be strictly increasing (cheapest expert "
-                              f"first), got {r}")
-        if len(s.expert_epochs) != len(r):
-            raise ConfigError(f"--expert_epochs gives {len(s.expert_epochs)} values for "
-                              f"{len(r)} resolutions {r}; give one per resolution or one for all")
-        if min(s.expert_epochs) < 1:
-            raise ConfigError(f"--expert_epochs must be >= 1, got {list(s.expert_epochs)}")
-        generated = cfg.data == self.default_data
-        for name in ("train_images", "validation_images", "test_images"):
-            value = getattr(s, name)
-            if value < (1 if generated else 0):
-                raise ConfigError(f"--{name} must be >= {1 if generated else 0}"
-                                  f"{'' if generated else ' (0: all)'}, got {value}")
-        if s.train_images and s.train_images < cfg.batch_size:
-            raise ConfigError(f"--train_images {s.train_images} is smaller than --batch_size "
-                              f"{cfg.batch_size}")
-        if s.gate_resolution and not 16 <= s.gate_resolution <= GATE_CROP:
-            raise ConfigError(f"--gate_resolution must be 0 (auto) or in [16, {GATE_CROP}], "
-                              f"got {s.gate_resolution}")
-        bad = [a for a in s.ablation if a not in ABLATIONS]
-        if bad:
-            raise ConfigError(f"--ablation takes any of {list(ABLATIONS)}, got {bad}")
-        if cfg.eval_data:
-            raise ConfigError("--eval_data is not supported by the detection task yet; "
-                              "evaluate other images with --data=folder:PATH")
+    Settings = DetectionSettings
+    PRESETS = PRESETS
+    report = DetectionReport()
+    natural_order = DetectionNaturalOrder()
 
     def view_resolution(self, cfg):
-        """Side of the gate's view (``--gate_resolution``, 0 = by gate kind)."""
-        if cfg.task.gate_resolution:
-            return int(cfg.task.gate_resolution)
-        return GATE_CROP if cfg.gate == "paper" else COMPACT_VIEW
+        """Side of the gate's view (:func:`view_resolution`)."""
+        return view_resolution(cfg)
 
     def data_costs(self, cfg):
         return np.array([3 * r * r * 4 for r in cfg.task.resolutions], np.float64)
-
-    def stage_settings(self, cfg):
-        s = cfg.task
-        return {"data": dict(train_images=s.train_images, validation_images=s.validation_images,
-                             test_images=s.test_images,
-                             allow_small_images=s.allow_small_images),
-                "experts": dict(resolutions=list(s.resolutions),
-                                expert_epochs=list(s.expert_epochs)),
-                "cache": {},
-                "gates": dict(gate_resolution=self.view_resolution(cfg)),
-                "eval_data": {}}
 
     # ---- data --------------------------------------------------------------------------
     def prepare_data(self, cfg, wd):
@@ -249,7 +276,7 @@ class DetectionTask(pipeline.Task):
         sets = det_data.load_splits(cfg.data, seed=cfg.seed, sizes=sizes,
                                     tfds_data_dir=cfg.tfds_data_dir,
                                     allow_small_images=s.allow_small_images)
-        for name in pipeline.SPLITS:
+        for name in SPLITS:
             if len(sets[name]) == 0:
                 raise ConfigError(f"--data={cfg.data}: the {name} split has no image")
             sets[name].save(wd.path("data", f"{name}.npz"))
@@ -257,27 +284,26 @@ class DetectionTask(pipeline.Task):
             source=cfg.data, generated=cfg.data == self.default_data,
             class_names=list(sets["train"].class_names),
             **{name: dict(images=len(sets[name]), boxes=int(len(sets[name].boxes)))
-               for name in pipeline.SPLITS}))
+               for name in SPLITS}))
 
     def load_data(self, cfg, wd):
         from experiments.detection import data as det_data
 
-        self._view = self.view_resolution(cfg)
-        self.sets = {s: load_artefact(wd.path("data", f"{s}.npz"), det_data.DetectionSet.load,
-                                      rebuild=wd.path("data")) for s in pipeline.SPLITS}
-        classes = {tuple(v.class_names) for v in self.sets.values()}
+        sets = {s: load_artefact(wd.path("data", f"{s}.npz"), det_data.DetectionSet.load,
+                                 rebuild=wd.path("data")) for s in SPLITS}
+        classes = {tuple(v.class_names) for v in sets.values()}
         if len(classes) != 1:
             raise ArtefactError(f"{wd.path('data')}: the splits have different class lists; "
                                 f"delete {wd.path('data')} and run again")
-        return {s: len(v) for s, v in self.sets.items()}
+        return sets
 
     # ---- experts and caches ------------------------------------------------------------
-    def build_experts(self, cfg, wd):
+    def build_experts(self, cfg, wd, data):
         from bmoe_tf.backend import keras
         from experiments.detection import ssd
 
         s = cfg.task
-        num_classes = len(self.sets["train"].class_names)
+        num_classes = len(data["train"].class_names)
         experts = []
         for resolution, epochs in zip(s.resolutions, s.expert_epochs):
             name = f"ssd{resolution}"
@@ -286,7 +312,7 @@ class DetectionTask(pipeline.Task):
             def build(resolution=resolution, epochs=epochs, path=path):
                 keras.utils.set_random_seed(cfg.seed + resolution)
                 model = ssd.build_ssd(resolution, num_classes)
-                ssd.train_ssd(model, resolution, self.sets["train"], self.sets["validation"],
+                ssd.train_ssd(model, resolution, data["train"], data["validation"],
                               epochs=epochs, seed=cfg.seed + resolution,
                               checkpoint_dir=path + ".ckpt", verbose=cfg.verbose,
                               validation_freq=epochs)  # validation loss once, at the end
@@ -297,151 +323,59 @@ class DetectionTask(pipeline.Task):
                 path, lambda p, r=resolution, n=name: ssd.load_expert(p, r, name=n)))
         return experts
 
-    def cache_files(self, cfg, wd, split):
-        return [wd.path("cache", f"{split}_detections.npz"),
-                wd.path("cache", f"{split}_scores.npz")]
-
-    def _detections(self, experts, split, rows):
-        """``float32[len(rows), N, K, 6]``: every expert's detections on those images
-        (``rows=None``: the whole split, without a copy)."""
+    def caches(self, cfg, wd, data, experts):
         from experiments.detection import ssd
+        from experiments.pipeline import rows_cache_job
 
-        images = self.sets[split].images
-        images = images if rows is None else images[rows]
-        return np.stack([ssd.detect(e, images, batch_size=EXPERT_BATCH) for e in experts],
-                        axis=1).astype(np.float32)
+        jobs = []
+        for split in SPLITS:
+            det_path, score_path = _files(wd, split)
+            images = data[split].images
 
-    def build_cache_shard(self, cfg, wd, experts, splits, num_shards, shard_index):
-        for split in [s for s in pipeline.SPLITS if s in splits]:
-            det_path = self.cache_files(cfg, wd, split)[0]
-            if os.path.exists(det_path):
-                continue
-            m = len(self.sets[split])
-            shard = shard_path(det_path, shard_index, num_shards)
+            def detections(rows, images=images):
+                chosen = images if rows is None else images[rows]
+                return np.stack([ssd.detect(e, chosen, batch_size=EXPERT_BATCH)
+                                 for e in experts], axis=1).astype(np.float32)
 
-            def run_shard(split=split, m=m, shard=shard):
-                rows = shard_rows(m, EXPERT_BATCH, num_shards, shard_index)[0]
-                cache = {"kind": np.array("outputs")}
-                if len(rows):
-                    cache["outputs"] = self._detections(experts, split, rows)
-                save_cache(shard, as_cache_shard(cache, num_examples=m, batch_size=EXPERT_BATCH,
-                                                 num_shards=num_shards,
-                                                 shard_index=shard_index))
+            jobs.append(rows_cache_job(f"{split} detections", det_path, len(images),
+                                       EXPERT_BATCH, detections, save=_save_detections))
 
-            wd.run(f"cache {split} detections shard {shard_index + 1}/{num_shards}", shard,
-                   run_shard)
+            def scores(num_shards, shard_index, split=split):  # per-image AP (coco_metric)
+                evaluator = _evaluator(data[split], _detections(wd, split, data, len(experts)))
+                return score_cache(evaluator.per_image_scores())
 
-    def build_caches(self, cfg, wd, experts, splits):
-        for split in [s for s in pipeline.SPLITS if s in splits]:
-            data = self.sets[split]
-            det_path, score_path = self.cache_files(cfg, wd, split)
+            jobs.append(CacheJob(f"{split} scores", score_path, scores, shards=False))
+        return jobs
 
-            def detect(data=data, det_path=det_path, split=split):
-                merged = distribute.merged_shards(det_path)  # a multi-worker run's shards
-                out = (merged["outputs"] if merged is not None
-                       else self._detections(experts, split, None))
-                np.savez(det_path + ".tmp.npz", detections=out)
-                os.replace(det_path + ".tmp.npz", det_path)
-                distribute.remove_shards(det_path)
+    def training_set(self, cfg, wd, data):
+        scores = load_artefact(_files(wd, "train")[1], load_cache)["scores"]
+        return TrainingSet(gate_view(data["train"].images, view_resolution(cfg)),
+                           score_cache(scores))
 
-            wd.run(f"cache {split} detections", det_path, detect)
-            detections = load_artefact(det_path, _load_detections)
-            if detections.shape[:2] != (len(data), len(experts)):
-                raise ArtefactError(f"{det_path} holds detections {detections.shape[:2]}, "
-                                    f"{split} has {len(data)} images and {len(experts)} "
-                                    "experts; delete it and run again")
-            self.detections[split] = detections
-
-            def scores(split=split, score_path=score_path):  # per-image AP (coco_metric)
-                save_cache(score_path, score_cache(self.evaluator(split).per_image_scores()))
-
-            wd.run(f"cache {split} scores", score_path, scores)
-            self._scores[split] = load_artefact(score_path, load_cache)["scores"]
-        self._train = pipeline.TrainingSet(self.gate_inputs("train"),
-                                           score_cache(self._scores["train"]))
-
-    def training_set(self, cfg):
-        return self._train
-
-    def gate_inputs(self, split):
-        if split not in self._views:
-            self._views[split] = gate_view(self.sets[split].images, self._view)
-        return self._views[split]
-
-    def scores(self, split):
-        return self._scores[split]
-
-    def evaluator(self, split):
-        """The split's :class:`experiments.detection.coco_metric.RoutingEvaluator` (built once)."""
-        from experiments.detection.coco_metric import RoutingEvaluator
-
-        if split not in self._evaluators:
-            data = self.sets[split]
-            self._evaluators[split] = RoutingEvaluator(
-                data.boxes, data.labels, data.image_index, len(data), len(data.class_names),
-                self.detections[split])
-        return self._evaluators[split]
-
-    def metric(self, split, assignment):
-        return 100.0 * self.evaluator(split).map(np.asarray(assignment, np.int64))
-
-    # ---- natural order of the test split ----------------------------------------------
-    test_order_description = ("the test images in their stored order (data/test.npz: the "
-                              "generator's, the folder's or tfds' order), one image per frame")
-
-    def test_order(self, cfg, wd):
-        """None: a sensor sees the test images in their stored (file) order."""
-        return None
-
-    def test_frames(self, cfg, wd):
-        """None: one image is one frame (the per-frame routing is skipped)."""
-        return None
+    def split(self, cfg, wd, data, name):
+        num_experts = len(cfg.task.resolutions)
+        detections = _detections(wd, name, data, num_experts)
+        evaluator = _evaluator(data[name], detections)
+        return DetectionSplit(
+            gate_inputs=gate_view(data[name].images, view_resolution(cfg)),
+            scores=load_artefact(_files(wd, name)[1], load_cache)["scores"],
+            metric=lambda a: 100.0 * evaluator.map(np.asarray(a, np.int64)),
+            data=data[name], detections=detections, evaluator=evaluator)
 
     def build_gate(self, cfg, num_experts):
-        r = self.view_resolution(cfg)
+        r = view_resolution(cfg)
         if cfg.gate == "compact":
             return compact_gate((r, r, 3), num_experts)
         return paper_gate("detection", num_experts=num_experts, input_shape=(r, r, 3))
 
-    # ---- report ------------------------------------------------------------------------
-    def expert_row(self, cfg, index, expert):
-        r = int(cfg.task.resolutions[index])
-        return dict(resolution=r, label=f"{r} px")
-
-    def expert_split_extras(self, split, index):
-        result = self.evaluator(split).evaluate(np.full(len(self.sets[split]), index))
-        return {f"ap50_{split}": 100.0 * result["ap50"]}
-
-    def paper_reference(self, cfg):
-        return PAPER_TABLE_I["vgg16"]
-
-    def evaluation_extras(self, cfg, results):
-        from experiments.detection.report import assigned_map_tables
-
-        return {"assigned_map": assigned_map_tables(self, results)}
-
-    def report_extras(self, cfg, report):
-        return {"paper_table_i": PAPER_TABLE_I,
-                "generated_data": cfg.data == self.default_data,
-                "gate_view": self.view_resolution(cfg)}
-
-    def markdown_extras(self, cfg, report):
-        from experiments.detection.report import markdown_lines
-
-        return markdown_lines(report)
-
-    def figures(self, cfg, wd, report, results):
-        from experiments.detection.figures import figure_examples
-
-        return {"examples": figure_examples(wd, self, report, results["test"])}
-
-    def extra_stages(self, cfg, wd, experts, report):
+    # ---- after the report: the ablations --------------------------------------------------
+    def extra_stages(self, run, report):
+        cfg, wd = run.cfg, run.wd
         if cfg.task.ablation:
             from experiments.detection.ablation import run_ablations
-
             from experiments.detection.report import ablation_lines
 
-            report.update(run_ablations(self, cfg, wd, experts, report))
+            report.update(run_ablations(self, run, report))
             write_json(wd.path("report.json"), report)
             with open(wd.path("report.md"), "a") as f:
                 f.write("\n".join(ablation_lines(report)) + "\n")
@@ -451,6 +385,29 @@ class DetectionTask(pipeline.Task):
         from experiments.detection.export_data import export_data
 
         return export_data(workdir)
+
+
+def _evaluator(data, detections):
+    from experiments.detection.coco_metric import RoutingEvaluator
+
+    return RoutingEvaluator(data.boxes, data.labels, data.image_index, len(data),
+                            len(data.class_names), detections)
+
+
+def _save_detections(path, cache):
+    np.savez(path + ".tmp.npz", detections=cache["outputs"])
+    os.replace(path + ".tmp.npz", path)
+
+
+def _detections(wd, split, data, num_experts):
+    """``float32[M, N, K, 6]``: the cached detections of ``split``, checked."""
+    path = _files(wd, split)[0]
+    detections = load_artefact(path, _load_detections)
+    if detections.shape[:2] != (len(data[split]), num_experts):
+        raise ArtefactError(f"{path} holds detections {detections.shape[:2]}, {split} has "
+                            f"{len(data[split])} images and {num_experts} experts; delete it "
+                            "and run again")
+    return detections
 
 
 def interpolate_epochs(default, resolutions):

@@ -135,7 +135,7 @@ class SRReport(Report):
     def extras(self, cfg, report):
         return {"eval_images": report["eval"], "parts": report["examples"]}
 
-    def figures(self, cfg, wd, data, report, results):
+    def figures(self, cfg, wd, data, report, results, views):
         from experiments.super_resolution.figures import figure_assignments
 
         return {"fig7": figure_assignments(wd, cfg, results["test"], data["test"],
