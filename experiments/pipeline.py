@@ -326,7 +326,7 @@ def _expert_rows(run, names, path):
         rows = []
         for n, e in enumerate(run.experts):
             row = dict(name=e.name, data_cost=float(e.data_cost),
-                       **task.report.expert_row(cfg, n, e))
+                       **task.report.expert_row(cfg, run.data, n, e))
             for split in names:
                 view = run.view(split)
                 row[f"metric_{split}"] = float(view.metric(np.full(len(view), n, np.int64)))

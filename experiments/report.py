@@ -78,7 +78,7 @@ def write_report(task, cfg, wd, data, table, points, results, splits, command, *
         report["scene_shift"] = scene_shift
     _add(report, hooks.evaluation_extras(cfg, data, results, views or {}),
          f"{task.name}'s report.evaluation_extras")
-    _add(report, hooks.extras(cfg, report), f"{task.name}'s report.extras")
+    _add(report, hooks.extras(cfg, data, report), f"{task.name}'s report.extras")
     write_json(wd.path("report.json"), report)
     figures = {"curves": _figure_curves(task, wd, report)}
     figures.update(hooks.figures(cfg, wd, data, report, results, views or {}))

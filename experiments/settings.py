@@ -82,8 +82,8 @@ def setting(default, help: str, *, stage: str | Sequence[str] = (), item: type |
         default element's type, str for an empty tuple).
       choices: the allowed values (of each element, for a tuple).
       low, high: inclusive bounds (of each element, for a tuple).
-      check: ``value -> message or None``: the message names what is allowed; the
-        error says ``--<field>: <message>``.
+      check: ``value -> message or None``: the message says what is allowed and what was
+        given (e.g. ``"must be even, got 3"``); the error says ``--<field> <message>``.
       key: ``(settings, cfg) -> JSON value`` entered into the stage key instead of the
         value itself (e.g. a derived value).
       flag: False: no flag (set by presets or code only).
@@ -192,7 +192,7 @@ def check_settings(settings, cfg) -> None:
         if meta.check is not None:
             message = meta.check(value)
             if message:
-                raise ConfigError(f"--{f.name}: {message}")
+                raise ConfigError(f"--{f.name} {message}")
     check = getattr(settings, "check", None)
     if check is not None:
         check(cfg)

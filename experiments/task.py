@@ -113,7 +113,7 @@ class Report:
     curve_figure_name = "curves.png"
     curve_figure_title = "Metric vs data cost"
 
-    def expert_row(self, cfg, index, expert) -> dict:
+    def expert_row(self, cfg, data, index, expert) -> dict:
         """Fields of one expert's row of ``experts.json`` (e.g. its scale)."""
         return {}
 
@@ -142,8 +142,8 @@ class Report:
         each gate's picks under ``"subsets"``) and the evaluated :class:`Split` views."""
         return {}
 
-    def extras(self, cfg, report) -> dict:
-        """Extra report.json keys from the report."""
+    def extras(self, cfg, data, report) -> dict:
+        """Extra report.json keys from the report (and the loaded data)."""
         return {}
 
     def markdown(self, cfg, report) -> list:

