@@ -55,12 +55,7 @@ def cli(task_factory):
     from absl import app, flags
 
     task = task_factory()
-    config_lib.define_shared_flags(data_help=task.data_help, data_default=task.default_data)
-    from experiments import settings
-
-    settings.define_flags(task.Settings, flags.FLAGS)
-    if task.eval_data is not None:
-        task.eval_data.define_flags(flags.FLAGS)
+    config_lib.define_task_flags(task)
     for name in config_lib.SHARED_FLAGS:  # --help lists the shared flags beside the task's
         flags.FLAGS.register_flag_by_module(sys.argv[0], flags.FLAGS[name])
     flags.mark_flag_as_required("workdir")

@@ -19,7 +19,7 @@ from experiments.settings import ConfigError, parse_numbers
 
 __all__ = ["Schedule", "Preset", "Config", "Targets", "ConfigError", "PRESET_NAMES",
            "EVAL_METHODS", "GATE_KINDS", "define_shared_flags", "from_flags", "parse_targets",
-           "parse_numbers", "SHARED_FLAGS"]
+           "parse_numbers", "SHARED_FLAGS", "define_task_flags", "from_argv"]
 
 PRESET_NAMES = ("smoke", "quick", "full")
 #: Curves that need no trained gate.
@@ -237,6 +237,33 @@ def define_shared_flags(flag_values=None, *, data_help="bundled | folder:PATH | 
                         "0 writes the artefacts). --batch_size is the global batch, Algorithm 1 "
                         "holds over it.",
                         **d)
+
+
+def define_task_flags(task, flag_values=None) -> None:
+    """Defines the shared flags and ``task``'s own (its ``Settings`` fields, its extra
+    held-out set's) on ``flag_values`` (absl's global FLAGS by default)."""
+    from absl import flags
+
+    fv = flag_values if flag_values is not None else flags.FLAGS
+    define_shared_flags(fv, data_help=task.data_help, data_default=task.default_data)
+    settings_lib.define_flags(task.Settings, fv)
+    if task.eval_data is not None:
+        task.eval_data.define_flags(fv)
+
+
+def from_argv(task, argv) -> Config:
+    """The :class:`Config` of a command line ``argv`` (without the program name) for
+    ``task``, on fresh flags (tests, notebooks).
+
+    Raises:
+      ConfigError: a flag value that is not allowed (the message names the flag).
+    """
+    from absl import flags
+
+    fv = flags.FlagValues()
+    define_task_flags(task, fv)
+    fv(["prog", *argv])
+    return from_flags(task, fv)
 
 
 def from_flags(task, flag_values=None) -> Config:

@@ -176,7 +176,9 @@ def check_settings(settings, cfg) -> None:
         if meta.choices is not None:
             bad = [v for v in values if v not in meta.choices]
             if bad:
-                raise ConfigError(f"--{f.name} takes {list(meta.choices)}, got {_show(value)!r}")
+                what = "any of " if isinstance(value, tuple) else ""
+                raise ConfigError(f"--{f.name} takes {what}{list(meta.choices)}, got "
+                                  f"{_show(value)!r}")
         for low, high in [(meta.low, meta.high)]:
             if low is None and high is None:
                 continue

@@ -157,8 +157,7 @@ def _config(*argv, data=None):
 
     task = ActionTask()
     fv = flags.FlagValues()
-    config.define_shared_flags(fv, data_default=task.default_data)
-    task.define_flags(fv)
+    config.define_task_flags(task, fv)
     fv(["prog", "--workdir=x", "--preset=smoke", *argv] + ([f"--data={data}"] if data else []))
     return config.from_flags(task, fv)
 

@@ -11,8 +11,7 @@ from experiments.super_resolution import PRESETS, SRSettings, SuperResolutionTas
 def _config(*argv):
     task = SuperResolutionTask()
     fv = flags.FlagValues()
-    config.define_shared_flags(fv)
-    task.define_flags(fv)
+    config.define_task_flags(task, fv)
     fv(["prog", "--workdir=x", *argv])
     return config.from_flags(task, fv)
 

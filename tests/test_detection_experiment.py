@@ -66,8 +66,7 @@ def _config(*argv):
 
     task = DetectionTask()
     fv = flags.FlagValues()
-    config.define_shared_flags(fv, data_default=task.default_data)
-    task.define_flags(fv)
+    config.define_task_flags(task, fv)
     fv(["prog", "--workdir=x", "--preset=smoke", *argv])
     return config.from_flags(task, fv)
 

@@ -133,8 +133,7 @@ def _config(*argv):
 
     task = SuperResolutionTask()
     fv = flags.FlagValues()
-    config.define_shared_flags(fv)
-    task.define_flags(fv)
+    config.define_task_flags(task, fv)
     fv(["prog", "--workdir=unused", *SMOKE, *argv])
     return task, config.from_flags(task, fv)
 

@@ -145,17 +145,16 @@ def test_the_sr_oracle_maximises_the_mean_psnr_better_than_the_summed_error(smok
     task = SuperResolutionTask()
     cfg = config.build_config(task, preset_name="smoke", preset=PRESETS["smoke"], verbose=0)
     wd = Workdir(workdir)
-    splits = task.load_data(cfg, wd)
-    task.build_caches(cfg, wd, None, splits)  # every cache is there: nothing runs
+    test = task.split(cfg, wd, task.load_data(cfg, wd), "test")  # the caches are there
     rng = np.random.default_rng(0)
     for b in ([0.2, 0.5, 0.3], [0.6, 0.4, 0.0]):
-        mm = task.oracle_assignment("test", b)
-        sse = evaluation.oracle_assignment(task.scores("test"), b)
+        mm = test.oracle_assignment(b)
+        sse = evaluation.oracle_assignment(test.scores, b)
         assert np.array_equal(np.bincount(mm, minlength=3), np.bincount(sse, minlength=3))
-        best = task.metric("test", mm)
-        assert best >= task.metric("test", sse) - 1e-12
+        best = test.metric(mm)
+        assert best >= test.metric(sse) - 1e-12
         for _ in range(300):
-            assert task.metric("test", rng.permutation(sse)) <= best + 1e-9
+            assert test.metric(rng.permutation(sse)) <= best + 1e-9
 
 
 def test_the_cache_built_in_three_shards_is_the_single_process_cache(smoke,
