@@ -32,6 +32,7 @@ import os
 import numpy as np
 
 from bmoe_tf.backend import keras, tf
+from bmoe_tf.checks import check_count
 from bmoe_tf.experts import Expert
 from bmoe_tf.training import resumable_fit
 from experiments.stages import atomic_dir
@@ -237,11 +238,11 @@ def shuffle_orders(n, seed, epochs):
     which the task sets before building each expert), not on earlier epochs having
     run in this process, so a resumed training sees the epochs it missed.
     """
-    order = tf.data.Dataset.range(int(n)).shuffle(int(n), seed=seed,
-                                                  reshuffle_each_iteration=True)
+    n, epochs = check_count(n, "n", minimum=1), check_count(epochs, "epochs")
+    order = tf.data.Dataset.range(n).shuffle(n, seed=seed, reshuffle_each_iteration=True)
     iter(order)  # fit makes one iterator before its first epoch's
-    return np.stack([np.fromiter(order.as_numpy_iterator(), np.int64, int(n))
-                     for _ in range(int(epochs))]) if epochs else np.zeros((0, n), np.int64)
+    return np.array([np.fromiter(order.as_numpy_iterator(), np.int64, n)
+                     for _ in range(epochs)], np.int64).reshape(epochs, n)
 
 
 def train_expert(model, scale, train_parts, val_parts, *, epochs, batch_size=64,
@@ -279,13 +280,12 @@ def train_expert(model, scale, train_parts, val_parts, *, epochs, batch_size=64,
     n = len(y_train)
     if n == 0:
         raise ValueError("train_parts is empty")
-    orders = shuffle_orders(n, seed, epochs)
     x_all, y_all = tf.constant(x_train), tf.constant(y_train)
     no_autograph = tf.autograph.experimental.do_not_convert
 
     def data(first_epoch):
         batches = None
-        for order in orders[first_epoch:]:
+        for order in shuffle_orders(n, seed, epochs)[first_epoch:]:
             epoch = tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
             batches = epoch if batches is None else batches.concatenate(epoch)
         return (batches.map(no_autograph(lambda i: (tf.gather(x_all, i), tf.gather(y_all, i))))
