@@ -19,6 +19,7 @@ setup(
         "absl-py>=1.4,<3",
         "matplotlib>=3.8,<4",
         "scikit-image>=0.22,<1",
+        "scikit-learn>=1.5,<2",  # t-SNE of the action task's Fig. 9 layout
         # int8 gate export (gating_tflite): LiteRT and the TFLite Micro Python interpreter.
         # tflite-micro is published only as dated dev builds: pinned exactly.
         "ai-edge-litert>=2.3,<2.4",

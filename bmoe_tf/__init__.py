@@ -11,6 +11,7 @@ Where each part of the paper lives:
 * experts E_n with P_n and d_n -- :mod:`bmoe_tf.experts`
 * frozen TF1 graphs (Object Detection API exports) as experts -- :mod:`bmoe_tf.frozen_graph`
 * Eq. 2 and training the gate -- :mod:`bmoe_tf.mixture`
+* the resumable training loop of gates and experts -- :mod:`bmoe_tf.training`
 * the expert cache (outputs, mse statistics, scores) -- :mod:`bmoe_tf.cache`
 * shared argument checks -- :mod:`bmoe_tf.checks`
 """

@@ -2,7 +2,8 @@
 
 Each gate lives in ``gates/<method>/<target index or shared>/``:
 ``gate/`` (the SavedModel, written last, so its presence means done),
-``backup/`` (``BackupAndRestore``: an interrupted fit resumes at the last epoch),
+``backup/`` (the per-epoch checkpoint of :func:`bmoe_tf.training.resumable_fit`: an
+interrupted fit resumes after the last finished epoch; removed when training ends),
 ``logs/`` (TensorBoard) and ``gate.json`` (b, method, w_bias, history).
 
 Every random order of a gate's training is a function of (seed, gate name, epoch)
@@ -16,6 +17,7 @@ import numpy as np
 from bmoe_tf import BiasedMixture
 from bmoe_tf.backend import keras, tf
 from bmoe_tf.cache import cache_dataset
+from bmoe_tf.training import resumable_fit
 from experiments import distribute
 from experiments.stages import atomic_dir, fingerprint, load_artefact, read_json, write_json
 
@@ -85,27 +87,23 @@ def train_gate(directory, *, build_gate, experts, bias, method, train, batch_siz
                                 training_loss=training_loss, input_shape=input_shape,
                                 gate_preprocess=gate_preprocess)
         mixture.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="mse")
-    backup = os.path.join(directory, "backup")
+    data = cache_dataset(train.gate_inputs, train.cache, train.targets,
+                         batch_size=batch_size, seed=gate_seed(seed, name), drop_remainder=True)
+    if strategy.num_replicas_in_sync > 1:  # the global batch, split over the replicas
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = \
+            tf.data.experimental.AutoShardPolicy.DATA
+        data = data.with_options(options)
     with distribute.writable_dir(os.path.join(directory, "logs"), strategy) as logs:
-        callbacks = [
-            keras.callbacks.BackupAndRestore(backup),
-            keras.callbacks.TensorBoard(logs, update_freq="epoch", write_graph=False,
-                                        profile_batch=0),
-        ]
-        data = cache_dataset(train.gate_inputs, train.cache, train.targets,
-                             batch_size=batch_size, seed=gate_seed(seed, name),
-                             drop_remainder=True)
-        if strategy.num_replicas_in_sync > 1:  # the global batch, split over the replicas
-            options = tf.data.Options()
-            options.experimental_distribute.auto_shard_policy = \
-                tf.data.experimental.AutoShardPolicy.DATA
-            data = data.with_options(options)
-        history = mixture.fit(data, epochs=epochs, callbacks=callbacks, verbose=verbose)
+        history = resumable_fit(mixture, data, epochs=epochs,
+                                checkpoint_dir=os.path.join(directory, "backup"),
+                                tensorboard_dir=logs, name=f"gate {name}", verbose=verbose)
+    history.pop("seconds", None)  # gate.json holds what is reproducible
     info = dict(method=method, bias=[float(v) for v in np.asarray(bias)],
                 bias_weight=float(bias_weight), combine=combine, training_loss=training_loss,
                 epochs=int(epochs), batch_size=int(batch_size),
                 learning_rate=float(learning_rate), data_seed=gate_seed(seed, name),
-                history={k: [float(x) for x in v] for k, v in history.history.items()})
+                history=history)
     if not chief:  # every worker saves (collective reads), only the chief keeps it
         with distribute.writable_dir(os.path.join(directory, "gate"), strategy) as tmp:
             mixture.gate.save(tmp, include_optimizer=False)

@@ -98,19 +98,20 @@ def test_assigned_accuracy_and_unreliable_routing():
                                                                     ("b", 2, 1.0)]
 
 
-def test_tsne_keeps_separated_clusters_apart():
-    from experiments.action.tsne import tsne
+def test_tsne_embedding_keeps_separated_clusters_apart():
+    from experiments.action.figures import embed
 
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(3), 20)
     x = rng.normal(size=(3, 10))[labels] * 8 + rng.normal(size=(60, 10))
-    y = tsne(x, perplexity=10, iterations=300, seed=0)
+    y = embed(x, seed=0)
+    assert y.shape == (60, 2)
     d = ((y[:, None] - y[None]) ** 2).sum(-1)
     np.fill_diagonal(d, np.inf)
     assert (labels[d.argmin(1)] == labels).mean() == 1.0
-    np.testing.assert_array_equal(y, tsne(x, perplexity=10, iterations=300, seed=0))
-    with pytest.raises(ValueError, match="perplexity"):
-        tsne(x, perplexity=100)
+    np.testing.assert_array_equal(y, embed(x, seed=0))
+    with pytest.raises(ValueError, match="M >= 5"):
+        embed(x[:4])
 
 
 # ---- the CLI ---------------------------------------------------------------------------

@@ -354,12 +354,8 @@ def test_train_ssd_resumes_after_interruption(tmp_path):
     for w_ref, w in zip(ref.get_weights(), resumed_model.get_weights()):
         np.testing.assert_allclose(w, w_ref, rtol=1e-4, atol=1e-5)
 
-    # all epochs done: restores the weights and trains nothing
-    again = fresh(seed=7)
-    history = ssd.train_ssd(again, 100, train, val, checkpoint_dir=tmp_path / "a", **kwargs)
-    assert history["loss"] == full["loss"]
-    for w_ref, w in zip(ref.get_weights(), again.get_weights()):
-        np.testing.assert_array_equal(w, w_ref)
+    # the checkpoints are removed once trained (bmoe_tf.training.resumable_fit)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
 def test_train_ssd_checks_resolution():

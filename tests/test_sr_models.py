@@ -100,30 +100,64 @@ def test_training_lowers_mse(residual):
     assert history["val_loss"][-1] == pytest.approx(after, rel=1e-4)
 
 
-def test_resume_from_checkpoint(tmp_path):
-    keras.utils.set_random_seed(0)
-    train = smooth_parts(32, seed=3)
-    ckpt = str(tmp_path / "ckpt")
+class _Kill(keras.callbacks.Callback):
+    """Stops training like a kill after epoch ``after`` (1-based), once it is checkpointed."""
+
+    def __init__(self, after):
+        super().__init__()
+        self.after = after
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 == self.after:
+            raise KeyboardInterrupt(f"simulated kill after epoch {self.after}")
+
+
+def test_shuffle_orders_are_those_of_keras_fit_on_a_shuffled_dataset():
+    """train_expert trains exactly as ``fit`` on ``shuffle(n, seed).batch`` did before."""
+    train = smooth_parts(24, seed=3)
+    low = models.downsample(train, 4).numpy()
+    keras.utils.set_random_seed(4)
+    reference = models.build_expert_model("espcn", 4)
+    reference.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
+    reference.fit(tf.data.Dataset.from_tensor_slices((low, train))
+                  .shuffle(24, seed=5, reshuffle_each_iteration=True).batch(8),
+                  epochs=3, verbose=0)
+    keras.utils.set_random_seed(4)
     model = models.build_expert_model("espcn", 4)
-    history = models.train_expert(model, 4, train, None, epochs=2, batch_size=16,
-                                  checkpoint_dir=ckpt, verbose=0)
-    assert list(history) == ["loss"] and len(history["loss"]) == 2
-    trained = model.get_weights()
-
-    # All epochs done: weights restored, nothing trained.
-    fresh = models.build_expert_model("espcn", 4)
-    history = models.train_expert(fresh, 4, train, None, epochs=2, batch_size=16,
-                                  checkpoint_dir=ckpt, verbose=0)
-    assert history == {"loss": []}
-    for a, b in zip(fresh.get_weights(), trained):
+    models.train_expert(model, 4, train, None, epochs=3, batch_size=8, seed=5, verbose=0)
+    for a, b in zip(model.get_weights(), reference.get_weights()):
         np.testing.assert_array_equal(a, b)
+    keras.utils.set_random_seed(4)
+    orders = models.shuffle_orders(24, 5, 3)
+    assert orders.shape == (3, 24)
+    assert all(sorted(o) == list(range(24)) for o in orders)
+    assert not np.array_equal(orders[0], orders[1])  # reshuffled every epoch
 
-    # One more epoch: only epoch 3 runs, continuing the optimizer's step count.
-    fresh = models.build_expert_model("espcn", 4)
-    history = models.train_expert(fresh, 4, train, None, epochs=3, batch_size=16,
-                                  checkpoint_dir=ckpt, verbose=0)
-    assert len(history["loss"]) == 1
-    assert int(fresh.optimizer.iterations.numpy()) == 3 * 2
+
+def test_resume_from_checkpoint(tmp_path):
+    train = smooth_parts(32, seed=3)
+    kwargs = dict(epochs=3, batch_size=16, seed=2, verbose=0)
+    keras.utils.set_random_seed(0)
+    straight = models.build_expert_model("espcn", 4)
+    full = models.train_expert(straight, 4, train, None, **kwargs)
+    assert list(full) == ["loss", "seconds"] and len(full["loss"]) == 3
+
+    ckpt = str(tmp_path / "ckpt")
+    keras.utils.set_random_seed(0)
+    killed = models.build_expert_model("espcn", 4)
+    with pytest.raises(KeyboardInterrupt):
+        models.train_expert(killed, 4, train, None, checkpoint_dir=ckpt, callbacks=[_Kill(2)],
+                            **kwargs)
+    assert (tmp_path / "ckpt" / "history.json").exists()
+    keras.utils.set_random_seed(0)  # as the task does before building each expert
+    resumed = models.build_expert_model("espcn", 4)
+    resumed.set_weights([w + 1.0 for w in resumed.get_weights()])  # the checkpoint must win
+    history = models.train_expert(resumed, 4, train, None, checkpoint_dir=ckpt, **kwargs)
+    assert history["loss"] == full["loss"]  # epochs 1-2 from history.json, 3 run again
+    assert int(resumed.optimizer.iterations.numpy()) == 3 * 2
+    for a, b in zip(resumed.get_weights(), straight.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert not (tmp_path / "ckpt").exists()  # removed once trained
 
 
 def test_unknown_family_or_scale():

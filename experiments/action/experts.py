@@ -50,14 +50,13 @@ import functools
 import json
 import math
 import os
-import shutil
-import time
 
 import numpy as np
 from scipy.optimize import minimize
 
 from bmoe_tf.backend import keras, tf
 from bmoe_tf.experts import Expert
+from bmoe_tf.training import resumable_fit
 from experiments.action.clips import MV_GRID
 from experiments.stages import atomic_dir
 
@@ -385,51 +384,6 @@ def build_spatial(rgb_frames, frame_size, num_classes):
 
 
 # ---- training ----------------------------------------------------------------------------
-def _saved_epoch(checkpoint_dir):
-    """Epochs finished according to BackupAndRestore's latest checkpoint (0 if none)."""
-    latest = tf.train.latest_checkpoint(os.path.join(checkpoint_dir, "chief"))
-    if not latest:
-        return 0
-    reader = tf.train.load_checkpoint(latest)
-    for key in reader.get_variable_to_shape_map():
-        if key.startswith("ckpt_saved_epoch/"):
-            return int(reader.get_tensor(key)) + 1
-    raise ValueError(f"{latest} is not a BackupAndRestore checkpoint (no saved epoch)")
-
-
-class _EpochRecords(keras.callbacks.Callback):
-    """Checks the resumed epoch, times epochs, keeps (and writes) their logs, prints."""
-
-    def __init__(self, name, epochs, first_epoch, records, path, verbose):
-        super().__init__()
-        self._name, self._epochs, self._first = name, epochs, first_epoch
-        self._records, self._path, self._verbose = records, path, verbose
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if self._first is not None:
-            if epoch != self._first:  # the data order was drawn for another epoch
-                raise RuntimeError(f"{self._name}: Keras resumed at epoch {epoch}, the data "
-                                   f"was prepared from epoch {self._first}")
-            self._first = None
-        self._start = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        seconds = time.perf_counter() - self._start
-        record = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()},
-                  "seconds": seconds}
-        self._records.append(record)
-        if self._path is not None:  # before BackupAndRestore's checkpoint of this epoch
-            tmp = self._path + ".tmp"
-            with open(tmp, "w") as fh:
-                json.dump(self._records, fh)
-            os.replace(tmp, self._path)
-        if self._verbose:
-            parts = " ".join(f"{k} {v:.4f}" for k, v in record.items()
-                             if k not in ("epoch", "seconds"))
-            print(f"{self._name} epoch {epoch + 1}/{self._epochs}: {parts} ({seconds:.1f} s)",
-                  flush=True)
-
-
 def _to_float(x):
     return tf.cast(x, tf.float32) / 255.0 if x.dtype == tf.uint8 else tf.cast(x, tf.float32)
 
@@ -458,7 +412,8 @@ def train_classifier(model, inputs, labels, val_inputs=None, val_labels=None, *,
         optimizer and epoch there after every epoch (``chief/``), and the epochs'
         logs go to ``history.json``; a later call with the same arguments resumes
         after the last finished epoch (a killed run loses at most one epoch). Both
-        are deleted when training ends (the folder too when then empty).
+        are deleted when training ends (the folder too when then empty):
+        :func:`bmoe_tf.training.resumable_fit`.
       verbose: 0 silent, 1 one line per epoch, 2 Keras progress bars too.
       label_smoothing: > 0 trains on smoothed one-hot targets.
       callbacks: extra Keras callbacks (run after the checkpoint of each epoch).
@@ -498,59 +453,28 @@ def train_classifier(model, inputs, labels, val_inputs=None, val_labels=None, *,
     def target(t):
         return tf.one_hot(t, num_classes) if label_smoothing else t
 
-    initial_epoch, records, history_path, cbs = 0, [], None, []
-    if checkpoint_dir is not None:
-        checkpoint_dir = os.fspath(checkpoint_dir)
-        os.makedirs(checkpoint_dir, exist_ok=True)
-        history_path = os.path.join(checkpoint_dir, "history.json")
-        initial_epoch = _saved_epoch(checkpoint_dir)
-        if initial_epoch and os.path.exists(history_path):
-            with open(history_path) as fh:
-                records = [r for r in json.load(fh) if r["epoch"] <= initial_epoch]
-        if initial_epoch and verbose:
-            print(f"{model.name}: resuming after epoch {initial_epoch} from {checkpoint_dir}",
-                  flush=True)
-        cbs.append(keras.callbacks.BackupAndRestore(checkpoint_dir, delete_checkpoint=True))
-    log = _EpochRecords(model.name, epochs, initial_epoch, records, history_path, verbose)
+    x_all, y_all = tf.constant(x), tf.constant(y)
+    no_autograph = tf.autograph.experimental.do_not_convert
 
-    if initial_epoch >= epochs:  # every epoch done, only the clean-up was missing
-        ckpt = tf.train.Checkpoint(model=model)
-        ckpt.restore(tf.train.latest_checkpoint(os.path.join(checkpoint_dir, "chief")))\
-            .expect_partial()
-    else:
-        x_all, y_all = tf.constant(x), tf.constant(y)
-        no_autograph = tf.autograph.experimental.do_not_convert
+    def data(first_epoch):
         epoch_sets = [tf.data.Dataset.from_tensor_slices(
             np.random.default_rng([int(seed), e]).permutation(n).astype(np.int32))
-            .batch(batch_size) for e in range(initial_epoch, epochs)]
+            .batch(batch_size) for e in range(first_epoch, epochs)]
         train = epoch_sets[0]
         for more in epoch_sets[1:]:
             train = train.concatenate(more)
-        train = train.map(no_autograph(lambda i: (_to_float(tf.gather(x_all, i)),
-                                                  target(tf.gather(y_all, i)))),
-                          num_parallel_calls=1, deterministic=True).prefetch(2)
-        val = None
-        if val_inputs is not None and len(val_inputs):
-            val = (tf.data.Dataset.from_tensor_slices(
-                (np.asarray(val_inputs), np.asarray(val_labels).astype(np.int32).reshape(-1)))
-                   .batch(256).map(no_autograph(lambda a, b: (_to_float(a), target(b)))))
-        model.fit(train, validation_data=val, epochs=int(epochs), initial_epoch=initial_epoch,
-                  steps_per_epoch=steps, callbacks=[log] + cbs + list(callbacks),
-                  verbose=2 if verbose == 2 else 0)
-    if checkpoint_dir is not None:  # BackupAndRestore removed chief/ at the end of fit
-        shutil.rmtree(os.path.join(checkpoint_dir, "chief"), ignore_errors=True)
-        if os.path.exists(history_path):
-            os.remove(history_path)
-        try:
-            os.rmdir(checkpoint_dir)
-        except OSError:
-            pass
-    history = {}
-    for record in records:
-        for key, value in record.items():
-            if key != "epoch":
-                history.setdefault(key, []).append(value)
-    return history
+        return train.map(no_autograph(lambda i: (_to_float(tf.gather(x_all, i)),
+                                                 target(tf.gather(y_all, i)))),
+                         num_parallel_calls=1, deterministic=True).prefetch(2)
+
+    val = None
+    if val_inputs is not None and len(val_inputs):
+        val = (tf.data.Dataset.from_tensor_slices(
+            (np.asarray(val_inputs), np.asarray(val_labels).astype(np.int32).reshape(-1)))
+               .batch(256).map(no_autograph(lambda a, b: (_to_float(a), target(b)))))
+    return resumable_fit(model, data, epochs=int(epochs), steps_per_epoch=steps,
+                         validation_data=val, checkpoint_dir=checkpoint_dir, verbose=verbose,
+                         callbacks=callbacks)
 
 
 # ---- fusion ------------------------------------------------------------------------------

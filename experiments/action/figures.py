@@ -5,7 +5,7 @@ import numpy as np
 
 from experiments.report import COLOURS, pick_routing
 
-__all__ = ["action_figures", "figure_tsne", "figure_fusion_by_class", "TSNE_POINTS"]
+__all__ = ["action_figures", "embed", "figure_tsne", "figure_fusion_by_class", "TSNE_POINTS"]
 
 #: Test clips embedded in the t-SNE figure (the paper shows 1024).
 TSNE_POINTS = 1024
@@ -20,12 +20,27 @@ def _plt():
     return plt
 
 
-def figure_tsne(path, features, labels, class_names, picks, modes, title, *, seed=0):
-    """Two t-SNE panels of ``features [M, D]``: colours = class (a), chosen mode (b)."""
-    from experiments.action.tsne import tsne
+def embed(features, *, seed=0):
+    """``float[M, 2]``: scikit-learn's t-SNE of standardised ``features [M, D]`` (M >= 5).
 
+    Perplexity ``min(30, (M - 1) / 3)``, PCA initialisation, ``random_state=seed``.
+    Only the Fig. 9 drawing uses it (no number of the report).
+    """
+    from sklearn.manifold import TSNE
+
+    x = np.asarray(features, np.float64)
+    if x.ndim != 2 or len(x) < 5:
+        raise ValueError(f"t-SNE needs [M, D] features with M >= 5, got shape {x.shape}")
+    x = (x - x.mean(0)) / (x.std(0) + 1e-8)
+    return TSNE(n_components=2, perplexity=min(30.0, (len(x) - 1) / 3.0), init="pca",
+                random_state=int(seed)).fit_transform(x)
+
+
+def figure_tsne(path, features, labels, class_names, picks, modes, title, *, seed=0):
+    """Two t-SNE panels (:func:`embed`) of ``features [M, D]``: colours = class (a),
+    chosen mode (b)."""
     plt = _plt()
-    y = tsne(features, perplexity=min(30.0, (len(features) - 1) / 3.0), seed=seed)
+    y = embed(features, seed=seed)
     fig, axes = plt.subplots(1, 2, figsize=(11, 5))
     cmap = plt.get_cmap("tab20")
     for c, name in enumerate(class_names):

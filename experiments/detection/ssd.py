@@ -30,15 +30,14 @@ XLA compiles the model and loss, but on CPU an XLA training step is ~8x slower
 """
 import dataclasses
 import functools
-import json
 import math
 import os
-import time
 
 import numpy as np
 
 from bmoe_tf.backend import keras, tf
 from bmoe_tf.experts import Expert
+from bmoe_tf.training import resumable_fit
 from experiments.stages import atomic_dir
 
 __all__ = [
@@ -460,58 +459,6 @@ def _as_float(x):
     return tf.cast(x, tf.float32) / 255.0 if x.dtype == tf.uint8 else x
 
 
-class _SaveEpoch(keras.callbacks.Callback):
-    """After every epoch: the epoch's logs (``records``), then model + optimizer + epoch.
-
-    The logs are written first, so they always cover the checkpoint's epochs (a
-    resume drops records past the checkpoint).
-    """
-
-    def __init__(self, manager, epoch, records, path):
-        super().__init__()
-        self._manager, self._epoch = manager, epoch
-        self._records, self._path = records, path
-
-    def on_epoch_end(self, epoch, logs=None):
-        self._records.append({"epoch": epoch + 1,
-                              **{k: float(v) for k, v in (logs or {}).items()}})
-        tmp = self._path + ".tmp"
-        with open(tmp, "w") as fh:
-            json.dump(self._records, fh)
-        os.replace(tmp, self._path)
-        self._epoch.assign(epoch + 1)
-        self._manager.save(checkpoint_number=epoch + 1)
-
-
-def _history(records):
-    history = {}
-    for record in records:
-        for key, value in record.items():
-            if key != "epoch":
-                history.setdefault(key, []).append(value)
-    return history
-
-
-class _EpochLog(keras.callbacks.Callback):
-    """Adds ``seconds`` (wall time of the epoch) to the logs; prints one line per epoch."""
-
-    def __init__(self, name, epochs, verbose):
-        super().__init__()
-        self._name, self._epochs, self._verbose = name, epochs, verbose
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._start = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        seconds = time.perf_counter() - self._start
-        if logs is not None:
-            logs["seconds"] = seconds
-        if self._verbose:
-            parts = " ".join(f"{k} {v:.4f}" for k, v in (logs or {}).items() if k != "seconds")
-            print(f"{self._name} epoch {epoch + 1}/{self._epochs}: {parts} ({seconds:.1f} s)",
-                  flush=True)
-
-
 def train_ssd(model, resolution, train_set, validation_set=None, *, epochs, batch_size=32,
               learning_rate=2e-2, seed=0, checkpoint_dir=None, verbose=1, config=AnchorConfig(),
               flip=True, weight_decay=0.0, warmup_epochs=1, validation_freq=1, callbacks=()):
@@ -532,8 +479,9 @@ def train_ssd(model, resolution, train_set, validation_set=None, *, epochs, batc
       epochs: total number of epochs (including those done before a resume).
       checkpoint_dir: when given, model, optimizer, epoch count and history are
         saved after every epoch and a later call resumes after the last saved
-        epoch (a killed run loses at most one epoch); when all epochs are done the
-        weights are restored and nothing is trained.
+        epoch with the weights of an uninterrupted run (a killed run loses at most
+        one epoch); deleted when training ends
+        (:func:`bmoe_tf.training.resumable_fit`).
       verbose: 0 silent, 1 one line per epoch, 2 Keras progress bars too.
       weight_decay: > 0 uses AdamW with this decoupled weight decay.
       validation_freq: validate after every this many epochs (Keras semantics:
@@ -569,38 +517,15 @@ def train_ssd(model, resolution, train_set, validation_set=None, *, epochs, batc
     else:
         optimizer = keras.optimizers.Adam(schedule)
     model.compile(optimizer=optimizer, loss=_keras_loss(3))  # XLA: ~8x slower on CPU
-    optimizer.build(model.trainable_variables)
-
-    records, initial_epoch, cbs = None, 0, [_EpochLog(model.name, epochs, verbose)]
-    if checkpoint_dir is not None:
-        checkpoint_dir = os.fspath(checkpoint_dir)
-        epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-        ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch_var)
-        manager = tf.train.CheckpointManager(ckpt, checkpoint_dir, max_to_keep=2)
-        history_path = os.path.join(checkpoint_dir, "history.json")
-        records = []
-        if manager.latest_checkpoint:
-            ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-            initial_epoch = int(epoch_var.numpy())
-            if os.path.exists(history_path):
-                with open(history_path) as fh:
-                    records = [r for r in json.load(fh) if r["epoch"] <= initial_epoch]
-            if verbose:
-                print(f"{model.name}: resuming after epoch {initial_epoch} from "
-                      f"{manager.latest_checkpoint}", flush=True)
-        os.makedirs(checkpoint_dir, exist_ok=True)
-        cbs.append(_SaveEpoch(manager, epoch_var, records, history_path))
-    if initial_epoch >= epochs:
-        return _history(records)
 
     # per epoch: a permutation and flip flags drawn from (seed, epoch)
-    idx, flips = [], []
-    for e in range(initial_epoch, epochs):
+    def draws(e):
         rng = np.random.default_rng([int(seed), e])
-        idx.append(rng.permutation(n)[:steps * batch_size].reshape(steps, batch_size))
-        flips.append(rng.random((steps, batch_size)) < 0.5 if flip else
-                     np.zeros((steps, batch_size), bool))
-    idx, flips = np.concatenate(idx).astype(np.int32), np.concatenate(flips)
+        idx = rng.permutation(n)[:steps * batch_size].reshape(steps, batch_size)
+        flips = (rng.random((steps, batch_size)) < 0.5 if flip else
+                 np.zeros((steps, batch_size), bool))
+        return idx, flips
+
     x_all, y_all = tf.constant(x_train), tf.constant(y_train)
     mirror = tf.constant(_mirror_index(r, config))
     sign = tf.constant([1.0, -1.0, 1.0, 1.0, 1.0])
@@ -614,21 +539,22 @@ def train_ssd(model, resolution, train_set, validation_set=None, *, epochs, batc
         return x, y
 
     no_autograph = tf.autograph.experimental.do_not_convert
-    train = (tf.data.Dataset.from_tensor_slices((idx, flips))
-             .map(no_autograph(load), num_parallel_calls=1, deterministic=True)
-             .prefetch(2))
+
+    def data(first_epoch):
+        idx, flips = zip(*(draws(e) for e in range(first_epoch, epochs)))
+        return (tf.data.Dataset.from_tensor_slices((np.concatenate(idx).astype(np.int32),
+                                                    np.concatenate(flips)))
+                .map(no_autograph(load), num_parallel_calls=1, deterministic=True)
+                .prefetch(2))
+
     val = None
     if validation_set is not None and len(validation_set.images):
         x_val, y_val = _set_targets(validation_set, r, config)
         val = (tf.data.Dataset.from_tensor_slices((x_val, y_val)).batch(2 * batch_size)
                .map(no_autograph(lambda x, y: (_as_float(x), y))))
-    fit = model.fit(train, validation_data=val, epochs=epochs, initial_epoch=initial_epoch,
-                    steps_per_epoch=steps, validation_freq=validation_freq,
-                    callbacks=cbs + list(callbacks),
-                    verbose=2 if verbose == 2 else 0)
-    if records is not None:
-        return _history(records)
-    return {key: [float(v) for v in values] for key, values in fit.history.items()}
+    return resumable_fit(model, data, epochs=epochs, steps_per_epoch=steps, validation_data=val,
+                         validation_freq=validation_freq, checkpoint_dir=checkpoint_dir,
+                         verbose=verbose, callbacks=callbacks)
 
 
 # ---- export and inference ----------------------------------------------------------------

@@ -32,12 +32,14 @@ import os
 import numpy as np
 
 from bmoe_tf.backend import keras, tf
+from bmoe_tf.checks import check_count
 from bmoe_tf.experts import Expert
+from bmoe_tf.training import resumable_fit
 from experiments.stages import atomic_dir
 
 __all__ = [
     "SCALES", "FAMILIES", "low_resolution_size", "downsample", "upsample",
-    "bicubic_upscale", "build_expert_model", "train_expert", "export_expert",
+    "bicubic_upscale", "build_expert_model", "shuffle_orders", "train_expert", "export_expert",
     "load_expert", "ResizeImages", "DepthToSpace",
 ]
 
@@ -226,19 +228,29 @@ def _low_resolution(parts, scale, size, chunk=1024):
                                                              np.float32)
 
 
-class _SaveEpoch(keras.callbacks.Callback):
-    def __init__(self, manager, epoch):
-        super().__init__()
-        self._manager, self._epoch = manager, epoch
+def shuffle_orders(n, seed, epochs):
+    """``[epochs, n]`` int64: the order in which each epoch visits the ``n`` parts.
 
-    def on_epoch_end(self, epoch, logs=None):
-        self._epoch.assign(epoch + 1)
-        self._manager.save(checkpoint_number=epoch + 1)
+    Epoch e's order is the e-th pass of ``tf.data``'s ``shuffle(n, seed,
+    reshuffle_each_iteration=True)`` as ``keras.Model.fit`` iterates a dataset that
+    is one epoch per pass (the order these experts were always trained in). It
+    depends on ``seed`` and TensorFlow's global seed (``keras.utils.set_random_seed``,
+    which the task sets before building each expert), not on earlier epochs having
+    run in this process, so a resumed training sees the epochs it missed.
+    """
+    n, epochs = check_count(n, "n", minimum=1), check_count(epochs, "epochs")
+    order = tf.data.Dataset.range(n).shuffle(n, seed=seed, reshuffle_each_iteration=True)
+    iter(order)  # fit makes one iterator before its first epoch's
+    return np.array([np.fromiter(order.as_numpy_iterator(), np.int64, n)
+                     for _ in range(epochs)], np.int64).reshape(epochs, n)
 
 
 def train_expert(model, scale, train_parts, val_parts, *, epochs, batch_size=64,
-                 learning_rate=1e-3, checkpoint_dir=None, verbose=1, seed=0):
+                 learning_rate=1e-3, checkpoint_dir=None, verbose=1, seed=0, callbacks=()):
     """Trains ``model`` on ``(downsample(parts), parts)`` with MSE and Adam.
+
+    Every epoch visits all parts in :func:`shuffle_orders` ``(n, seed, epochs)``
+    (the last batch smaller); trained with :func:`bmoe_tf.training.resumable_fit`.
 
     Args:
       model: from :func:`build_expert_model` (``scale`` must match its input size).
@@ -247,16 +259,17 @@ def train_expert(model, scale, train_parts, val_parts, *, epochs, batch_size=64,
         ``val_parts`` may be None.
       epochs: total number of epochs (including those already done when resuming).
       checkpoint_dir: when given, model, optimizer and the number of finished
-        epochs are checkpointed after every epoch, and a later call resumes from
-        the latest checkpoint (with ``epochs`` still the total): an interrupted
-        run loses at most one epoch. When all epochs are already done the
-        weights are restored and nothing is trained.
-      verbose: Keras progress output (0, 1 or 2).
+        epochs are checkpointed after every epoch, and a later call with the same
+        arguments resumes after the last finished epoch with the weights an
+        uninterrupted run would have (an interrupted run loses at most one epoch);
+        the checkpoint is deleted when training ends.
+      verbose: 0 silent, 1 one line per epoch, 2 Keras progress bars too.
       seed: seeds the shuffling of the training set.
+      callbacks: extra Keras callbacks (run after the checkpoint of each epoch).
 
     Returns:
-      The Keras history dict (``loss``, ``val_loss``): one entry per epoch run by
-      this call (empty lists when there was nothing left to do).
+      The history of all epochs (also those before a resume): ``loss``, ``seconds``
+      and ``val_loss`` (with ``val_parts``), one entry per epoch.
     """
     size = int(model.output_shape[1])
     low = low_resolution_size(scale, size)
@@ -264,37 +277,28 @@ def train_expert(model, scale, train_parts, val_parts, *, epochs, batch_size=64,
         raise ValueError(f"model input {model.input_shape} does not match scale x{scale} "
                          f"({low}x{low}x3)")
     y_train, x_train = _low_resolution(train_parts, scale, size)
-    if len(y_train) == 0:
+    n = len(y_train)
+    if n == 0:
         raise ValueError("train_parts is empty")
-    train = (tf.data.Dataset.from_tensor_slices((x_train, y_train))
-             .shuffle(len(y_train), seed=seed, reshuffle_each_iteration=True)
-             .batch(batch_size).prefetch(tf.data.AUTOTUNE))
+    x_all, y_all = tf.constant(x_train), tf.constant(y_train)
+    no_autograph = tf.autograph.experimental.do_not_convert
+
+    def data(first_epoch):
+        batches = None
+        for order in shuffle_orders(n, seed, epochs)[first_epoch:]:
+            epoch = tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
+            batches = epoch if batches is None else batches.concatenate(epoch)
+        return (batches.map(no_autograph(lambda i: (tf.gather(x_all, i), tf.gather(y_all, i))))
+                .prefetch(tf.data.AUTOTUNE))
+
     val = None
     if val_parts is not None:
         y_val, x_val = _low_resolution(val_parts, scale, size)
         val = tf.data.Dataset.from_tensor_slices((x_val, y_val)).batch(batch_size)
-
-    optimizer = keras.optimizers.Adam(learning_rate)
-    model.compile(optimizer=optimizer, loss="mse")
-    optimizer.build(model.trainable_variables)  # so a checkpoint restores slots at once
-    callbacks, initial_epoch = [], 0
-    if checkpoint_dir is not None:
-        epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-        ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch)
-        manager = tf.train.CheckpointManager(ckpt, os.fspath(checkpoint_dir), max_to_keep=2)
-        if manager.latest_checkpoint:
-            ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-            initial_epoch = int(epoch.numpy())
-            if verbose:
-                print(f"{model.name}: resuming after epoch {initial_epoch} "
-                      f"from {manager.latest_checkpoint}")
-        callbacks.append(_SaveEpoch(manager, epoch))
-    keys = ["loss"] + (["val_loss"] if val is not None else [])
-    if initial_epoch >= epochs:
-        return {k: [] for k in keys}
-    history = model.fit(train, validation_data=val, epochs=epochs, initial_epoch=initial_epoch,
-                        callbacks=callbacks, verbose=verbose)
-    return {k: [float(v) for v in vals] for k, vals in history.history.items()}
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="mse")
+    return resumable_fit(model, data, epochs=epochs, steps_per_epoch=-(-n // batch_size),
+                         validation_data=val, checkpoint_dir=checkpoint_dir, verbose=verbose,
+                         callbacks=callbacks)
 
 
 def export_expert(model, path):
