@@ -221,8 +221,8 @@ def define_shared_flags(flag_values=None, *, data_help="bundled | folder:PATH | 
                       "validation. Default from --preset.", **d)
     flags.DEFINE_integer("seed", 0, "Seed for splits, subsets, training and random "
                          "selection.", **d)
-    flags.DEFINE_integer("verbose", 1, "Keras verbosity (0 silent, 1 progress bars, "
-                         "2 per epoch).", **d)
+    flags.DEFINE_integer("verbose", 1, "Progress (0 silent, 1 one line per epoch, 2 Keras "
+                         "progress bars too).", **d)
     flags.DEFINE_string("data", data_default, data_help + " (never downloads).", **d)
     flags.DEFINE_string("tfds_data_dir", None, "data_dir of prepared TFDS datasets.", **d)
     flags.DEFINE_string("eval_data", None, "Extra held-out data (a folder, in the task's own "
