@@ -17,7 +17,8 @@ import contextlib
 from experiments import config as config_lib
 from experiments import distribute
 from experiments import pipeline
-from experiments.stages import Workdir, WorkdirLock, read_json
+from experiments.layout import Layout
+from experiments.stages import WorkdirLock, read_json
 
 __all__ = ["run"]
 
@@ -48,7 +49,7 @@ def run(task, cfg, workdir, *, command=None):
         with team.section("workdir lock"):  # a busy workdir stops every worker
             if team.chief:
                 stack.enter_context(WorkdirLock(workdir))
-        wd = Workdir(workdir)
+        wd = Layout(workdir)
         r = pipeline.Run(task, cfg, wd)
         keys = pipeline.stage_keys(task, cfg, wd)
         with team.section("data"):
@@ -81,7 +82,7 @@ def run(task, cfg, workdir, *, command=None):
             if not team.chief:
                 _same_as_chief(team, keys, ("bias", "gates"))
                 pipeline.build_caches(r)  # built by the chief: nothing runs
-                points = read_json(wd.path("bias.json"))
+                points = read_json(wd.bias())
         # every worker trains every gate (collective: a worker that dies here stops the
         # others through the strategy's health checks); the others stop after it
         gates = pipeline.stage_gates(r, points, strategy=team.strategy, chief=team.chief)

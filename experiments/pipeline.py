@@ -30,8 +30,8 @@ from experiments import config as config_lib
 from experiments import distribute
 from experiments import gates as gates_lib
 from experiments import report as report_lib
-from experiments.stages import (StageKey, StageMismatch, Workdir, WorkdirLock,
-                                read_json, write_json)
+from experiments.layout import Layout
+from experiments.stages import StageKey, StageMismatch, WorkdirLock, read_json, write_json
 from experiments.task import SPLITS, CacheJob, Split, Task, TrainingSet
 
 __all__ = ["Task", "TrainingSet", "Split", "CacheJob", "run", "gate_assignment",
@@ -181,10 +181,10 @@ def stage_keys(task, cfg, wd):
     experts = StageKey(wd, "experts", dict(seed=cfg.seed, **s["experts"]), parent=data,
                        artefacts=["experts"], protected=True)
     cache = StageKey(wd, "cache", dict(s.get("cache", {})), parent=experts,
-                     artefacts=["cache", "experts.json"], protected=True)
+                     artefacts=["cache", wd.rel(wd.expert_table())], protected=True)
     bias = StageKey(wd, "bias", dict(targets=cfg.targets.as_flag(),
                                      bias=None if cfg.bias is None else list(cfg.bias)),
-                    parent=cache, artefacts=["bias.json"])
+                    parent=cache, artefacts=[wd.rel(wd.bias())])
     gates = StageKey(wd, "gates", dict(batch_size=cfg.batch_size, epochs=cfg.epochs,
                                        soft_epochs=cfg.soft_epochs,
                                        learning_rate=cfg.learning_rate, gate=cfg.gate,
@@ -200,11 +200,11 @@ def stage_keys(task, cfg, wd):
                          artefacts=[wd.rel(p) for p in eval_files]
                          + [wd.rel(p) for p in eval_caches]
                          + [wd.rel(p) for p in eval_caches for p in distribute.shard_files(p)]
-                         + ["experts_eval.json"])
+                         + [wd.rel(wd.expert_table("eval"))])
     evaluation = StageKey(wd, "evaluation", dict(methods=list(cfg.methods),
                                                  eval_batch_seed=cfg.eval_batch_seed,
                                                  eval=eval_data.fingerprint),
-                          parent=gates, artefacts=["evaluation.json"])
+                          parent=gates, artefacts=[wd.rel(wd.evaluation())])
     return dict(data=data, experts=experts, cache=cache, bias=bias, gates=gates,
                 eval_data=eval_data, evaluation=evaluation)
 
@@ -238,7 +238,7 @@ def stage_data(run, keys, *, banner=""):
     """Writes the splits (and the extra held-out set) unless they are there."""
     task, cfg, wd = run.task, run.cfg, run.wd
     refuse_protected_changes(keys, wd)
-    write_json(wd.path("config.json"), cfg.as_dict())
+    write_json(wd.config(), cfg.as_dict())
     print(f"bmoe-tf {task.name}: preset={cfg.preset} workdir={wd.root}{banner}", flush=True)
     keys["data"].claim()
     wd.run("data", task.data_files(cfg, wd), lambda: task.prepare_data(cfg, wd))
@@ -344,9 +344,9 @@ def expert_table(run):
     eval_data-stage artefact, rebuilt when ``--eval_data`` changes)."""
     sizes = run.sizes
     rows = _expert_rows(run, [s for s in ("validation", "test") if s in sizes],
-                        run.wd.path("experts.json"))
+                        run.wd.expert_table())
     if "eval" in sizes:
-        extra = _expert_rows(run, ["eval"], run.wd.path("experts_eval.json"))
+        extra = _expert_rows(run, ["eval"], run.wd.expert_table("eval"))
         rows = [dict(r, **{k: v for k, v in e.items() if k not in r})
                 for r, e in zip(rows, extra)]
     return rows
@@ -354,7 +354,7 @@ def expert_table(run):
 
 def stage_bias(run, table):
     """b per target from the LP on the validation metric (or ``--bias``): ``bias.json``."""
-    cfg, path = run.cfg, run.wd.path("bias.json")
+    cfg, path = run.cfg, run.wd.bias()
 
     def choose():
         d = np.array([r["data_cost"] for r in table])
@@ -396,7 +396,7 @@ def stage_gates(run, points, *, strategy=None, chief=True):
                 continue  # a single expert: nothing to learn
             if method == "enforce":
                 label = "shared" if cfg.training_loss in B_INDEPENDENT_LOSSES else str(index)
-                directory = wd.path("gates", "enforce", label)
+                directory = wd.gate_dir("enforce", label)
                 if directory not in loaded:
                     loaded[directory] = wd.run(
                         f"gate enforce/{label}", gates_lib.gate_files(directory),
@@ -406,7 +406,7 @@ def stage_gates(run, points, *, strategy=None, chief=True):
                         load=lambda d=directory: gates_lib.load_gate(d))[0]
                 gates[method][index] = loaded[directory]
                 continue
-            directory = wd.path("gates", "soft", str(index))
+            directory = wd.gate_dir("soft", index)
             chosen = os.path.join(directory, "chosen.json")
             if os.path.exists(chosen):  # the w_bias choice is made: load only the winner
                 weight = read_json(chosen)["bias_weight"]
@@ -443,7 +443,7 @@ def stage_gates(run, points, *, strategy=None, chief=True):
 def stage_evaluation(run, keys, table, points, gates):
     """Every curve of the test split (and the extra held-out set): ``evaluation.json``."""
     keys["evaluation"].claim()
-    path = run.wd.path("evaluation.json")
+    path = run.wd.evaluation()
     names = [s for s in ("test", "eval") if s in run.sizes]
 
     def evaluate():
@@ -489,9 +489,9 @@ def stage_scene_shift(run, parent, points, gates):
                     calibration="validation",
                     order=None if order is None else fingerprint(order.tolist()),
                     frames=None if frames is None else fingerprint(frames.tolist()))
-    key = StageKey(wd, "scene_shift", settings, parent=parent, artefacts=["scene_shift.json"])
+    key = StageKey(wd, "scene_shift", settings, parent=parent, artefacts=[wd.rel(wd.scene_shift())])
     key.claim()
-    path = wd.path("scene_shift.json")
+    path = wd.scene_shift()
     d = np.asarray(task.data_costs(cfg), np.float64)
 
     def compute():
@@ -540,7 +540,7 @@ def stage_report(run, keys, table, points, gates, results, command):
         print(line, flush=True)
     for line in report_lib.warnings(report):
         print(line, flush=True)
-    print(f"\nreport: {wd.path('report.md')}\nfigures: {wd.path('reports')}", flush=True)
+    print(f"\nreport: {wd.report_md()}\nfigures: {wd.path('reports')}", flush=True)
     return report
 
 
@@ -585,7 +585,7 @@ def run(task, cfg, workdir, *, command=None):
     strategy = _prepare(task, cfg)
     command = command or default_command(task)
     with WorkdirLock(workdir):
-        wd = Workdir(workdir)
+        wd = Layout(workdir)
         r = Run(task, cfg, wd)
         keys = stage_keys(task, cfg, wd)
         stage_data(r, keys)

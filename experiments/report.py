@@ -42,7 +42,7 @@ def write_report(task, cfg, wd, data, table, points, results, splits, command, *
     (``scene_shift.json``), reported under the key ``scene_shift`` and in report.md's
     section "Scene shift: the test split in its natural order"; None: neither."""
     hooks = task.report
-    commands_path = wd.path("commands.json")
+    commands_path = wd.commands()
     commands = read_json(commands_path) if os.path.exists(commands_path) else []
     if not commands or commands[-1] != command:
         commands.append(command)
@@ -79,10 +79,10 @@ def write_report(task, cfg, wd, data, table, points, results, splits, command, *
     _add(report, hooks.evaluation_extras(cfg, data, results, views or {}),
          f"{task.name}'s report.evaluation_extras")
     _add(report, hooks.extras(cfg, data, report), f"{task.name}'s report.extras")
-    write_json(wd.path("report.json"), report)
+    write_json(wd.report_json(), report)
     figures = {"curves": _figure_curves(task, wd, report)}
     figures.update(hooks.figures(cfg, wd, data, report, results, views or {}))
-    with open(wd.path("report.md"), "w") as f:
+    with open(wd.report_md(), "w") as f:
         f.write(_markdown(task, report, test, figures, wd))
         extra = hooks.markdown(cfg, report)
         if extra:
@@ -316,7 +316,7 @@ def _figure_curves(task, wd, report):
     ax.set_title(f"{task.report.curve_figure_title}: {report['metric']} vs data cost")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    path = wd.path("reports", task.report.curve_figure_name)
+    path = wd.figure(task.report.curve_figure_name)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

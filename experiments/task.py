@@ -181,7 +181,7 @@ class EvalData:
 
     def files(self, cfg, wd) -> list:
         """Files whose presence means the extra set is written."""
-        return [wd.path("data", "eval.npz")]
+        return [wd.split_file("eval")]
 
     def cache_files(self, cfg, wd) -> list:
         """The expert cache files of the extra set (rebuilt when it changes)."""
@@ -266,7 +266,7 @@ class Task(abc.ABC):
 
     def data_files(self, cfg, wd) -> list:
         """Files whose presence means the data stage is done."""
-        return [wd.path("data", "split.json")]
+        return [wd.split_index()]
 
     def check_data(self, cfg, data) -> None:
         """Checks the config against the loaded data (before any expensive stage)."""

@@ -120,15 +120,15 @@ def sharded_cache_matches(tmp_path):
     import os
 
     from experiments import pipeline
-    from experiments.stages import Workdir
+    from experiments.layout import Layout
 
     def check(task, cfg, workdir, num_shards):
-        src = Workdir(workdir)
+        src = Layout(workdir)
         copy = tmp_path / f"shards{num_shards}"
         copy.mkdir()
         for sub in ("data", "experts"):
             os.symlink(src.path(sub), copy / sub)
-        wd = Workdir(str(copy))
+        wd = Layout(str(copy))
         run = pipeline.Run(task, cfg, wd)
         pipeline.load_data(run, announce=False)
         pipeline.build_experts(run)  # there already: loaded

@@ -12,7 +12,8 @@ from bmoe_tf.backend import keras
 from bmoe_tf.cache import build_expert_cache, score_cache
 from experiments import config, pipeline
 from experiments.settings import setting
-from experiments.stages import Workdir, write_json
+from experiments.layout import Layout
+from experiments.stages import write_json
 from experiments.task import SPLITS, CacheJob, Split, Task, TrainingSet
 
 
@@ -117,7 +118,7 @@ def toy_run(tmp_path_factory):
                               verbose=0, bias_weights=(1.0,))
     workdir = str(tmp_path_factory.mktemp("toy") / "wd")
     report = pipeline.run(task, cfg, workdir, command="toy")
-    task.data = task.load_data(cfg, Workdir(workdir))  # what the tests compare with
+    task.data = task.load_data(cfg, Layout(workdir))  # what the tests compare with
     return task, cfg, workdir, report
 
 

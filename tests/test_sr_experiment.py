@@ -138,13 +138,13 @@ def test_the_sr_oracle_maximises_the_mean_psnr_better_than_the_summed_error(smok
 
     from bmoe_tf import evaluation
     from experiments import config
-    from experiments.stages import Workdir
+    from experiments.layout import Layout
     from experiments.super_resolution import PRESETS, SuperResolutionTask
 
     workdir, _ = smoke
     task = SuperResolutionTask()
     cfg = config.build_config(task, preset_name="smoke", preset=PRESETS["smoke"], verbose=0)
-    wd = Workdir(workdir)
+    wd = Layout(workdir)
     test = task.split(cfg, wd, task.load_data(cfg, wd), "test")  # the caches are there
     rng = np.random.default_rng(0)
     for b in ([0.2, 0.5, 0.3], [0.6, 0.4, 0.0]):
