@@ -18,7 +18,7 @@ from experiments import config as config_lib
 from experiments import distribute
 from experiments import pipeline
 from experiments.layout import Layout
-from experiments.stages import WorkdirLock, read_json
+from experiments.stages import WorkdirLock
 
 __all__ = ["run"]
 
@@ -82,7 +82,7 @@ def run(task, cfg, workdir, *, command=None):
             if not team.chief:
                 _same_as_chief(team, keys, ("bias", "gates"))
                 pipeline.build_caches(r)  # built by the chief: nothing runs
-                points = read_json(wd.bias())
+                points = pipeline.read_bias(wd)
         # every worker trains every gate (collective: a worker that dies here stops the
         # others through the strategy's health checks); the others stop after it
         gates = pipeline.stage_gates(r, points, strategy=team.strategy, chief=team.chief)

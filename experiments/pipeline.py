@@ -31,6 +31,8 @@ from experiments import distribute
 from experiments import gates as gates_lib
 from experiments import report as report_lib
 from experiments.layout import Layout
+from experiments.results import (BiasPoint, CurvePoint, ExpertRow, GateRouting,
+                                 SplitEvaluation)
 from experiments.stages import StageKey, StageMismatch, WorkdirLock, read_json, write_json
 from experiments.task import SPLITS, CacheJob, Split, Task, TrainingSet
 
@@ -77,52 +79,49 @@ def gate_assignment(logits, bias, batch_size, *, seed=config_lib.DEFAULT_EVAL_BA
     return picks
 
 
-def _point(target, costs, assignment, metric):
-    cost = float(np.asarray(costs)[assignment].mean())
-    return dict(target=float(target), cost=cost, metric=float(metric),
-                over_target=bool(cost > target * (1 + 1e-9)))
+def _point(target, cost, metric):
+    cost = float(cost)
+    return CurvePoint(target=float(target), cost=cost, metric=float(metric),
+                      over_target=bool(cost > target * (1 + 1e-9)))
 
 
-def evaluate_split(cfg, view, split, table, points, gates):
-    """Every curve of one split (``view``: its :class:`experiments.task.Split`):
-    ``{"curves", "points", "rho", "at", "oracle_gain_share", "subsets", "oracle_exceeded"}``
-    (see WORKSPACE.md, "The pipeline")."""
-    d = np.array([r["data_cost"] for r in table])
-    p = np.array([r[f"metric_{split}"] for r in table])
-    names = [r["name"] for r in table]
+def evaluate_split(cfg, view, split, table, points, gates) -> SplitEvaluation:
+    """Every curve of one split (``view``: its :class:`experiments.task.Split`; ``table``:
+    the :class:`ExpertRow` list; ``points``: the :class:`BiasPoint` list), see WORKSPACE.md,
+    "The pipeline"."""
+    d = np.array([r.data_cost for r in table])
+    p = np.array([r.metric(split) for r in table])
+    names = [r.name for r in table]
     scores = view.scores
     m = len(scores)
     detail = {meth: [] for meth in cfg.methods if meth != "benchmark"}
     subsets, logits_of = {}, {}
     for index, point in enumerate(points):
-        b = np.asarray(point["bias"])
-        target = point["target"]
+        b = np.asarray(point.bias)
+        target = point.target
         if "random" in detail:
             picks = [bmoe_eval.random_selection(m, b, seed=s, batch_size=cfg.batch_size)
                      for s in RANDOM_SEEDS]
-            cost = float(np.mean([d[a].mean() for a in picks]))
-            detail["random"].append(dict(
-                target=float(target), cost=cost,
-                metric=float(np.mean([view.metric(a) for a in picks])),
-                over_target=bool(cost > target * (1 + 1e-9))))
+            detail["random"].append(_point(target, np.mean([d[a].mean() for a in picks]),
+                                           np.mean([view.metric(a) for a in picks])))
         if "oracle" in detail:
             a = view.oracle_assignment(b)
-            detail["oracle"].append(_point(target, d, a, view.metric(a)))
+            detail["oracle"].append(_point(target, d[a].mean(), view.metric(a)))
         for method in cfg.gate_methods:
             if np.isclose(max(b), 1.0):  # one expert: no gate
                 n = int(np.argmax(b))
                 a = np.full(m, n, np.int64)
-                detail[method].append(_point(target, d, a, p[n]))
+                detail[method].append(_point(target, d[a].mean(), p[n]))
                 continue
             gate = gates[method][index]
             if id(gate) not in logits_of:  # a shared gate runs once
                 logits_of[id(gate)] = gate.predict(view.gate_inputs, batch_size=256, verbose=0)
             a = gate_assignment(logits_of[id(gate)], b, cfg.batch_size, seed=cfg.eval_batch_seed)
-            detail[method].append(_point(target, d, a, view.metric(a)))
-            subsets.setdefault(method, {})[str(index)] = dict(
-                target=float(target), bias=list(point["bias"]), picks=a.tolist(),
+            detail[method].append(_point(target, d[a].mean(), view.metric(a)))
+            subsets.setdefault(method, {})[str(index)] = GateRouting(
+                target=float(target), bias=tuple(point.bias), picks=tuple(a.tolist()),
                 table=bmoe_eval.assigned_subset_performance(scores, a, expert_names=names))
-    curves = {meth: [[pt["cost"], pt["metric"]] for pt in pts] for meth, pts in detail.items()}
+    curves = {meth: [[pt.cost, pt.metric] for pt in pts] for meth, pts in detail.items()}
     hull_d, hull_p = upper_hull(d, p)
     if "benchmark" in cfg.methods:
         curves["benchmark"] = [[float(x), float(y)] for x, y in zip(hull_d, hull_p)]
@@ -139,9 +138,9 @@ def evaluate_split(cfg, view, split, table, points, gates):
             if meth == "benchmark":
                 at[label][meth] = float(np.interp(t, hull_d, hull_p))
                 continue
-            match = [pt for pt in detail[meth] if np.isclose(pt["target"], t)]
+            match = [pt for pt in detail[meth] if np.isclose(pt.target, t)]
             if match:
-                at[label][meth] = match[0]["metric"]
+                at[label][meth] = match[0].metric
     share = {}
     if "oracle" in rho and "random" in rho and rho["oracle"] > rho["random"]:
         for meth in ("enforce", "soft", "benchmark"):
@@ -151,12 +150,12 @@ def evaluate_split(cfg, view, split, table, points, gates):
     if "oracle" in detail:
         for meth in [x for x in detail if x != "oracle"]:
             for pt, orc in zip(detail[meth], detail["oracle"]):
-                if pt["metric"] > orc["metric"] + 1e-9:
-                    exceeded.append(dict(method=meth, target=pt["target"], metric=pt["metric"],
-                                         cost=pt["cost"], oracle=orc["metric"],
-                                         oracle_cost=orc["cost"]))
-    return dict(curves=curves, points=detail, rho=rho, at=at, oracle_gain_share=share,
-                subsets=subsets, oracle_exceeded=exceeded)
+                if pt.metric > orc.metric + 1e-9:
+                    exceeded.append(dict(method=meth, target=pt.target, metric=pt.metric,
+                                         cost=pt.cost, oracle=orc.metric,
+                                         oracle_cost=orc.cost))
+    return SplitEvaluation(curves=curves, points=detail, rho=rho, at=at,
+                           oracle_gain_share=share, subsets=subsets, oracle_exceeded=exceeded)
 
 
 def scene_shift_point(points, gates, methods):
@@ -167,8 +166,8 @@ def scene_shift_point(points, gates, methods):
         if method not in methods or not gates.get(method):
             continue
         indices = sorted(gates[method])
-        goal = max(p["target"] for p in points) / 3
-        return method, min(indices, key=lambda i: abs(points[i]["target"] - goal))
+        goal = max(p.target for p in points) / 3
+        return method, min(indices, key=lambda i: abs(points[i].target - goal))
     return None
 
 
@@ -325,50 +324,54 @@ def _expert_rows(run, names, path):
     def measure():
         rows = []
         for n, e in enumerate(run.experts):
-            row = dict(name=e.name, data_cost=float(e.data_cost),
-                       **task.report.expert_row(cfg, run.data, n, e))
+            metrics, fields = {}, dict(task.report.expert_row(cfg, run.data, n, e))
             for split in names:
                 view = run.view(split)
-                row[f"metric_{split}"] = float(view.metric(np.full(len(view), n, np.int64)))
-                row.update(task.report.expert_split_row(cfg, run.data, split, n, view))
-            rows.append(row)
+                metrics[split] = float(view.metric(np.full(len(view), n, np.int64)))
+                fields.update(task.report.expert_split_row(cfg, run.data, split, n, view))
+            rows.append(ExpertRow(e.name, float(e.data_cost), metrics, fields).to_json())
         write_json(path, rows)
 
     run.wd.run(f"expert table{' eval' if names == ['eval'] else ''}", path, measure)
-    return read_json(path)
+    return [ExpertRow.from_json(r) for r in read_json(path)]
 
 
-def expert_table(run):
-    """Each expert's d_n and metric per split: ``experts.json`` (validation, test; a
-    cache-stage artefact) and ``experts_eval.json`` (the extra held-out set, an
-    eval_data-stage artefact, rebuilt when ``--eval_data`` changes)."""
+def expert_table(run) -> list:
+    """Each expert's d_n and metric per split (:class:`ExpertRow`): ``experts.json``
+    (validation, test; a cache-stage artefact) and ``experts_eval.json`` (the extra held-out
+    set, an eval_data-stage artefact, rebuilt when ``--eval_data`` changes)."""
     sizes = run.sizes
     rows = _expert_rows(run, [s for s in ("validation", "test") if s in sizes],
                         run.wd.expert_table())
     if "eval" in sizes:
         extra = _expert_rows(run, ["eval"], run.wd.expert_table("eval"))
-        rows = [dict(r, **{k: v for k, v in e.items() if k not in r})
-                for r, e in zip(rows, extra)]
+        rows = [r.merged(e) for r, e in zip(rows, extra)]
     return rows
 
 
-def stage_bias(run, table):
-    """b per target from the LP on the validation metric (or ``--bias``): ``bias.json``."""
+def stage_bias(run, table) -> list:
+    """b per target (:class:`BiasPoint`) from the LP on the validation metric (or
+    ``--bias``): ``bias.json``."""
     cfg, path = run.cfg, run.wd.bias()
 
     def choose():
-        d = np.array([r["data_cost"] for r in table])
-        p = np.array([r["metric_validation"] for r in table])
+        d = np.array([r.data_cost for r in table])
+        p = np.array([r.metric("validation") for r in table])
         if cfg.bias is not None:
             b = validate_bias(cfg.bias, len(d), name="--bias")
-            points = [dict(target=float(b @ d), bias=b.tolist())]
+            points = [BiasPoint(float(b @ d), tuple(b.tolist()))]
         else:
-            points = [dict(target=float(t), bias=select_bias(d, p, target_cost=t).tolist())
+            points = [BiasPoint(float(t), tuple(select_bias(d, p, target_cost=t).tolist()))
                       for t in cfg.targets.resolve(d)]
-        write_json(path, points)
+        write_json(path, [point.to_json() for point in points])
 
     run.wd.run("bias", path, choose)
-    return read_json(path)
+    return read_bias(run.wd)
+
+
+def read_bias(wd) -> list:
+    """The :class:`BiasPoint` list of ``bias.json``."""
+    return [BiasPoint.from_json(p) for p in read_json(wd.bias())]
 
 
 def stage_gates(run, points, *, strategy=None, chief=True):
@@ -392,7 +395,7 @@ def stage_gates(run, points, *, strategy=None, chief=True):
     for method in cfg.gate_methods:
         gates[method] = {}
         for index, point in enumerate(points):
-            if np.isclose(max(point["bias"]), 1.0):
+            if np.isclose(max(point.bias), 1.0):
                 continue  # a single expert: nothing to learn
             if method == "enforce":
                 label = "shared" if cfg.training_loss in B_INDEPENDENT_LOSSES else str(index)
@@ -400,7 +403,7 @@ def stage_gates(run, points, *, strategy=None, chief=True):
                 if directory not in loaded:
                     loaded[directory] = wd.run(
                         f"gate enforce/{label}", gates_lib.gate_files(directory),
-                        lambda d=directory, b=point["bias"], label=label: gates_lib.train_gate(
+                        lambda d=directory, b=list(point.bias), label=label: gates_lib.train_gate(
                             d, bias=b, method="enforce", name=f"enforce/{label}",
                             epochs=cfg.epochs, **common),
                         load=lambda d=directory: gates_lib.load_gate(d))[0]
@@ -420,7 +423,7 @@ def stage_gates(run, points, *, strategy=None, chief=True):
                 cand = os.path.join(directory, "candidates", f"w{weight:g}")
                 name = f"soft/{index} w_bias={weight:g}"
                 gate, _ = wd.run(f"gate {name}", gates_lib.gate_files(cand),
-                                 lambda c=cand, w=weight, b=point["bias"], name=name:
+                                 lambda c=cand, w=weight, b=list(point.bias), name=name:
                                  gates_lib.train_gate(c, bias=b, method="soft", bias_weight=w,
                                                       name=name, epochs=cfg.soft_epochs,
                                                       **common),
@@ -429,7 +432,7 @@ def stage_gates(run, points, *, strategy=None, chief=True):
                     continue  # the chief chooses
                 validation = run.view("validation")
                 logits = gate.predict(validation.gate_inputs, batch_size=256, verbose=0)
-                picks = gate_assignment(logits, point["bias"], cfg.batch_size,
+                picks = gate_assignment(logits, point.bias, cfg.batch_size,
                                         seed=cfg.eval_batch_seed)
                 score = validation.metric(picks)
                 if best is None or score > best[0]:
@@ -440,18 +443,19 @@ def stage_gates(run, points, *, strategy=None, chief=True):
     return gates if chief else {}
 
 
-def stage_evaluation(run, keys, table, points, gates):
-    """Every curve of the test split (and the extra held-out set): ``evaluation.json``."""
+def stage_evaluation(run, keys, table, points, gates) -> dict:
+    """Every curve of the test split (and the extra held-out set): ``evaluation.json``;
+    returns ``{split: SplitEvaluation}``."""
     keys["evaluation"].claim()
     path = run.wd.evaluation()
     names = [s for s in ("test", "eval") if s in run.sizes]
 
     def evaluate():
-        write_json(path, {s: evaluate_split(run.cfg, run.view(s), s, table, points, gates)
-                          for s in names})
+        write_json(path, {s: evaluate_split(run.cfg, run.view(s), s, table, points,
+                                            gates).to_json() for s in names})
 
     run.wd.run("evaluation", path, evaluate)
-    return read_json(path)
+    return {s: SplitEvaluation.from_json(r) for s, r in read_json(path).items()}
 
 
 def _natural_order(run, m):
@@ -510,11 +514,11 @@ def stage_scene_shift(run, parent, points, gates):
                 a[stored] = natural
                 return test.metric(a)
 
-            b = points[index]["bias"]
+            b = list(points[index].bias)
             rows = ss.scene_shift_rows(test_logits, frames, val_logits, b, d, metric,
                                        seed=cfg.eval_batch_seed)
-            out.append(dict(index=int(index), target=float(points[index]["target"]),
-                            bias=list(b), rows=rows))
+            out.append(dict(index=int(index), target=float(points[index].target),
+                            bias=b, rows=rows))
         write_json(path, dict(settings, main=int(main), inputs=m,
                               frame_count=m if frames is None else int(len(np.unique(frames))),
                               natural_order=task.natural_order.description, points=out))

@@ -17,11 +17,6 @@ LABELS = {"benchmark": "Benchmark experts", "enforce": "Proposed b enforcement",
           "soft": "Soft regularization", "random": "Random selection",
           "oracle": "Oracle (upper bound)"}
 COLOURS = ("#d62728", "#ff7f0e", "#1f77b4", "#2ca02c", "#9467bd", "#8c564b")
-_SUMMARY_KEYS = ("curves", "points", "rho", "at", "oracle_gain_share", "oracle_exceeded")
-
-
-def _summary(split_result):
-    return {k: split_result[k] for k in _SUMMARY_KEYS if k in split_result}
 
 
 def _add(report, extra, where):
@@ -49,11 +44,9 @@ def write_report(task, cfg, wd, data, table, points, results, splits, command, *
         write_json(commands_path, commands)
     test = results["test"]
     experts = []
-    for r in table:
-        row = dict(name=r["name"], data_cost=r["data_cost"], metric=r["metric_test"],
-                   metric_validation=r["metric_validation"],
-                   **{k: v for k, v in r.items() if not k.startswith("metric_")
-                      and k not in ("name", "data_cost")})
+    for r in table:  # experiments.results.ExpertRow
+        row = dict(name=r.name, data_cost=r.data_cost, metric=r.metric("test"),
+                   metric_validation=r.metric("validation"), **r.fields)
         _add(row, hooks.expert_fields(row), f"{task.name}'s report.expert_fields")
         experts.append(row)
     report = {
@@ -61,10 +54,10 @@ def write_report(task, cfg, wd, data, table, points, results, splits, command, *
         "metric": task.metric_name,
         "cost_unit": task.cost_unit,
         "experts": experts,
-        **_summary(test),
+        **test.summary(),
         "oracle": task.oracle_description,
-        "eval": _summary(results["eval"]) if "eval" in results else {},
-        "bias": points,
+        "eval": results["eval"].summary() if "eval" in results else {},
+        "bias": [point.to_json() for point in points],
         "gate": dict(kind=cfg.gate, macs=int(count_macs(gate_model)),
                      params=int(gate_model.count_params())),
         "config": cfg.as_dict(),
@@ -112,13 +105,14 @@ def format_table(report):
 
 
 def pick_routing(results_test):
-    """``(method, entry)`` of the gate routing shown: enforce (else soft) at the target
+    """``(method, GateRouting)`` of the gate routing shown (``results_test``: the test
+    split's :class:`experiments.results.SplitEvaluation`): enforce (else soft) at the target
     nearest a third of the largest target; None when no gate was evaluated."""
-    subsets = results_test.get("subsets") or {}
+    subsets = results_test.subsets
     for method in ("enforce", "soft"):
         entries = subsets.get(method)
         if entries:
-            targets = {k: v["target"] for k, v in entries.items()}
+            targets = {k: v.target for k, v in entries.items()}
             goal = max(targets.values()) / 3
             key = min(targets, key=lambda k: abs(targets[k] - goal))
             return method, entries[key]
@@ -209,12 +203,12 @@ def _markdown(task, report, test, figures, wd):
         if path:
             out += ["", f"![{name}]({os.path.relpath(path, wd.root)})"]
     out += ["", "## Table VI layout: each expert on its assigned examples vs on all (scores)", ""]
-    for method, by_index in test.get("subsets", {}).items():
+    for method, by_index in test.subsets.items():
         for index, entry in sorted(by_index.items(), key=lambda kv: int(kv[0])):
-            b = ", ".join(f"{v:.2f}" for v in entry["bias"])
-            out += [f"**{method}**, target {entry['target']:.0f}, b = [{b}]", "",
+            b = ", ".join(f"{v:.2f}" for v in entry.bias)
+            out += [f"**{method}**, target {entry.target:.0f}, b = [{b}]", "",
                     "| expert | share | assigned | all | delta |", "|---|---|---|---|---|"]
-            for row in entry["table"]:
+            for row in entry.table:
                 out.append(f"| {row['expert']} | {row['share']:.2f} | {row['assigned']:.4g} | "
                            f"{row['all']:.4g} | {row['delta']:+.4g} |")
             out.append("")

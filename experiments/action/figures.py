@@ -100,11 +100,11 @@ def action_figures(data, cfg, wd, report, results_test):
     if chosen is None:
         return out
     method, entry = chosen
-    picks = np.asarray(entry["picks"])
+    picks = np.asarray(entry.picks)
     keep = np.sort(np.random.default_rng(cfg.seed).permutation(len(data))[:TSNE_POINTS])
     if len(keep) >= 10:
         features = temporal_features(wd.path("experts", "temporal"), data.mv[keep])
-        b = ", ".join(f"{v:.2f}" for v in entry["bias"])
+        b = ", ".join(f"{v:.2f}" for v in entry.bias)
         out["fig9_tsne"] = figure_tsne(
             wd.path("reports", "fig9_tsne.png"), features, data.labels[keep], data.class_names,
             picks[keep], list(cfg.task.modes),

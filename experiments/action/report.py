@@ -61,11 +61,11 @@ def evaluation_tables(data, correct, cfg, results, split="test"):
     modes = list(cfg.task.modes)
     names = modes
     tables, degraded = {}, {}
-    for method, by_index in (results[split].get("subsets") or {}).items():
+    for method, by_index in results[split].subsets.items():
         tables[method], degraded[method] = [], []
         for index, entry in sorted(by_index.items(), key=lambda kv: int(kv[0])):
-            picks = np.asarray(entry["picks"])
-            head = dict(target=entry["target"], bias=entry["bias"])
+            picks = np.asarray(entry.picks)
+            head = dict(target=entry.target, bias=list(entry.bias))
             tables[method].append(dict(head, rows=assigned_accuracy(correct, picks, names)))
             routed = unreliable_routing(modes, data.unreliable, picks)
             if routed is not None:
@@ -76,8 +76,8 @@ def evaluation_tables(data, correct, cfg, results, split="test"):
     if chosen is not None and "fusion" in modes:
         method, entry = chosen
         out["fusion_by_class"] = dict(
-            method=method, target=entry["target"], bias=entry["bias"],
-            rows=class_shares(data.labels, data.class_names, entry["picks"],
+            method=method, target=entry.target, bias=list(entry.bias),
+            rows=class_shares(data.labels, data.class_names, np.asarray(entry.picks),
                               modes.index("fusion")))
     # accuracy of each expert on the degraded vs the clean clips
     if data.unreliable.any() and not data.unreliable.all():

@@ -27,6 +27,7 @@ from bmoe_tf.cache import score_cache
 from bmoe_tf.gating import build_gate, compact_gate
 from experiments import gates as gates_lib
 from experiments import pipeline
+from experiments.results import BiasPoint, ExpertRow
 from experiments.stages import fingerprint, load_artefact, read_json, write_json
 
 __all__ = ["run_ablations", "GRIDS", "RANGES", "complexity_gates", "spaced_resolutions"]
@@ -146,32 +147,32 @@ def _rho_point(sub, cfg, wd, directory, build, batch_size, name):
     """Trains one enforce gate for ``sub`` and returns ``{"rho", "points"}`` on test."""
     d = sub.costs()
     val, test = sub.view("validation"), sub.view("test")
-    table = [dict(name=f"ssd{r}", data_cost=float(c),
-                  metric_validation=val.metric(np.full(len(val), n)),
-                  metric_test=test.metric(np.full(len(test), n)))
+    table = [ExpertRow(f"ssd{r}", float(c), dict(validation=val.metric(np.full(len(val), n)),
+                                                 test=test.metric(np.full(len(test), n))))
              for n, (r, c) in enumerate(zip(sub.resolutions, d))]
-    p = np.array([row["metric_validation"] for row in table])
-    points = [dict(target=float(t), bias=select_bias(d, p, target_cost=t).tolist())
+    p = np.array([row.metric("validation") for row in table])
+    points = [BiasPoint(float(t), tuple(select_bias(d, p, target_cost=t).tolist()))
               for t in cfg.targets.resolve(d)]
     train = pipeline.TrainingSet(sub.view("train").gate_inputs,
                                  score_cache(sub.view("train").scores))
     gate = None
     gates = {"enforce": {}}
     for index, point in enumerate(points):
-        if np.isclose(max(point["bias"]), 1.0):
+        if np.isclose(max(point.bias), 1.0):
             continue
         if gate is None:  # the enforce loss never looks at b: one gate for every target
             gate = gates_lib.train_gate(
                 directory, build_gate=build, experts=_cost_experts(d, sub.resolutions),
-                bias=point["bias"], method="enforce", train=train, batch_size=batch_size,
+                bias=list(point.bias), method="enforce", train=train, batch_size=batch_size,
                 epochs=cfg.epochs, learning_rate=cfg.learning_rate, combine=cfg.combine,
                 training_loss=cfg.training_loss, seed=cfg.seed, name=name,
                 verbose=0)[0]
         gates["enforce"][index] = gate
     run_cfg = dataclasses.replace(cfg, methods=("enforce",), batch_size=batch_size)
     result = pipeline.evaluate_split(run_cfg, test, "test", table, points, gates)
-    return dict(rho=result["rho"].get("enforce"), points=result["points"]["enforce"],
-                experts=table)
+    return dict(rho=result.rho.get("enforce"),
+                points=[pt.to_json() for pt in result.points["enforce"]],
+                experts=[row.to_json() for row in table])
 
 
 def _cost_experts(costs, resolutions):

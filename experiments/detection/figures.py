@@ -23,7 +23,7 @@ def figure_examples(wd, data, detections, report, results_test, *, per_expert=4,
     import matplotlib.pyplot as plt
 
     method, entry = chosen
-    picks = np.asarray(entry["picks"])
+    picks = np.asarray(entry.picks)
     names = [e["name"] for e in report["experts"]]
     rng = np.random.default_rng(seed)
     shown = []
@@ -58,8 +58,8 @@ def figure_examples(wd, data, detections, report, results_test, *, per_expert=4,
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_title(f"{data.names[i]} -> {names[n]}", fontsize=7, color=colour)
-    b = ", ".join(f"{v:.2f}" for v in entry["bias"])
-    fig.suptitle(f"{method} gate at {entry['target'] / 1000:.0f} kB, b = [{b}]: frame = chosen "
+    b = ", ".join(f"{v:.2f}" for v in entry.bias)
+    fig.suptitle(f"{method} gate at {entry.target / 1000:.0f} kB, b = [{b}]: frame = chosen "
                  f"expert; white = ground truth; dashed = its detections (score >= {DRAW_SCORE})",
                  fontsize=8)
     fig.tight_layout()

@@ -41,18 +41,18 @@ def assigned_map_tables(data, detections, results, split="test"):
     whole = [subset_map(data, detections, everything, n)["map"]
              for n in range(detections.shape[1])]
     out = {}
-    for method, by_index in (results[split].get("subsets") or {}).items():
+    for method, by_index in results[split].subsets.items():
         tables = []
         for index, entry in sorted(by_index.items(), key=lambda kv: int(kv[0])):
-            picks = np.asarray(entry["picks"])
+            picks = np.asarray(entry.picks)
             rows = []
-            for n, row in enumerate(entry["table"]):
+            for n, row in enumerate(entry.table):
                 sub = subset_map(data, detections, np.flatnonzero(picks == n), n)
                 assigned = None if sub is None else sub["map"]
                 rows.append(dict(expert=row["expert"], share=float(np.mean(picks == n)),
                                  assigned=assigned, all=whole[n],
                                  delta=None if assigned is None else assigned - whole[n]))
-            tables.append(dict(target=entry["target"], bias=entry["bias"], rows=rows))
+            tables.append(dict(target=entry.target, bias=list(entry.bias), rows=rows))
         out[method] = tables
     return out
 

@@ -8,12 +8,12 @@ __all__ = ["figure_assignments"]
 
 def figure_assignments(wd, cfg, test, part_set, points):
     """Writes ``reports/fig7_assignments.png`` (None when no gate was evaluated)."""
-    subsets = test.get("subsets", {}).get("enforce") or test.get("subsets", {}).get("soft")
+    subsets = test.subsets.get("enforce") or test.subsets.get("soft")
     if not subsets:
         return None
     d_max = max(p["target"] for p in points)
-    index = min(subsets, key=lambda k: abs(subsets[k]["target"] - d_max / 2))
-    picks = np.asarray(subsets[index]["picks"])
+    index = min(subsets, key=lambda k: abs(subsets[k].target - d_max / 2))
+    picks = np.asarray(subsets[index].picks)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -33,7 +33,7 @@ def figure_assignments(wd, cfg, test, part_set, points):
     names = [f"x{s}" for s in cfg.task.scales]
     ax.legend(handles=[Patch(ec=COLOURS[i], fill=False, label=n) for i, n in enumerate(names)],
               loc="lower right", fontsize=8)
-    b = ", ".join(f"{v:.2f}" for v in subsets[index]["bias"])
+    b = ", ".join(f"{v:.2f}" for v in subsets[index].bias)
     ax.set_title(f"Fig. 7 layout: parts framed by the chosen expert (b = [{b}])", fontsize=9)
     ax.axis("off")
     path = wd.path("reports", "fig7_assignments.png")
