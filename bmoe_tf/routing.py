@@ -392,7 +392,3 @@ def route_in_batches(logits, bias, batch_size):
         picks.append(pick(chunk).numpy())
     return np.concatenate(picks).astype(np.int64) if picks else np.zeros(0, np.int64)
 
-
-from bmoe_tf.budget import BudgetController, route_frames, sequence_cost  # noqa: E402,I001
-
-__all__ += ["BudgetController", "route_frames", "sequence_cost"]

@@ -27,6 +27,7 @@ from bmoe_tf.bias import select_bias, upper_hull, validate_bias
 from bmoe_tf.routing import route_in_batches
 from experiments import config as config_lib
 from experiments import distribute
+from experiments import export_files
 from experiments import gates as gates_lib
 from experiments import report as report_lib
 from experiments.stages import (ArtefactError, StageKey, StageMismatch, Workdir, WorkdirBusy,
@@ -714,6 +715,7 @@ def run(task, cfg, workdir, *, command=None):
         report = report_lib.write_report(task, cfg, wd, table, points, results, splits, command,
                                          gate_model=gate_model, scene_shift=scene_shift)
         task.extra_stages(cfg, wd, experts, report)
+        export_files.write_export_files(task, wd)
     print(report_lib.format_table(report), flush=True)
     for line in report_lib.scene_shift_lines(report):
         print(line, flush=True)

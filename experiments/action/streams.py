@@ -29,7 +29,7 @@ def build_mode_experts(task, cfg, wd):
     """Trains / loads the experts; returns the :class:`bmoe_tf.Expert` of ``cfg.task.modes``."""
     from bmoe_tf.backend import keras
     from experiments.action import experts as act_experts
-    from experiments.action.task import MODES, mode_costs
+    from experiments.action.clips import MODES, mode_costs
 
     s = cfg.task
     shapes = dict(mv_frames=s.mv_frames, rgb_frames=s.rgb_frames, frame_size=s.frame_size)

@@ -35,6 +35,8 @@ from bmoe_tf.cache import (as_cache_shard, load_cache, save_cache, score_cache, 
 from bmoe_tf.gating import compact_gate, paper_gate
 from experiments import distribute, pipeline
 from experiments.config import ConfigError, Preset, Schedule, Targets, parse_numbers
+from experiments.detection.data import GATE_CROP, gate_view  # noqa: F401 (re-exported)
+from experiments.detection.ssd import interpolate_epochs
 from experiments.stages import ArtefactError, load_artefact, write_json
 
 __all__ = ["DetectionTask", "DetectionSettings", "PRESETS", "PAPER_TABLE_I", "ABLATIONS",
@@ -54,8 +56,6 @@ ABLATIONS = ("complexity", "experts")
 #: Images per SSD call when caching detections; also the unit a multi-worker run shards
 #: the cache by (the same batches on one or many workers: the same bytes).
 EXPERT_BATCH = 16
-#: The centre crop the paper's gate sees (Table III).
-GATE_CROP = 224
 #: Default view of the compact gate: the centre crop downsampled so that its int8
 #: input (96 x 96 x 3 = 27 KiB) leaves room in a 256 KiB arena.
 COMPACT_VIEW = 96
@@ -96,24 +96,6 @@ PRESETS = {
                     DetectionSettings(expert_epochs=(1, 1, 1), train_images=48,
                                       validation_images=24, test_images=24)),
 }
-
-
-def gate_view(images, resolution):
-    """``float32[M, r, r, 3]`` in [0, 1]: the 224x224 centre crop of ``uint8[M, 300, 300, 3]``
-    images (Table III), anti-aliased down to ``r`` when ``r < 224``."""
-    from bmoe_tf.backend import tf
-
-    images = np.asarray(images)
-    size = images.shape[1]
-    top = (size - GATE_CROP) // 2
-    crop = images[:, top:top + GATE_CROP, top:top + GATE_CROP]
-    out = np.empty((len(images), resolution, resolution, 3), np.float32)
-    for start in range(0, len(images), 256):  # bounded memory on large splits
-        part = crop[start:start + 256].astype(np.float32) / 255.0
-        if resolution != GATE_CROP:
-            part = tf.image.resize(part, (resolution, resolution), antialias=True).numpy()
-        out[start:start + 256] = np.clip(part, 0.0, 1.0)
-    return out
 
 
 class DetectionTask(pipeline.Task):
@@ -451,12 +433,6 @@ class DetectionTask(pipeline.Task):
         from experiments.detection.export_data import export_data
 
         return export_data(workdir)
-
-
-def interpolate_epochs(default, resolutions):
-    """Expert epochs for resolutions the preset does not list: interpolated in R."""
-    return tuple(int(round(np.interp(r, default.resolutions, default.expert_epochs)))
-                 for r in resolutions)
 
 
 def _load_detections(path):
