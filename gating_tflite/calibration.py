@@ -108,7 +108,7 @@ class ExportData:
                     input_description=self.input_description, notes=self.notes)
         arrays["meta"] = np.array(json.dumps(meta))
         tmp = f"{path}.tmp.npz"
-        np.savez_compressed(tmp, **arrays)
+        np.savez(tmp, **arrays)  # uncompressed: fast (float views compress little)
         os.replace(tmp, path)
         return path
 

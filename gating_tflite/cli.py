@@ -74,8 +74,8 @@ HELP_ARGUMENTS = ("-h", "-help", "--help", "-?", "--helpshort", "--helpfull")
 
 def usage():
     """The ``--help`` text: what the command does and this module's flags."""
-    head = (f"usage: {sys.argv[0] if sys.argv and sys.argv[0] else 'bmoe-export-gate'} "
-            "--gate=DIR --calibration=WORKDIR|npz:PATH --out=FILE.tflite [flags]\n\n"
+    head = ("usage: python -m gating_tflite.export (or bmoe-export-gate) --gate=DIR "
+            "--calibration=WORKDIR|npz:PATH --out=FILE.tflite [flags]\n\n"
             "Exports a trained gate as a fully int8 TFLite Micro model and checks it on the "
             "task's data.\nExit codes: 0 exported and fits, 1 does not fit the target, 2 bad "
             "flags or inputs, 3 --strict and a quality check missed.\n\nflags:\n")
@@ -91,7 +91,7 @@ def parse_flags(argv):
     try:
         return FLAGS(argv)
     except flags.Error as err:
-        _fail(f"{err} (--helpfull lists the flags)")
+        _fail(f"{err} (--help lists the flags)")
 
 
 def _check_flags():

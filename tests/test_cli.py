@@ -167,9 +167,12 @@ def test_help_lists_the_export_flags_and_exits_0(capsys):
     assert stop.value.code == 0
     text = capsys.readouterr().out
     assert text.startswith("usage: ") and "Exit codes: 0 exported and fits" in text
+    assert text.startswith("usage: python -m gating_tflite.export (or bmoe-export-gate) --gate=")
     for name in ("gate", "calibration", "task", "out", "mode", "output", "target", "flash_kib",
-                 "ram_kib", "emit_c", "bias", "strict", "router_crossing", "bucket_bytes"):
+                 "ram_kib", "[no]emit_c", "bias", "[no]strict", "router_crossing",
+                 "bucket_bytes", "qat_epochs"):
         assert f"--{name}" in text, name
+    assert "--helpfull" not in text and "--verbosity" not in text  # only the export's own
 
 
 def test_bad_flag_values_exit_2(capsys):
