@@ -54,7 +54,8 @@ flags.DEFINE_float("router_crossing", 16.0, "Online controller: its offsets cros
                    "score range in this many inputs (smaller: faster on a new scene, rougher).")
 flags.DEFINE_float("bucket_bytes", None, "Hard budget: a leaky bucket of this many bytes "
                    "(>= the largest used data cost) in the emitted gate_router.c and the "
-                   "report's controller_hard row (default there: 10% of 64 inputs' budget).")
+                   "report's controller_hard row (default there: 10% of 64 inputs' budget, at "
+                   "least the dearest used expert in whole bytes).")
 
 
 def _fail(message, code=EXIT_BAD_INPUT):
