@@ -2,8 +2,7 @@
 import numpy as np
 import pytest
 
-from bmoe_tf.coco_map import (SCORE_KINDS, RoutingEvaluator, coco_map,
-                                         per_image_scores)
+from bmoe_tf.coco_map import SCORE_KINDS, RoutingEvaluator, coco_map, per_image_scores
 
 
 def _pad(rows, k):
