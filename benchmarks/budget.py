@@ -26,7 +26,7 @@ import numpy as np
 from benchmarks.timing import median_seconds
 from bmoe_tf.backend import keras
 from bmoe_tf.gating import compact_gate, count_macs
-from bmoe_tf.routing import BudgetController
+from bmoe_tf.budget import BudgetController
 from gating_tflite import convert, interpreters
 from gating_tflite.router_c import write_router_files
 

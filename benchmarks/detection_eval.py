@@ -4,14 +4,14 @@ On a synthetic, seeded detection problem (M images of 300x300 px, ~5 objects eac
 10% without objects, C = 4 classes; N = 3 experts with K = 100 detections each,
 seeing the image at 100 / 150 / 300 px), measures on this machine:
 
-1. :class:`experiments.detection.coco_metric.RoutingEvaluator`: the one-off construction
+1. :class:`bmoe_tf.coco_map.RoutingEvaluator`: the one-off construction
    (pycocotools' per-image evaluation of every expert), the median time of one
    routing's evaluation, and the plain pycocotools :func:`coco_map` of the same
    routing's union; their ratio, and whether the numbers are identical.
 2. ``--score_study``: for each per-image score kind, the dataset mAP of the oracle
    routing (the constrained assignment maximising the summed score) for a few
    capacity vectors b, against random selection and the experts alone (the numbers
-   behind the choice documented in :mod:`experiments.detection.coco_metric`).
+   behind the choice documented in :mod:`bmoe_tf.coco_map`).
 """
 import argparse
 import statistics
@@ -20,7 +20,7 @@ import time
 import numpy as np
 
 from benchmarks.timing import median_seconds
-from experiments.detection.coco_metric import (CONFIDENT_SCORE, SCORE_KINDS, RoutingEvaluator,
+from bmoe_tf.coco_map import (CONFIDENT_SCORE, SCORE_KINDS, RoutingEvaluator,
                                          coco_map)
 
 RESOLUTIONS = (100, 150, 300)

@@ -2,7 +2,12 @@
 
 Where each part of the paper lives:
 
-* Eq. 1, Eq. 3, Algorithm 1, streaming routing -- :mod:`bmoe_tf.routing`
+* Eq. 1, Eq. 3, Algorithm 1, streaming routing -- :mod:`bmoe_tf.routing` (capacities in
+  :mod:`bmoe_tf.capacities`, static offsets in :mod:`bmoe_tf.offsets`, the online budget
+  controller in :mod:`bmoe_tf.budget`; all re-exported there)
+* routing a test sequence in its natural order (scene shift) -- :mod:`bmoe_tf.scene_shift`
+* a task metric of a routing from stored tables (accuracy, per-image PSNR, COCO mAP) --
+  :mod:`bmoe_tf.routed_metrics` (COCO mAP of routings: :mod:`bmoe_tf.coco_map`)
 * Eq. 4, Eq. 5 (soft bias loss), the training losses -- :mod:`bmoe_tf.losses`
 * Eqs. 6-10 (choosing b with a linear program) -- :mod:`bmoe_tf.bias`
 * Eq. 11 (rho), random selection, oracle, Tables V-VII -- :mod:`bmoe_tf.evaluation`

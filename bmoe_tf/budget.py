@@ -3,8 +3,9 @@ sequence, for a sensor that routes one input (or one frame of inputs) at a time.
 
 :class:`BudgetController` routes ``argmax(w(logits) + offsets)`` and updates the
 offsets from its own choices (a dual / stochastic-approximation step towards b), so a
-scene the gate never saw cannot push the frequencies away from b for long. Exported as
-``bmoe_tf.routing.BudgetController`` (with :func:`route_frames`).
+scene the gate never saw cannot push the frequencies away from b for long. Its initial
+offsets are :func:`bmoe_tf.offsets.calibrate_offsets`. Exported as
+``bmoe_tf.routing.BudgetController`` (with :func:`route_frames`, :func:`sequence_cost`).
 
 Scores. ``w`` only looks at the used experts (``b_n > 0``): with ``u_n = min(max(0,
 max_used(z) - z_n), R)`` (the gap to the row's best used expert, clipped to the
@@ -47,6 +48,7 @@ import numpy as np
 
 from bmoe_tf.bias import validate_bias
 from bmoe_tf.checks import as_float_array, check_finite, check_vector
+from bmoe_tf.offsets import calibrate_offsets
 
 __all__ = ["BudgetController", "route_frames", "quantize_bias", "sequence_cost", "RESOLUTION",
            "DEFAULT_CROSSING"]
@@ -178,8 +180,6 @@ class BudgetController:
           logits: ``float[M, N]`` calibration logits (float; for an int8 controller pass
             the dequantized int8 logits and ``int8_scale``).
         """
-        from bmoe_tf.routing import calibrate_offsets
-
         z = as_float_array(logits, "logits", rank=2, layout="[M, N]")
         check_finite(z, "logits")
         b = validate_bias(bias, z.shape[1], name="bias")

@@ -10,27 +10,29 @@ Shapes: ``M`` is the batch size, ``N`` the number of experts.
   time cannot enforce b over a batch; instead it adds fixed offsets to the logits
   so that argmax reproduces the frequencies b.
 * :class:`SparseGate`, :class:`BatchwiseBiasEnforcement` -- thin Keras layers.
+* :class:`BudgetController`, :func:`route_frames`, :func:`sequence_cost` -- online
+  routing that holds b on any sequence (:mod:`bmoe_tf.budget`).
+
+:func:`expert_capacities` lives in :mod:`bmoe_tf.capacities`, :func:`calibrate_offsets`
+and :func:`route` in :mod:`bmoe_tf.offsets` (the online controller builds on them, and
+this module re-exports all three and the controller, so nothing imports back).
 
 The math is in pure functions; the layers only hold configuration.
 """
 import numpy as np
-from scipy import optimize
 
-from bmoe_tf.assignment import capacity_assignment
 from bmoe_tf.backend import keras, tf
 from bmoe_tf.bias import validate_bias
-from bmoe_tf.checks import as_float_array, check_finite, check_finite_tensor
+from bmoe_tf.budget import BudgetController, route_frames, sequence_cost
+from bmoe_tf.capacities import _capacities_tensor, expert_capacities
+from bmoe_tf.checks import as_float_array, check_finite_tensor
+from bmoe_tf.offsets import calibrate_offsets, route
 
 __all__ = [
     "softmax_gates", "sparse_gates", "expert_capacities", "enforcement_mask",
     "enforce_bias", "calibrate_offsets", "route", "route_in_batches", "SparseGate",
-    "BatchwiseBiasEnforcement",
+    "BatchwiseBiasEnforcement", "BudgetController", "route_frames", "sequence_cost",
 ]
-
-# |M*b_n - round(M*b_n)| below this (relative to M) counts as an exact integer, so that
-# e.g. 10 * 0.7 = 7.000000000000001 gives K = 7 and not a spurious fractional part.
-_INTEGER_SNAP = 1e-9
-
 
 def softmax_gates(logits):
     """Eq. 1 as a normal softmax over the N experts.
@@ -62,55 +64,6 @@ def sparse_gates(logits):
     top = tf.argmax(logits, axis=-1, output_type=tf.int32)
     one_hot = tf.one_hot(top, tf.shape(gates)[-1], dtype=gates.dtype)
     return gates * one_hot
-
-
-def _capacities_tensor(batch_size, bias):
-    """Largest-remainder capacities as an ``int32[N]`` tensor (graph-safe)."""
-    b = tf.constant(bias, dtype=tf.float64)
-    m = tf.cast(batch_size, tf.float64)
-    exact = m * b
-    rounded = tf.round(exact)
-    snap = tf.abs(exact - rounded) <= _INTEGER_SNAP * tf.maximum(m, 1.0)
-    exact = tf.where(snap, rounded, exact)
-    floors = tf.floor(exact)
-    # Fractional parts on a grid of _INTEGER_SNAP, so that parts equal in exact
-    # arithmetic but not in floating point (5 * 0.07 -> 0.35000000000000003 vs
-    # 5 * 0.27 - 1 -> 0.3500000000000001) tie, and the tie goes to the lower index.
-    # Rounding (unlike a tolerance in the comparison) keeps the ranking a total
-    # order, so the ranks stay a permutation and sum(K) == M.
-    frac = tf.round((exact - floors) / _INTEGER_SNAP)
-    leftover = tf.cast(m - tf.reduce_sum(floors), tf.int32)
-    # rank_n = #{m: frac_m > frac_n} + #{m < n: frac_m == frac_n}; the `leftover`
-    # best-ranked experts get one more slot (ties to the lower index).
-    n = len(bias)
-    greater = tf.cast(frac[None, :] > frac[:, None], tf.int32)
-    lower_tie = tf.cast(frac[None, :] == frac[:, None], tf.int32) * tf.constant(
-        np.tril(np.ones((n, n), dtype=np.int32), k=-1))
-    rank = tf.reduce_sum(greater + lower_tie, axis=1)
-    return tf.cast(floors, tf.int32) + tf.cast(rank < leftover, tf.int32)
-
-
-def expert_capacities(batch_size, bias):
-    """Examples per expert in a batch of M: ``K_n = floor(M b_n)`` plus leftovers.
-
-    The ``M - sum(K)`` leftover slots go one each to the largest fractional parts
-    ``M b_n - floor(M b_n)``, ties to the lower expert index, so ``sum(K) == M``
-    always.
-
-    Args:
-      batch_size: M, a Python int (eager result) or a scalar integer tensor
-        (graph-safe result, e.g. a dynamic batch size).
-      bias: ``float[N]``, validated by :func:`bmoe_tf.bias.validate_bias`.
-    Returns:
-      ``int64[N]`` numpy array for a Python int, else an ``int32[N]`` tensor.
-    """
-    b = validate_bias(bias)
-    if isinstance(batch_size, (int, np.integer)):
-        if batch_size < 0:
-            raise ValueError(f"batch_size must be >= 0, got {batch_size}")
-        with tf.init_scope():
-            return _capacities_tensor(int(batch_size), b).numpy().astype(np.int64)
-    return _capacities_tensor(batch_size, b)
 
 
 def _check_gates(gates, b):
@@ -206,86 +159,6 @@ def enforce_bias(gates, bias):
     """
     gates = tf.convert_to_tensor(gates)
     return _keep_selected(gates, enforcement_mask(gates, bias))
-
-
-def calibrate_offsets(logits, bias):
-    """Per-expert offsets so that ``argmax(logits + offsets)`` has frequencies b.
-
-    The offsets are the dual variables of the capacity-constrained assignment on
-    the calibration set: first the exact optimal assignment with
-    ``expert_capacities(M, bias)`` examples per expert
-    (:func:`bmoe_tf.assignment.capacity_assignment`), then, among the offsets
-    that reproduce it, the ones with the largest margin to the nearest decision
-    boundary (a small LP), so that held-out inputs from the same distribution
-    land on either side as often as the calibration set did. An expert with
-    ``b_n = 0`` gets an offset below every logit range, so it is never chosen.
-
-    Args:
-      logits: ``float[M, N]`` gate logits on a calibration set (numpy or tensor).
-      bias: ``float[N]``.
-    Returns:
-      ``float32[N]`` offsets with mean zero over the used experts.
-    """
-    logits = as_float_array(logits, "logits", rank=2, layout="[M, N]")
-    b = validate_bias(bias, logits.shape[1])
-    check_finite(logits, "logits")
-    m, n = logits.shape
-    if m < n:
-        raise ValueError(f"calibration set of {m} inputs is smaller than the {n} experts")
-    caps = expert_capacities(m, b)
-    assignment = capacity_assignment(logits, caps)
-    used = np.flatnonzero(caps > 0)
-    # margin[p, q] = max over rows routed to p of (l_q - l_p): o_p - o_q must exceed it.
-    pairs, rhs = [], []
-    for p in used:
-        rows = logits[assignment == p]
-        for q in used:
-            if q != p:
-                pairs.append((p, q))
-                rhs.append(np.max(rows[:, q] - rows[:, p]))
-    k = used.size
-    index = {e: i for i, e in enumerate(used)}
-    offsets = np.zeros(n)
-    if k > 1:
-        # variables: o_used (k), t; maximise t s.t. o_q - o_p + t <= -margin[p, q].
-        a_ub = np.zeros((len(pairs), k + 1))
-        for row, (p, q) in enumerate(pairs):
-            a_ub[row, index[p]] -= 1.0
-            a_ub[row, index[q]] += 1.0
-            a_ub[row, k] = 1.0
-        a_eq = np.concatenate([np.ones((1, k)), np.zeros((1, 1))], axis=1)
-        c = np.zeros(k + 1)
-        c[k] = -1.0
-        res = optimize.linprog(c, A_ub=a_ub, b_ub=-np.asarray(rhs), A_eq=a_eq, b_eq=[0.0],
-                               bounds=[(None, None)] * k + [(None, 1e9)], method="highs")
-        if res.status != 0:  # pragma: no cover - always feasible for an optimal assignment
-            raise RuntimeError(f"offset LP failed: {res.message}")
-        offsets[used] = res.x[:k]
-    unused = np.flatnonzero(caps == 0)
-    if unused.size:
-        spread = float(logits.max() - logits.min())
-        offsets[unused] = offsets[used].min() - 2.0 * spread - 1.0
-    return offsets.astype(np.float32)
-
-
-def route(logits, offsets):
-    """Per-input routing: ``argmax(logits + offsets)``, ``int32[M]``.
-
-    Each row is decided on its own, so batching changes nothing: this is what a
-    sensor computes one frame at a time.
-    """
-    logits = tf.convert_to_tensor(logits)
-    offsets = tf.cast(tf.convert_to_tensor(offsets), logits.dtype)
-    if logits.shape.rank != 2:
-        raise ValueError(f"logits must be [M, N], got shape {logits.shape}")
-    if offsets.shape.rank != 1 or (logits.shape[-1] is not None
-                                   and offsets.shape[0] != logits.shape[-1]):
-        raise ValueError(
-            f"offsets must be [N] matching logits' {logits.shape[-1]} experts, "
-            f"got shape {offsets.shape}")
-    logits = check_finite_tensor(logits, "logits")
-    offsets = check_finite_tensor(offsets, "offsets")
-    return tf.argmax(logits + offsets, axis=-1, output_type=tf.int32)
 
 
 def _replica_context():
@@ -392,7 +265,3 @@ def route_in_batches(logits, bias, batch_size):
         picks.append(pick(chunk).numpy())
     return np.concatenate(picks).astype(np.int64) if picks else np.zeros(0, np.int64)
 
-
-from bmoe_tf.budget import BudgetController, route_frames, sequence_cost  # noqa: E402,I001
-
-__all__ += ["BudgetController", "route_frames", "sequence_cost"]

@@ -5,7 +5,7 @@ Every error a user can fix is one ``error:`` line on stderr and exit status 2.
 import sys
 
 from experiments import config as config_lib
-from experiments.pipeline import run
+from experiments import multi_worker, pipeline
 from experiments.stages import ArtefactError, StageMismatch, WorkdirBusy
 
 __all__ = ["main", "cli"]
@@ -36,6 +36,7 @@ def main(task, argv):
     from experiments.distribute import ClusterError
 
     try:
+        run = multi_worker.run if cfg.strategy == "multi_worker" else pipeline.run
         return run(task, cfg, FLAGS.workdir)
     except (WorkdirBusy, StageMismatch, ArtefactError, ValueError, ClusterError,
             config_lib.ConfigError) as err:

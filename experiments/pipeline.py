@@ -28,6 +28,7 @@ from bmoe_tf.cache import as_cache_shard, save_cache, shard_path, shard_rows
 from bmoe_tf.routing import route_in_batches
 from experiments import config as config_lib
 from experiments import distribute
+from experiments import export_files
 from experiments import gates as gates_lib
 from experiments import report as report_lib
 from experiments.layout import Layout
@@ -539,6 +540,7 @@ def stage_report(run, keys, table, points, gates, results, command):
     extra = getattr(task, "extra_stages", None)
     if extra is not None:
         extra(run, report)
+    export_files.write_export_files(task, wd)
     print(report_lib.format_table(report), flush=True)
     for line in report_lib.scene_shift_lines(report):
         print(line, flush=True)
@@ -571,8 +573,8 @@ def _prepare(task, cfg):
 def run(task, cfg, workdir, *, command=None):
     """Runs every stage of ``task`` for ``cfg`` in ``workdir``; returns the report dict.
 
-    ``cfg.strategy == "multi_worker"`` runs :func:`experiments.multi_worker.run` (every
-    worker of the cluster runs the same command on a shared workdir).
+    A cluster (``cfg.strategy == "multi_worker"``) runs :func:`experiments.multi_worker.run`
+    instead (the CLI picks it).
 
     Raises:
       WorkdirBusy: another run holds the workdir.
@@ -583,9 +585,8 @@ def run(task, cfg, workdir, *, command=None):
       distribute.ClusterError: another worker of a multi-worker run failed.
     """
     if cfg.strategy == "multi_worker":
-        from experiments import multi_worker
-
-        return multi_worker.run(task, cfg, workdir, command=command)
+        raise config_lib.ConfigError("--strategy=multi_worker runs through "
+                                     "experiments.multi_worker.run (every worker of the cluster)")
     strategy = _prepare(task, cfg)
     command = command or default_command(task)
     with WorkdirLock(workdir):

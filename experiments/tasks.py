@@ -1,8 +1,8 @@
 """The registry of experiment tasks: name -> :class:`experiments.pipeline.Task`.
 
-``get_task(name)`` imports the task's module lazily, so that ``gating_tflite``
-(which finds a task's export data through this registry) imports only the task it
-needs, and no task module is imported at start-up.
+``get_task(name)`` imports the task's module lazily, so that a command imports only the
+task it needs, and no task module is imported at start-up. (``gating_tflite`` does not
+use this registry: it reads the ``export_data.npz`` the pipeline writes into a workdir.)
 """
 import importlib
 

@@ -1,6 +1,6 @@
 """``gate_router.h/.c``: the online budget controller and per-frame enforcement in C99.
 
-:func:`router_sources` turns an int8 :class:`bmoe_tf.routing.BudgetController` (one made
+:func:`router_sources` turns an int8 :class:`bmoe_tf.budget.BudgetController` (one made
 with ``int8_scale=``) into two files that route the int8 logits of a
 ``--output=logits`` gate exactly like the Python controller, choice for choice:
 

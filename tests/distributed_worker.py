@@ -6,7 +6,7 @@ under ``--strategy`` and writes its weights and per-step utilities.
     python tests/distributed_worker.py WORKDIR pipeline INDEX PORT0,PORT1
 
 ``pipeline``: the toy task of tests/test_pipeline_toy_task.py through
-experiments.pipeline.run with --strategy=multi_worker (a shared workdir); the report
+experiments.multi_worker.run with --strategy=multi_worker (a shared workdir); the report
 (chief) or None is written to ``WORKDIR/../worker<INDEX>.json``.
 """
 import json
@@ -17,7 +17,7 @@ import sys
 def pipeline_worker(workdir, index):
     import dataclasses
 
-    from experiments import config, pipeline
+    from experiments import config, multi_worker
     from tests.test_pipeline_toy_task import ToyTask
 
     class Failing(ToyTask):  # BMOE_TEST_FAIL_DATA: the chief's data stage fails
@@ -31,8 +31,8 @@ def pipeline_worker(workdir, index):
         cfg = dataclasses.replace(cfg, learning_rate=float(os.environ["BMOE_TEST_LEARNING_RATE"]))
     out = os.path.join(os.path.dirname(workdir), f"worker{index}.json")
     try:
-        report = pipeline.run(task, dataclasses.replace(cfg, strategy="multi_worker"),
-                              workdir, command="toy")
+        report = multi_worker.run(task, dataclasses.replace(cfg, strategy="multi_worker"),
+                                  workdir, command="toy")
     except Exception as err:  # what each worker saw
         with open(out, "w") as f:
             json.dump({"error": f"{type(err).__name__}: {err}"}, f)

@@ -220,8 +220,9 @@ def test_quick_preset_meets_the_bar(tmp_path):
 
 
 def test_export_data_and_int8_gate_of_the_smoke_workdir(act_smoke, tmp_path):
-    """gating_tflite finds the action task's inputs through the registry; the compact
-    int8 gate runs in TFLite Micro and fits 256 KiB flash / 256 KiB arena."""
+    """The action task's export data (what the pipeline writes to export_data.npz, which
+    gating_tflite reads); the compact int8 gate runs in TFLite Micro and fits 256 KiB
+    flash / 256 KiB arena."""
     from experiments.action.export_data import mirror
     from experiments.tasks import get_task
 
@@ -233,6 +234,13 @@ def test_export_data_and_int8_gate_of_the_smoke_workdir(act_smoke, tmp_path):
     np.testing.assert_array_equal(data.heldout, mirror(data.calibration))
     assert np.abs(data.test).max() <= GATE_MV_CLIP
     assert np.isclose(data.test_metric(np.full(len(data.test), 2)), report["experts"][2]["metric"])
+    from gating_tflite.calibration import load_export_data
+
+    stored = load_export_data(str(wd), task="action")
+    np.testing.assert_array_equal(stored.test, data.test)
+    for n in range(3):
+        assert stored.test_metric(np.full(len(data.test), n)) == data.test_metric(
+            np.full(len(data.test), n))
     with pytest.raises(ValueError, match="not a finished action workdir"):
         get_task("action").export_data(str(tmp_path))
     out = tmp_path / "fw" / "gate.tflite"

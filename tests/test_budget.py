@@ -1,11 +1,11 @@
-"""bmoe_tf.routing.BudgetController: its stated guarantees on adversarial and stationary
+"""bmoe_tf.budget.BudgetController: its stated guarantees on adversarial and stationary
 logit sequences, a scene change, the hard (leaky-bucket) mode, bad input."""
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bmoe_tf.routing import BudgetController
+from bmoe_tf.budget import BudgetController
 
 COSTS = np.array([3072.0, 5292.0, 12288.0])
 
@@ -198,7 +198,7 @@ def test_route_frame_is_algorithm1_with_carried_capacities(b, seed, sizes):
 def test_route_frames_holds_b_exactly_where_per_frame_rounding_drifts():
     """Frames of 77 inputs at b = (0.539, 0.461): each frame's own rounding would give
     41/36 every time (0.532); carried capacities give b over the sequence."""
-    from bmoe_tf.routing import route_frames
+    from bmoe_tf.budget import route_frames
 
     rng = np.random.default_rng(0)
     frames = np.repeat(np.arange(20), 77)
@@ -230,7 +230,7 @@ def test_from_calibration_starts_at_the_static_offsets():
 
 
 def test_sequence_cost_against_a_brute_force_window_scan():
-    from bmoe_tf.routing import sequence_cost
+    from bmoe_tf.budget import sequence_cost
 
     rng = np.random.default_rng(2)
     b = [0.5, 0.5, 0.0]

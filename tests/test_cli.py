@@ -8,19 +8,12 @@ import numpy as np
 import pytest
 from absl.testing import flagsaver
 
-import experiments.tasks
 from gating_tflite import cli, export
+from gating_tflite.calibration import EXPORT_FILE, ExportData
 
 pytest_plugins = ["tflite_fixtures"]
 pytest.register_assert_rewrite("tflite_fixtures")
 from tflite_fixtures import NEAR_TIE_BIAS, near_tie_data  # noqa: E402
-
-
-class NearTieTask:
-    """A registry task whose workdir is ignored: the near-tie gate's inputs."""
-
-    def export_data(self, workdir):
-        return near_tie_data()
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +31,12 @@ def files(saved_near_tie_gate, tmp_path_factory):
 
 
 @pytest.fixture
-def near_tie_task(monkeypatch):
-    monkeypatch.setitem(experiments.tasks.TASKS, "near_tie", f"{__name__}:NearTieTask")
+def near_tie_task(tmp_path):
+    """``tmp_path`` as the workdir of a task ``near_tie``: its export_data.npz holds the
+    near-tie gate's inputs (what the pipeline writes at the end of a run)."""
+    data = near_tie_data()
+    data.task = "near_tie"
+    data.save(str(tmp_path / EXPORT_FILE))
 
 
 def run_cli(capsys, *argv):
@@ -70,7 +67,7 @@ def test_a_logits_gate_that_misses_b_warns_and_exits_0(files, near_tie_task, tmp
     assert np.max(np.abs(float_freq - NEAR_TIE_BIAS)) <= 0.05
     assert report["frequency_error"] == pytest.approx(np.max(np.abs(freq - NEAR_TIE_BIAS)))
     assert report["frequency_error"] > 0.1 and report["checks"]["frequencies"] is False
-    assert report["data"] == {"source": "near-tie fixture"}  # from the registry task
+    assert report["data"] == {"source": "near-tie fixture"}  # from the workdir's file
     (warning,) = [line for line in stderr if line.startswith("WARNING:")]
     assert warning.startswith("WARNING: --output=logits: the int8 gate's frequencies "
                               f"{np.round(report['frequencies'], 3).tolist()} on 600 held-out "
@@ -127,7 +124,7 @@ def _bad_inputs(files, tmp_path):
         ([gate, f"--calibration=npz:{tmp_path / 'corrupt.npz'}", out],
          "corrupt.npz: cannot read it as .npz"),
         ([gate, f"--calibration={tmp_path}", "--task=no_such_task", out],
-         "unknown --task='no_such_task'; known tasks: ['action', 'detection', 'super_resolution'"),
+         f"--calibration={tmp_path}: no {EXPORT_FILE} (the experiment writes it"),
         ([gate, cal, out, "--target=esp32"], "known targets"),
         ([cal, out], "--gate is required"),
         ([gate, cal, out, "--bias=0.5,half"], "--bias must be numbers"),
@@ -144,6 +141,38 @@ def test_bad_inputs_exit_2_with_one_error_line(files, tmp_path, capsys):
         assert len(stderr) == 1 and stderr[0].startswith("error: ") and text in stderr[0], (
             argv, stderr)
     assert not os.path.exists(tmp_path / "out" / "export_report.json")
+
+
+def test_a_gate_of_another_task_is_refused_in_one_line_before_any_work(files, tmp_path,
+                                                                       capsys):
+    """An action workdir (24 x 24 x 16 motion maps) with the near-tie gate (another input):
+    one error line naming both shapes and the task, exit 2, nothing written."""
+    rng = np.random.default_rng(0)
+    clips = rng.normal(size=(40, 24, 24, 16)).astype(np.float32)
+    ExportData(representative=clips[:10], calibration=clips, test=clips[:8],
+               task="action").save(str(tmp_path / EXPORT_FILE))
+    out = tmp_path / "fw" / "gate.tflite"
+    code, stdout, stderr = run_cli(capsys, f"--gate={files['gate']}", "--task=action",
+                                   f"--calibration={tmp_path}", f"--out={out}")
+    assert code == 2 and stdout == ""
+    shape = list(near_tie_data().calibration.shape[1:])
+    assert stderr == [f"error: the gate takes inputs {shape} but the action task's export "
+                      "data are [24, 24, 16] (a gate of another task?)"]
+    assert not os.path.exists(out.parent / "export_report.json")
+
+
+def test_help_lists_the_export_flags_and_exits_0(capsys):
+    with flagsaver.flagsaver(), pytest.raises(SystemExit) as stop:
+        cli.parse_flags(["bmoe-export-gate", "--help"])
+    assert stop.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith("usage: ") and "Exit codes: 0 exported and fits" in text
+    assert text.startswith("usage: python -m gating_tflite.export (or bmoe-export-gate) --gate=")
+    for name in ("gate", "calibration", "task", "out", "mode", "output", "target", "flash_kib",
+                 "ram_kib", "[no]emit_c", "bias", "[no]strict", "router_crossing",
+                 "bucket_bytes", "qat_epochs"):
+        assert f"--{name}" in text, name
+    assert "--helpfull" not in text and "--verbosity" not in text  # only the export's own
 
 
 def test_bad_flag_values_exit_2(capsys):

@@ -154,7 +154,8 @@ def test_paper_table_i_reading():
 
 
 def test_export_data_of_a_detection_workdir(det_smoke, tmp_path):
-    """gating_tflite finds the detection task's export inputs through the registry."""
+    """The detection task's export data; the pipeline wrote the same to export_data.npz
+    (what gating_tflite reads), its mAP table giving the experiment's own numbers."""
     from experiments.tasks import get_task
 
     wd, _, _ = det_smoke
@@ -167,6 +168,12 @@ def test_export_data_of_a_detection_workdir(det_smoke, tmp_path):
     assert list(data.data_costs) == [120000.0, 270000.0, 1080000.0]
     # the metric of a routing is the experiment's own (every image to the 300 px expert)
     assert np.isclose(data.test_metric(np.full(len(data.test), 2)), report["experts"][2]["metric"])
+    from gating_tflite.calibration import load_export_data
+
+    stored = load_export_data(str(wd), task="detection")
+    np.testing.assert_array_equal(stored.calibration, data.calibration)
+    a = np.arange(len(data.test)) % 3
+    assert stored.test_metric(a) == data.test_metric(a)
     with pytest.raises(ValueError, match="not a finished detection workdir"):
         get_task("detection").export_data(str(tmp_path))
 

@@ -113,7 +113,7 @@ def test_tf_config_is_checked_with_clear_messages(monkeypatch):
 
 
 def test_the_pipeline_runs_on_two_workers(tmp_path):
-    """--strategy=multi_worker through experiments.pipeline.run (the toy task): both workers
+    """--strategy=multi_worker through experiments.multi_worker.run (the toy task): both workers
     build their shard of every cache, the chief merges them into the files one process
     writes (byte for byte), the gates (two soft w_bias candidates each) train across both
     and equal the gates one process trains with the default strategy (to 1e-5; the same

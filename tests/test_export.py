@@ -2,6 +2,7 @@
 import dataclasses
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -278,3 +279,17 @@ def test_the_compact_sr_gate_fits_a_cortex_m7(tmp_path):
     assert report.macs == count_macs(gate) <= 5_000_000
     assert "frequencies" not in report.as_dict()  # no held-out set given
     assert "flash" in export.summary(report) and "fits: True" in export.summary(report)
+
+
+def test_a_gate_of_another_input_is_refused_before_any_work(gate, tmp_path):
+    """A gate whose input is not the data's (e.g. an SR gate on action clips) is refused
+    with both shapes named, before the output folder or any model is made."""
+    clips = np.zeros((8, 24, 24, 16), np.float32)
+    other = ExportData(representative=clips[:4], calibration=clips, task="action")
+    with pytest.raises(ValueError, match=re.escape(
+            f"the gate takes inputs {list(SHAPE)} but the action task's export data are "
+            "[24, 24, 16] (a gate of another task?)")):
+        export_gate(gate, other, BIAS, out=str(tmp_path / "fw" / "g.tflite"))
+    assert not (tmp_path / "fw").exists()
+    export.check_gate_input(gate, ExportData(representative=np.zeros((1,) + SHAPE),
+                                             calibration=np.zeros((3,) + SHAPE)))  # no error

@@ -8,7 +8,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from bmoe_tf.routing import BudgetController
+from bmoe_tf.budget import BudgetController
 from gating_tflite.router_c import ROUTER_FILES, write_router_files
 
 CC = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")

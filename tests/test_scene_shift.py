@@ -1,4 +1,5 @@
-"""The scene-shift evaluation (experiments.scene_shift): routing the test split in its
+"""The scene-shift evaluation (bmoe_tf.scene_shift, the one evaluator of the pipeline and
+the int8 export; experiments.scene_shift its report view): routing the test split in its
 natural order with static offsets, the budget controller (soft / hard), per frame and
 shuffled batches; and its pipeline stage on the smoke workdirs."""
 import json
@@ -7,8 +8,9 @@ import os
 import numpy as np
 import pytest
 
-from experiments.scene_shift import (METHODS, scene_shift_markdown, scene_shift_rows,
-                                     window_excess)
+from bmoe_tf.scene_shift import (METHODS, default_bucket_bytes, route_natural_order,
+                                 scene_shift_rows, window_excess)
+from experiments.scene_shift import scene_shift_markdown
 
 D = np.array([1000.0, 2000.0, 4000.0])
 B = np.array([0.5, 0.5, 0.0])
@@ -56,6 +58,40 @@ def test_a_scene_change_overruns_static_offsets_but_not_the_controller():
     assert rows["per_frame"]["frequencies"] == [0.5, 0.5, 0.0]
 
 
+def test_the_default_bucket_rounds_the_dearest_used_expert_up_to_whole_bytes():
+    # 10% of a 64-window's budget when that is larger ...
+    assert default_bucket_bytes(B, D) == pytest.approx(0.1 * 64 * 1500.0)
+    # ... else the dearest used expert in whole bytes (the controller's accounting)
+    assert default_bucket_bytes([0.9, 0.1, 0.0], [10.0, 2000.4, 9000.0], window=4) == 2001.0
+    assert default_bucket_bytes(B, D, window=16, fraction=0.0) == 2000.0
+
+
+def test_one_evaluator_serves_the_pipeline_rows_and_the_export():
+    """The rows' choices are route_natural_order's; the export's hooks (its own static
+    choices, Algorithm 1 on other logits, a given bucket) change only what they name."""
+    z, v = _scene_change(), _calibration()
+    frames = np.repeat(np.arange(60), 10)
+    routing = route_natural_order(z, frames, v, B, D, seed=3)
+    rows = _by(scene_shift_rows(z, frames, v, B, D, None, seed=3))
+    assert list(routing.choices) == ["static", "controller", "controller_hard", "per_frame",
+                                     "per_batch"]
+    for method, picks in routing.choices.items():
+        assert picks.dtype == np.int64 and picks.shape == (600,)
+        assert rows[method]["frequencies"] == (np.bincount(picks, minlength=3) / 600).tolist()
+    assert routing.bucket_bytes == rows["controller_hard"]["bucket_bytes"] == 9600.0
+    assert routing.bucket_overrun_bytes == rows["controller_hard"]["bucket_overrun_bytes"] == 0
+    static = np.zeros(600, np.int64)
+    other = route_natural_order(z, None, v, B, D, seed=3, static=static, batch_logits=-z,
+                                bucket_bytes=4000.0)
+    assert "per_frame" not in other.choices and other.choices["static"] is not None
+    np.testing.assert_array_equal(other.choices["static"], static)
+    np.testing.assert_array_equal(other.choices["controller"], routing.choices["controller"])
+    assert not np.array_equal(other.choices["per_batch"], routing.choices["per_batch"])
+    assert other.bucket_bytes == 4000.0 and other.hard.bucket_bytes == 4000.0
+    with pytest.raises(ValueError, match="calibration_logits holds 2 inputs"):
+        route_natural_order(z, None, v[:2], B, D)
+
+
 def test_hard_mode_is_never_over_its_bucket_on_any_window():
     v = _calibration()
     z = _scene_change(300)
@@ -68,7 +104,7 @@ def test_hard_mode_is_never_over_its_bucket_on_any_window():
     assert rows["controller"]["bucket_bytes"] is None
     assert hard["metric"] is None
     # an independent check of the guarantee over every window, recomputed from the choices
-    from bmoe_tf.routing import BudgetController
+    from bmoe_tf.budget import BudgetController
 
     c = BudgetController.from_calibration(v, B, D, crossing=16, bucket_bytes=hard["bucket_bytes"])
     costs = D[c.route_sequence(z)]

@@ -25,10 +25,18 @@ import os
 
 import numpy as np
 
-__all__ = ["ClipSet", "MV_GRID", "concatenate"]
+__all__ = ["ClipSet", "MV_GRID", "MODES", "BYTES_PER_VALUE", "GATE_MV_CLIP", "concatenate",
+           "mode_costs", "gate_input", "natural_order"]
 
 #: Side of the motion-vector maps (H_t = W_t = 24 in the paper).
 MV_GRID = 24
+#: The modes (experts), cheapest first.
+MODES = ("temporal", "spatial", "fusion")
+#: K: bytes per value, as the paper counts data.
+BYTES_PER_VALUE = 4
+#: The gate sees motion clipped to +-this many px per frame (99% of the generated set's
+#: values are below 4.3): its int8 input then steps in 1/16 px, not 1/2 (D42).
+GATE_MV_CLIP = 8.0
 _ARRAYS = ("mv", "rgb", "labels", "groups", "clip_ids", "degradation", "mv_bytes", "rgb_bytes")
 
 
@@ -129,3 +137,38 @@ def concatenate(sets):
         raise ValueError(f"clip sets with different class lists: {sorted(names)}")
     return dataclasses.replace(sets[0], **{k: np.concatenate([getattr(s, k) for s in sets])
                                            for k in _ARRAYS})
+
+
+def mode_costs(mv_frames, rgb_frames, frame_size, modes=MODES, k=BYTES_PER_VALUE):
+    """``float[N]``: d_n of each mode as the paper counts it (bytes per clip).
+
+    Temporal ``F_t x 24 x 24 x 2 x K``, Spatial ``F_s x S x S x 3 x K``, Fusion the sum.
+    """
+    temporal = mv_frames * MV_GRID * MV_GRID * 2 * k
+    spatial = rgb_frames * frame_size * frame_size * 3 * k
+    cost = {"temporal": temporal, "spatial": spatial, "fusion": temporal + spatial}
+    return np.array([cost[m] for m in modes], np.float64)
+
+
+def gate_input(mv):
+    """``float32[M, 24, 24, 2 F_t]``: the MV maps ``[M, F_t, 24, 24, 2]`` stacked on
+    channels (map t's horizontal, vertical components at channels 2t, 2t+1), clipped
+    to +-:data:`GATE_MV_CLIP` px per frame."""
+    mv = np.clip(np.asarray(mv, np.float32), -GATE_MV_CLIP, GATE_MV_CLIP)
+    m, f = mv.shape[:2]
+    return np.ascontiguousarray(mv.transpose(0, 2, 3, 1, 4).reshape(m, MV_GRID, MV_GRID, 2 * f))
+
+
+def natural_order(clips):
+    """``int64[M]``: the clips of a :class:`ClipSet` in the order a camera would produce
+    them, scene by scene: grouped by source video (``groups``: a generated set's source
+    region, a UCF-101 group of one class), groups in the order they first appear in the
+    stored set, and within a group by ``clip_ids`` (generated: creation order; UCF-101:
+    ``..._gNN_cMM``, the clips of a group in time order). The set does not record where
+    in its source a generated clip starts, so that order is the creation order."""
+    groups = np.asarray(clips.groups)
+    first = {}
+    for i, g in enumerate(groups.tolist()):
+        first.setdefault(g, i)
+    rank = np.array([first[g] for g in groups.tolist()], np.int64)
+    return np.lexsort((np.arange(len(groups)), np.asarray(clips.clip_ids), rank)).astype(np.int64)

@@ -12,12 +12,15 @@ pixels per frame, exactly as the experiment feeds its gates):
 * test: the test clips in their natural order (:func:`experiments.action.natural_order`:
   source video by source video; one clip per frame, ``test_frames`` None); the metric
   is the experiment's test top-1 accuracy (%) of the routing (one expert per clip in
-  that order), from the cached class probabilities (no expert runs).
+  that order), from the cached class probabilities (no expert runs), as a table
+  (:class:`bmoe_tf.routed_metrics.Accuracy`).
 """
 import os
 
 import numpy as np
 
+from bmoe_tf.routed_metrics import Accuracy
+from experiments.action.clips import ClipSet, gate_input, natural_order
 from experiments.stages import read_json
 from gating_tflite.calibration import ExportData
 
@@ -36,9 +39,6 @@ def mirror(inputs):
 
 def export_data(workdir):
     """:class:`gating_tflite.calibration.ExportData` of an action experiment workdir."""
-    from experiments.action.clips import ClipSet
-    from experiments.action.task import gate_input, natural_order
-
     def path(*parts):
         return os.path.join(workdir, *parts)
 
@@ -62,10 +62,6 @@ def export_data(workdir):
 
     order = natural_order(test)  # the test clips are stored shuffled
 
-    def test_accuracy(assignment):  # assignment: one expert per clip in natural order
-        a = np.asarray(assignment, np.int64)
-        return 100.0 * float(correct[order, a].mean())
-
     f_t = test.mv_frames
     return ExportData(
         representative=gate_input(train.mv[pick]),
@@ -73,7 +69,8 @@ def export_data(workdir):
         heldout=mirror(validation),
         test=gate_input(test.mv[order]),
         test_frames=None,  # one clip per frame
-        test_metric=test_accuracy,
+        test_metric=Accuracy(correct[order]),  # one expert per clip in natural order
+        task="action",
         metric_name="test top-1 accuracy (%)",
         data_costs=np.array([e["data_cost"] for e in experts], np.float64),
         expert_names=tuple(e["name"] for e in experts),

@@ -30,7 +30,7 @@ def build_mode_experts(data, cfg, wd):
     (``data``: the task's ``{split: ClipSet}``)."""
     from bmoe_tf.backend import keras
     from experiments.action import experts as act_experts
-    from experiments.action.task import MODES, mode_costs
+    from experiments.action.clips import MODES, mode_costs
 
     s = cfg.task
     shapes = dict(mv_frames=s.mv_frames, rgb_frames=s.rgb_frames, frame_size=s.frame_size)

@@ -37,7 +37,8 @@ import numpy as np
 
 from bmoe_tf.cache import load_cache, score_cache
 from bmoe_tf.gating import compact_gate, paper_gate
-from experiments.action.clips import MV_GRID
+from experiments.action.clips import (BYTES_PER_VALUE, GATE_MV_CLIP, MODES, MV_GRID,  # noqa: F401
+                                      gate_input, mode_costs, natural_order)
 from experiments.config import ConfigError, Preset, Schedule, Targets
 from experiments.settings import setting
 from experiments.stages import ArtefactError, load_artefact, write_json
@@ -48,18 +49,11 @@ __all__ = ["ActionTask", "ActionSettings", "PRESETS", "PAPER_TABLE_VI", "MODES",
            "mode_costs", "gate_input", "paper_costs", "natural_order", "correctness",
            "log_likelihood", "run"]
 
-#: The modes (experts), cheapest first.
-MODES = ("temporal", "spatial", "fusion")
 #: The clip splits: the experts train on ``experts``, the gates on ``train``.
 CLIP_SPLITS = ("experts",) + SPLITS
-#: K: bytes per value, as the paper counts data.
-BYTES_PER_VALUE = 4
 #: Clips per expert call when caching probabilities; also the unit a multi-worker run
 #: shards the cache by (the same batches on one or many workers: the same bytes).
 EXPERT_BATCH = 16
-#: The gate sees motion clipped to +-this many px per frame (99% of the generated set's
-#: values are below 4.3): its int8 input then steps in 1/16 px, not 1/2 (D42).
-GATE_MV_CLIP = 8.0
 #: What the gates may train on (``--gate_target``).
 GATE_TARGETS = ("correct", "log_likelihood")
 #: Log-likelihood floor of the gates' training scores (a confident miss costs at most this).
@@ -167,17 +161,6 @@ PRESETS = {
 }
 
 
-def mode_costs(mv_frames, rgb_frames, frame_size, modes=MODES, k=BYTES_PER_VALUE):
-    """``float[N]``: d_n of each mode as the paper counts it (bytes per clip).
-
-    Temporal ``F_t x 24 x 24 x 2 x K``, Spatial ``F_s x S x S x 3 x K``, Fusion the sum.
-    """
-    temporal = mv_frames * MV_GRID * MV_GRID * 2 * k
-    spatial = rgb_frames * frame_size * frame_size * 3 * k
-    cost = {"temporal": temporal, "spatial": spatial, "fusion": temporal + spatial}
-    return np.array([cost[m] for m in modes], np.float64)
-
-
 def paper_costs():
     """The paper's d_n for UCF-101 (bytes): from its formulas with its stated F_t = 150,
     H_s x W_s = 360 x 240, and the values its Table VI and text imply (WORKSPACE.md, D36)."""
@@ -187,15 +170,6 @@ def paper_costs():
     implied = np.array([160 * 24 * 24 * 2 * 4, 2 * 320 * 240 * 3 * 4, 0], np.float64)
     implied[2] = implied[0] + implied[1]
     return {"stated": stated.tolist(), "implied": implied.tolist()}
-
-
-def gate_input(mv):
-    """``float32[M, 24, 24, 2 F_t]``: the MV maps ``[M, F_t, 24, 24, 2]`` stacked on
-    channels (map t's horizontal, vertical components at channels 2t, 2t+1), clipped
-    to +-:data:`GATE_MV_CLIP` px per frame."""
-    mv = np.clip(np.asarray(mv, np.float32), -GATE_MV_CLIP, GATE_MV_CLIP)
-    m, f = mv.shape[:2]
-    return np.ascontiguousarray(mv.transpose(0, 2, 3, 1, 4).reshape(m, MV_GRID, MV_GRID, 2 * f))
 
 
 class ActionReport(Report):
@@ -444,21 +418,6 @@ def _load_probabilities(path):
     if out.ndim != 3:
         raise ValueError(f"{path}: probabilities of shape {out.shape}, expected [M, N, C]")
     return out
-
-
-def natural_order(clips):
-    """``int64[M]``: the clips of a :class:`ClipSet` in the order a camera would produce
-    them, scene by scene: grouped by source video (``groups``: a generated set's source
-    region, a UCF-101 group of one class), groups in the order they first appear in the
-    stored set, and within a group by ``clip_ids`` (generated: creation order; UCF-101:
-    ``..._gNN_cMM``, the clips of a group in time order). The set does not record where
-    in its source a generated clip starts, so that order is the creation order."""
-    groups = np.asarray(clips.groups)
-    first = {}
-    for i, g in enumerate(groups.tolist()):
-        first.setdefault(g, i)
-    rank = np.array([first[g] for g in groups.tolist()], np.int64)
-    return np.lexsort((np.arange(len(groups)), np.asarray(clips.clip_ids), rank)).astype(np.int64)
 
 
 def run():

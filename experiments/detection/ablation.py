@@ -77,13 +77,13 @@ class _ExpertPool:
         if resolution in self.detections:
             return
         from bmoe_tf.backend import keras
-        from experiments.detection import coco_metric, ssd
-        from experiments.detection.task import interpolate_epochs
+        from bmoe_tf import coco_map as coco_metric
+        from experiments.detection import ssd
 
         data, cfg, wd = self.run.data, self.cfg, self.wd
         name = f"ssd{resolution}"
         path = wd.path("ablations", "experts", name)
-        epochs = interpolate_epochs(cfg.task, [resolution])[0]
+        epochs = ssd.interpolate_epochs(cfg.task, [resolution])[0]
         num_classes = len(data["train"].class_names)
 
         def build():
@@ -119,7 +119,7 @@ class _SubsetTask:
     """The task restricted to the experts at ``resolutions`` (what evaluate_split reads)."""
 
     def __init__(self, run, pool, resolutions):
-        from experiments.detection.coco_metric import RoutingEvaluator
+        from bmoe_tf.coco_map import RoutingEvaluator
         from experiments.task import Split
 
         self.resolutions = tuple(resolutions)

@@ -70,6 +70,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 __all__ = [
+    "GATE_CROP", "gate_view",
     "IMAGE_SIZE",
     "CLASSES",
     "DetectionSet",
@@ -80,6 +81,8 @@ __all__ = [
 ]
 
 IMAGE_SIZE = 300
+#: The centre crop the paper's gate sees (Table III).
+GATE_CROP = 224
 CLASSES: tuple[str, ...] = ("disc", "square", "triangle", "ring", "cross")
 
 # First image index of each split of the generated set (disjoint ranges).
@@ -988,3 +991,21 @@ def load_splits(spec: str, *, seed: int, sizes: Mapping[str, int],
 
     raise ValueError(f"unknown detection data source {spec!r}; use 'generated', "
                      f"'tfds:NAME' (e.g. tfds:coco/2017, tfds:voc/2007) or 'folder:PATH'")
+
+
+def gate_view(images, resolution):
+    """``float32[M, r, r, 3]`` in [0, 1]: the 224x224 centre crop of ``uint8[M, 300, 300, 3]``
+    images (Table III), anti-aliased down to ``r`` when ``r < 224``."""
+    from bmoe_tf.backend import tf
+
+    images = np.asarray(images)
+    size = images.shape[1]
+    top = (size - GATE_CROP) // 2
+    crop = images[:, top:top + GATE_CROP, top:top + GATE_CROP]
+    out = np.empty((len(images), resolution, resolution, 3), np.float32)
+    for start in range(0, len(images), 256):  # bounded memory on large splits
+        part = crop[start:start + 256].astype(np.float32) / 255.0
+        if resolution != GATE_CROP:
+            part = tf.image.resize(part, (resolution, resolution), antialias=True).numpy()
+        out[start:start + 256] = np.clip(part, 0.0, 1.0)
+    return out

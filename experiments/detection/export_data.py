@@ -10,12 +10,15 @@ feeds its gates: the 224x224 centre crop, resized to the run's gate view r):
   nor the quantization saw, from the same distribution;
 * test: the test images in their natural order, the stored one (one image per frame:
   ``test_frames`` None); the metric is the experiment's test mAP (%) of the routing,
-  from the cached detections (no expert runs).
+  from the cached detections (no expert runs): the ground truth and every expert's
+  detections (:class:`bmoe_tf.routed_metrics.DetectionMAP`).
 """
 import os
 
 import numpy as np
 
+from bmoe_tf.routed_metrics import DetectionMAP
+from experiments.detection.data import DetectionSet, gate_view
 from experiments.stages import read_json
 from gating_tflite.calibration import ExportData
 
@@ -26,10 +29,6 @@ REPRESENTATIVE_IMAGES = 300
 
 def export_data(workdir):
     """:class:`gating_tflite.calibration.ExportData` of a detection experiment workdir."""
-    from experiments.detection.coco_metric import RoutingEvaluator
-    from experiments.detection.data import DetectionSet
-    from experiments.detection.task import gate_view
-
     def path(*parts):
         return os.path.join(workdir, *parts)
 
@@ -49,12 +48,9 @@ def export_data(workdir):
     pick = np.sort(np.random.default_rng(0).choice(
         len(train), min(REPRESENTATIVE_IMAGES, len(train)), replace=False))
     test = sets["test"]
-    evaluator = RoutingEvaluator(test.boxes, test.labels, test.image_index, len(test),
-                                 len(test.class_names), detections)
+    metric = DetectionMAP(test.boxes, test.labels, test.image_index, len(test),
+                          len(test.class_names), detections)
     validation = gate_view(sets["validation"].images, view)
-
-    def test_map(assignment):
-        return 100.0 * evaluator.map(np.asarray(assignment, np.int64))
 
     return ExportData(
         representative=gate_view(train.images[pick], view),
@@ -62,7 +58,8 @@ def export_data(workdir):
         heldout=np.ascontiguousarray(validation[:, :, ::-1]),
         test=gate_view(test.images, view),
         test_frames=None,  # natural order = the stored one, one image per frame
-        test_metric=test_map,
+        test_metric=metric,
+        task="detection",
         metric_name="test mAP@[.5:.95] (%)",
         data_costs=np.array([e["data_cost"] for e in experts], np.float64),
         expert_names=tuple(e["name"] for e in experts),

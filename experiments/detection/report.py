@@ -19,7 +19,7 @@ def subset_map(data, detections, images, expert):
     Returns:
       ``{"map": %, "ap50": %}``, or None for an empty subset.
     """
-    from experiments.detection.coco_metric import coco_map
+    from bmoe_tf.coco_map import coco_map
 
     images = np.asarray(images, np.int64)
     if len(images) == 0:

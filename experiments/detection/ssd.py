@@ -41,6 +41,7 @@ from bmoe_tf.training import resumable_fit
 from experiments.stages import atomic_dir
 
 __all__ = [
+    "interpolate_epochs",
     "AnchorConfig", "anchors", "anchors_per_cell", "feature_sizes", "encode_boxes",
     "decode_boxes", "box_iou", "match", "match_set", "ssd_loss", "nms", "build_ssd",
     "postprocess", "resize_images", "train_ssd", "export_ssd", "load_expert", "detect",
@@ -644,3 +645,9 @@ def detect(expert_or_model, images, batch_size=64, *, config=AnchorConfig(), max
     if not out:
         raise ValueError("no images")
     return np.concatenate(out).astype(np.float32)
+
+
+def interpolate_epochs(default, resolutions):
+    """Expert epochs for resolutions the preset does not list: interpolated in R."""
+    return tuple(int(round(np.interp(r, default.resolutions, default.expert_epochs)))
+                 for r in resolutions)

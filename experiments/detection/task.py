@@ -27,14 +27,15 @@ complexity x batch size, N = 3 and N = 2) and Fig. 5 (rho vs N for several
 """
 import dataclasses
 import os
+from typing import Any
 
 import numpy as np
-
-from typing import Any
 
 from bmoe_tf.cache import load_cache, score_cache
 from bmoe_tf.gating import compact_gate, paper_gate
 from experiments.config import ConfigError, Preset, Schedule, Targets
+from experiments.detection.data import GATE_CROP, gate_view
+from experiments.detection.ssd import interpolate_epochs
 from experiments.settings import setting
 from experiments.stages import ArtefactError, load_artefact, write_json
 from experiments.task import SPLITS, CacheJob, NaturalOrder, Report, Split, Task, TrainingSet
@@ -56,8 +57,6 @@ ABLATIONS = ("complexity", "experts")
 #: Images per SSD call when caching detections; also the unit a multi-worker run shards
 #: the cache by (the same batches on one or many workers: the same bytes).
 EXPERT_BATCH = 16
-#: The centre crop the paper's gate sees (Table III).
-GATE_CROP = 224
 #: Default view of the compact gate: the centre crop downsampled so that its int8
 #: input (96 x 96 x 3 = 27 KiB) leaves room in a 256 KiB arena.
 COMPACT_VIEW = 96
@@ -146,24 +145,6 @@ PRESETS = {
                     DetectionSettings(expert_epochs=(1, 1, 1), train_images=48,
                                       validation_images=24, test_images=24)),
 }
-
-
-def gate_view(images, resolution):
-    """``float32[M, r, r, 3]`` in [0, 1]: the 224x224 centre crop of ``uint8[M, 300, 300, 3]``
-    images (Table III), anti-aliased down to ``r`` when ``r < 224``."""
-    from bmoe_tf.backend import tf
-
-    images = np.asarray(images)
-    size = images.shape[1]
-    top = (size - GATE_CROP) // 2
-    crop = images[:, top:top + GATE_CROP, top:top + GATE_CROP]
-    out = np.empty((len(images), resolution, resolution, 3), np.float32)
-    for start in range(0, len(images), 256):  # bounded memory on large splits
-        part = crop[start:start + 256].astype(np.float32) / 255.0
-        if resolution != GATE_CROP:
-            part = tf.image.resize(part, (resolution, resolution), antialias=True).numpy()
-        out[start:start + 256] = np.clip(part, 0.0, 1.0)
-    return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -388,7 +369,7 @@ class DetectionTask(Task):
 
 
 def _evaluator(data, detections):
-    from experiments.detection.coco_metric import RoutingEvaluator
+    from bmoe_tf.coco_map import RoutingEvaluator
 
     return RoutingEvaluator(data.boxes, data.labels, data.image_index, len(data),
                             len(data.class_names), detections)
@@ -408,12 +389,6 @@ def _detections(wd, split, data, num_experts):
                             f"{len(data[split])} images and {num_experts} experts; delete it "
                             "and run again")
     return detections
-
-
-def interpolate_epochs(default, resolutions):
-    """Expert epochs for resolutions the preset does not list: interpolated in R."""
-    return tuple(int(round(np.interp(r, default.resolutions, default.expert_epochs)))
-                 for r in resolutions)
 
 
 def _load_detections(path):

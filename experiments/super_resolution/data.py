@@ -29,6 +29,7 @@ __all__ = [
     "BUNDLED_GROUPS",
     "IMAGE_EXTENSIONS",
     "PART_SIZE",
+    "test_frames",
     "load_images",
     "split_images",
     "cut_parts",
@@ -440,3 +441,14 @@ def part_dataset(parts, batch_size: int, *, shuffle: bool, seed: int = 0) -> "tf
         n = int(tf.nest.flatten(parts)[0].shape[0])
         ds = ds.shuffle(max(n, 1), seed=seed, reshuffle_each_iteration=True)
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def test_frames(part_set):
+    """``int64[P]``: the photo of each part of ``part_set`` in stored order, checked to be
+    a sequence of whole photos (each photo's parts contiguous, photos in ``names`` order)."""
+    index = np.asarray(part_set.image_index, np.int64)
+    expected = np.repeat(np.arange(len(part_set.grids)), [r * c for r, c in part_set.grids])
+    if not np.array_equal(index, expected):
+        raise ValueError("the test parts are not stored photo by photo (image_index is not "
+                         "the photos' contiguous runs); delete data/ and run again")
+    return index

@@ -17,19 +17,21 @@ the (16, 16) + (48, 48) windows land within 1 point on the others (WORKSPACE.md)
 * test: the test parts in their natural order (the stored one: photo by photo, each
   photo's parts in raster order; ``test_frames`` is the photo of each part); the metric
   is the experiment's test PSNR-Y of the stitched images when each part is
-  reconstructed by the expert the gate picks (from the ``cache/test_outputs.npz``
-  expert outputs).
+  reconstructed by the expert the gate picks, as a table
+  (:class:`bmoe_tf.routed_metrics.ImagePSNR`: each part's Y squared error under each
+  expert, from the ``cache/test_outputs.npz`` expert outputs, summed per photo).
 """
 import os
 
 import numpy as np
 
-from experiments.super_resolution import data as sr_data
-from experiments.super_resolution.evaluate import assignment_psnr
+from bmoe_tf.routed_metrics import ImagePSNR
 from experiments.stages import read_json
+from experiments.super_resolution import data as sr_data
+from experiments.super_resolution.metrics import PEAK, rgb_to_y
 from gating_tflite.calibration import ExportData
 
-__all__ = ["export_data", "shifted_parts", "REPRESENTATIVE_PARTS"]
+__all__ = ["export_data", "shifted_parts", "psnr_metric", "REPRESENTATIVE_PARTS"]
 
 REPRESENTATIVE_PARTS = 300
 
@@ -46,10 +48,19 @@ def shifted_parts(part_set, shift):
     return np.concatenate(out).astype(np.float32)
 
 
+def psnr_metric(part_set, outputs):
+    """:class:`bmoe_tf.routed_metrics.ImagePSNR` of ``part_set``'s photos: the test PSNR-Y
+    of :func:`experiments.super_resolution.evaluate.assignment_psnr` as a table
+    (``outputs``: ``[P, N, s, s, 3]``; the stitched photo is its parts, so its squared
+    error is theirs summed)."""
+    y_true = rgb_to_y(np.clip(part_set.parts, 0, 1))[:, None]
+    sse = np.sum((rgb_to_y(np.clip(outputs, 0, 1)) - y_true) ** 2, axis=(2, 3))
+    pixels = [r * c * part_set.size * part_set.size for r, c in part_set.grids]
+    return ImagePSNR(sse, part_set.image_index, pixels, peak=PEAK)
+
+
 def export_data(workdir):
     """:class:`gating_tflite.calibration.ExportData` of an SR experiment workdir."""
-    from experiments.super_resolution.task import test_frames
-
     def path(*parts):
         return os.path.join(workdir, *parts)
 
@@ -70,9 +81,6 @@ def export_data(workdir):
     test_set = sets["test"]
     half = test_set.size // 2
 
-    def test_psnr(assignment):
-        return assignment_psnr(test_set, outputs, np.asarray(assignment, np.int64))
-
     return ExportData(
         representative=train[pick],
         calibration=np.concatenate([shifted_parts(sets[s], shift)
@@ -80,8 +88,9 @@ def export_data(workdir):
                                     for s in ("train", "validation")]),
         heldout=np.concatenate([shifted_parts(sets[s], half) for s in ("train", "validation")]),
         test=test_set.parts,
-        test_frames=test_frames(test_set),
-        test_metric=test_psnr,
+        test_frames=sr_data.test_frames(test_set),
+        test_metric=psnr_metric(test_set, outputs),
+        task="super_resolution",
         metric_name="test PSNR-Y (dB)",
         data_costs=np.array([e["data_cost"] for e in experts], np.float64),
         expert_names=tuple(e["name"] for e in experts),

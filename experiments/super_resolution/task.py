@@ -21,6 +21,7 @@ from experiments.config import ConfigError, Preset, Schedule, Targets
 from experiments.settings import setting
 from experiments.super_resolution import data as sr_data
 from experiments.super_resolution import models as sr_models
+from experiments.super_resolution.data import test_frames
 from experiments.super_resolution.evaluate import assignment_psnr, part_scores
 from experiments.stages import ArtefactError, load_artefact, write_json
 from experiments.task import (SPLITS, CacheJob, EvalData, NaturalOrder, Report, Split, Task,
@@ -339,17 +340,6 @@ def psnr_oracle(scores, part_set, metric, bias, *, steps=20):
             break
         a, best = candidate, value
     return a
-
-
-def test_frames(part_set):
-    """``int64[P]``: the photo of each part of ``part_set`` in stored order, checked to be
-    a sequence of whole photos (each photo's parts contiguous, photos in ``names`` order)."""
-    index = np.asarray(part_set.image_index, np.int64)
-    expected = np.repeat(np.arange(len(part_set.grids)), [r * c for r, c in part_set.grids])
-    if not np.array_equal(index, expected):
-        raise ValueError("the test parts are not stored photo by photo (image_index is not "
-                         "the photos' contiguous runs); delete data/ and run again")
-    return index
 
 
 def run():

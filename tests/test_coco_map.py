@@ -1,9 +1,8 @@
-"""COCO mAP of routings (experiments.detection.coco_metric): exact against plain pycocotools."""
+"""COCO mAP of routings (bmoe_tf.coco_map): exact against plain pycocotools."""
 import numpy as np
 import pytest
 
-from experiments.detection.coco_metric import (SCORE_KINDS, RoutingEvaluator, coco_map,
-                                         per_image_scores)
+from bmoe_tf.coco_map import SCORE_KINDS, RoutingEvaluator, coco_map, per_image_scores
 
 
 def _pad(rows, k):
