@@ -159,9 +159,11 @@ def cli(task_factory):
 
     task = task_factory()
     config_lib.define_shared_flags(data_help=task.data_help, data_default=task.default_data)
+    before = set(flags.FLAGS)
     task.define_flags(flags.FLAGS)
     listed = [n for n in config_lib.SHARED_FLAGS
               if n != "eval_data" or supports_eval_data(task)]
+    listed += sorted(set(flags.FLAGS) - before)  # the task's own
     for name in listed:  # --help lists the shared flags beside the task's
         flags.FLAGS.register_flag_by_module(sys.argv[0], flags.FLAGS[name])
 
