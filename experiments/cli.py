@@ -129,7 +129,17 @@ def main(task, argv):
     from bmoe_tf.backend import tf
 
     tf.get_logger().setLevel("ERROR")
+    from experiments import distribute
     from experiments.distribute import ClusterError
+
+    if cfg.strategy == "multi_worker" and distribute.STARTED_FD_ENV not in os.environ:
+        # this process supervises the worker: cluster start-up timeout, signals
+        try:
+            distribute.cluster_timeout()
+        except ValueError as err:
+            _fail(err)
+        sys.exit(distribute.supervise([sys.executable, "-m", f"experiments.{task.name}"]
+                                      + sys.argv[1:]))
 
     try:
         return run(task, cfg, FLAGS.workdir, command=command_line(task.name))
