@@ -7,7 +7,8 @@ import numpy as np
 from bmoe_tf.gating import count_macs
 from experiments.stages import read_json, write_json
 
-__all__ = ["write_report", "format_table", "warnings", "rho_note", "pick_routing", "method_rows_markdown",
+__all__ = ["write_report", "format_table", "warnings", "rho_note", "pick_routing",
+           "method_rows_markdown",
            "scene_shift_lines", "scene_shift_section",
            "assigned_tables_markdown", "METHOD_ORDER", "LABELS", "COLOURS"]
 

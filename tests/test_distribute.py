@@ -234,7 +234,6 @@ def test_merged_shards_needs_a_complete_set_and_names_corrupt_ones(tmp_path):
 def _lonely_worker(tmp_path, timeout_s):
     """Worker 0 of a two-worker loopback cluster whose worker 1 is never started."""
     import json
-    import signal as _signal  # noqa: F401
 
     ports = _free_ports(2)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", BMOE_CLUSTER_TIMEOUT_S=str(timeout_s),
