@@ -126,6 +126,33 @@ def _is_cache_batch(x):
     return isinstance(x, dict) and "gate_input" in x
 
 
+def _gate_output_width(gate):
+    """The last dimension of ``gate``'s output when Keras knows it statically, else None."""
+    try:
+        shape = gate.output_shape
+    except (AttributeError, RuntimeError, ValueError):
+        return None
+    if isinstance(shape, list) or shape is None or not len(shape):
+        return None
+    return None if shape[-1] is None else int(shape[-1])
+
+
+def _check_gate_outputs(gate, num_experts):
+    """Refuses a gate whose logits do not number the experts (known statically)."""
+    width = _gate_output_width(gate)
+    if width is not None and width != num_experts:
+        raise ValueError(f"the gate gives {width} logits per example but there are "
+                         f"{num_experts} experts; the gate needs one logit per expert")
+
+
+def _check_logits(logits, num_experts):
+    """The same check when the gate first runs (a gate whose output shape was unknown)."""
+    width = logits.shape[-1] if logits.shape.rank else None
+    if width is not None and int(width) != num_experts:
+        raise ValueError(f"the gate gives {int(width)} logits per example but there are "
+                         f"{num_experts} experts; the gate needs one logit per expert")
+
+
 class BiasedMixture(keras.Model):
     """A biased mixture of N frozen experts with a trainable gate.
 
@@ -206,6 +233,7 @@ class BiasedMixture(keras.Model):
             input_shape = shape[1:]
         self.raw_input_shape = tuple(int(d) for d in input_shape)
         self.output_spec_shape, self.output_dtype = check_mixable(experts, self.raw_input_shape)
+        _check_gate_outputs(gate, len(experts))
         self.gate = gate
         # Our metrics are means over synchronized (SyncOnRead) variables, already global on
         # every replica; Keras' "auto" would SUM them across the workers of a
@@ -341,6 +369,7 @@ class BiasedMixture(keras.Model):
         """Mixture output ``[M, ...]`` (Eq. 2) with the test-time routing."""
         gate_input = inputs["gate_input"] if _is_cache_batch(inputs) else self._gate_view(inputs)
         logits = self.gate(gate_input, training=False)
+        _check_logits(logits, self.num_experts)
         _, scales, assignment = self.select(logits, training=False)
         return self._output(inputs, scales, assignment)
 
@@ -366,6 +395,7 @@ class BiasedMixture(keras.Model):
         """
         gate_input = x["gate_input"] if _is_cache_batch(x) else self._gate_view(x)
         logits = self.gate(gate_input, training=training)
+        _check_logits(logits, self.num_experts)
         gates, scales, assignment = self.select(logits, training=training)
         scores = _is_cache_batch(x) and "scores" in x
         if not training and scores:

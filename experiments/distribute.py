@@ -17,6 +17,14 @@ capacities hold for the global batch (the gate values are all-gathered,
 gradients are summed over replicas (each replica's loss divided by their number), so a
 gate trained by W workers equals the one trained in one process on W devices with the
 same global batch.
+
+Cluster start-up is bounded: a CLI worker runs as a small supervisor process and the
+worker itself (:func:`supervise`); when the worker has not joined its cluster (every
+worker of ``TF_CONFIG`` started) within ``BMOE_CLUSTER_TIMEOUT_S`` seconds (default
+:data:`CLUSTER_TIMEOUT_S`), the supervisor stops it with one ``error:`` line naming the
+other workers' addresses (exit 2). SIGINT and SIGTERM stop it at any time (exit 130),
+also while TensorFlow waits for a peer, when it neither takes Python signals (the wait
+holds the interpreter) nor SIGTERM (its preemption notifier catches it).
 """
 import contextlib
 import glob
@@ -24,12 +32,18 @@ import json
 import os
 import re
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
+import threading
+import time
 
 from bmoe_tf.backend import tf
 from bmoe_tf.cache import load_cache_shards
 
-__all__ = ["STRATEGIES", "make_strategy", "is_chief", "check_tf_config", "writable_dir",
+__all__ = ["STRATEGIES", "make_strategy", "supervise", "cluster_timeout", "CLUSTER_TIMEOUT_S",
+           "CLUSTER_TIMEOUT_ENV", "is_chief", "check_tf_config", "writable_dir",
            "Team", "ClusterError", "shard_files", "complete_shards", "merged_shards",
            "remove_shards"]
 
@@ -78,8 +92,145 @@ def make_strategy(name):
         return tf.distribute.MirroredStrategy()
     if name == "multi_worker":
         check_tf_config()
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        _cluster_started()
+        return strategy
     raise ValueError(f"unknown --strategy={name!r}; allowed: {', '.join(STRATEGIES)}")
+
+
+#: Seconds a worker waits for its cluster to start (every worker of TF_CONFIG up) before
+#: it stops with a message; ``BMOE_CLUSTER_TIMEOUT_S`` overrides it.
+CLUSTER_TIMEOUT_S = 600.0
+CLUSTER_TIMEOUT_ENV = "BMOE_CLUSTER_TIMEOUT_S"
+#: Set in the worker a supervisor runs: the fd it reports "cluster started" on.
+STARTED_FD_ENV = _STARTED_FD_ENV = "BMOE_CLUSTER_STARTED_FD"
+#: Seconds a stopped worker gets to exit by itself before it is killed.
+STOP_GRACE_S = 10.0
+
+
+def cluster_timeout(environ=None):
+    """Seconds of :data:`CLUSTER_TIMEOUT_ENV` (default :data:`CLUSTER_TIMEOUT_S`).
+
+    Raises:
+      ValueError: not a positive number (the message names the variable).
+    """
+    environ = os.environ if environ is None else environ
+    text = environ.get(CLUSTER_TIMEOUT_ENV, "").strip()
+    if not text:
+        return CLUSTER_TIMEOUT_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"{CLUSTER_TIMEOUT_ENV}={text!r}: the cluster start-up timeout must "
+                         "be a positive number of seconds")
+    return value
+
+
+def _cluster_started():
+    """Tells the supervisor (if any) that the cluster is up, and takes SIGTERM back from
+    TensorFlow's preemption notifier (it would swallow it)."""
+    fd = os.environ.pop(_STARTED_FD_ENV, None)
+    if fd is not None:
+        try:
+            os.write(int(fd), b"1")
+            os.close(int(fd))
+        except OSError:
+            pass
+    if threading.current_thread() is threading.main_thread():
+        handler = signal.getsignal(signal.SIGTERM)
+        if handler is not None:
+            signal.signal(signal.SIGTERM, handler)
+
+
+def _peers(config):
+    """``"worker 1 (host:port), ..."``: the addresses of the other tasks of TF_CONFIG."""
+    me = config["task"]
+    out = []
+    for job, addresses in config["cluster"].items():
+        for i, address in enumerate(addresses):
+            if job != me.get("type") or i != me.get("index", 0):
+                out.append(f"{job} {i} ({address})")
+    return ", ".join(out)
+
+
+def supervise(argv, *, timeout=None, stderr=None):
+    """Runs ``argv`` (this worker's own command) as a child process and waits for it:
+    returns its exit status, or stops it when its cluster has not started within
+    ``timeout`` seconds (:func:`cluster_timeout`; status 2, one ``error:`` line) or when
+    this process gets SIGINT / SIGTERM (status 130, one ``interrupted:`` line; the child
+    gets SIGINT, then SIGKILL after :data:`STOP_GRACE_S`). The child reports a started
+    cluster through :func:`make_strategy`.
+    """
+    from experiments import cli
+
+    stderr = stderr or sys.stderr
+    timeout = cluster_timeout() if timeout is None else float(timeout)
+    config = check_tf_config()
+    read_fd, write_fd = os.pipe()
+    env = dict(os.environ, **{_STARTED_FD_ENV: str(write_fd)})
+    stop = []
+
+    def on_signal(signum, frame):
+        stop.append(signum)
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        child = subprocess.Popen(argv, env=env, pass_fds=(write_fd,))
+        os.close(write_fd)
+        started, deadline = False, time.monotonic() + timeout
+        while True:
+            code = child.poll()
+            if code is not None:
+                return code if code >= 0 else 128 - code
+            if stop:
+                _stop(child)
+                if child.returncode != cli.EXIT_INTERRUPTED:  # else it said so itself
+                    print(cli.INTERRUPTED_MESSAGE, file=stderr, flush=True)
+                return cli.EXIT_INTERRUPTED
+            if not started:
+                import select
+
+                ready, _, _ = select.select([read_fd], [], [], 0.2)
+                if ready:
+                    started = os.read(read_fd, 1) == b"1" or started
+                    if not started:  # EOF: the child closed it without a word
+                        started = True
+                elif time.monotonic() > deadline:
+                    _stop(child, grace=0)
+                    print(f"error: the multi-worker cluster did not start within {timeout:g} s "
+                          f"({CLUSTER_TIMEOUT_ENV}): {_peers(config)} never joined. Start "
+                          "every worker of TF_CONFIG with the same command, or check the "
+                          "addresses in TF_CONFIG", file=stderr, flush=True)
+                    return cli.EXIT_USAGE
+            else:
+                time.sleep(0.2)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        os.close(read_fd)
+
+
+def _stop(child, grace=STOP_GRACE_S):
+    """SIGINT (the child's own "interrupted" path), then SIGKILL after ``grace`` s."""
+    if grace:
+        try:  # a terminal's Ctrl-C reached the child too: let it finish first
+            child.wait(timeout=1.0)
+            return
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            child.send_signal(signal.SIGINT)
+            child.wait(timeout=grace)
+            return
+        except (subprocess.TimeoutExpired, OSError):
+            pass
+    try:
+        child.kill()
+    except OSError:
+        pass
+    child.wait()
 
 
 def is_chief(strategy=None):

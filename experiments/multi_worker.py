@@ -63,7 +63,7 @@ def run(task, cfg, workdir, *, command=None):
             pipeline.load_data(r, announce=team.chief)
             if team.chief:
                 keys["experts"].claim()
-                pipeline.build_experts(r)
+                pipeline.build_experts(r, keys)
                 keys["cache"].claim()  # before any shard file is written
         with team.section("cache shards"):
             if not team.chief:

@@ -265,9 +265,12 @@ def load_data(run, *, announce=True):
     task.check_data(cfg, run.data)
 
 
-def build_experts(run):
-    """Trains (or loads) the experts into ``run.experts``."""
+def build_experts(run, keys=None):
+    """Trains (or loads) the experts into ``run.experts``; with ``keys``, the extra
+    held-out set's key then records the experts it is evaluated with."""
     run.experts = run.task.build_experts(run.cfg, run.wd, run.data)
+    if keys is not None and run.cfg.eval_data:
+        keys["eval_data"].claim()
 
 
 def _cache_jobs(run):
@@ -551,7 +554,8 @@ def stage_report(run, keys, table, points, gates, results, command):
 
 
 def default_command(task):
-    """The command line recorded in ``commands.json`` (paths with spaces quoted)."""
+    """The command line recorded in ``commands.json`` (shell-quoted: a path with spaces
+    stays one argument)."""
     return shlex.join(["python", "-m", f"experiments.{task.name}"] + sys.argv[1:])
 
 
@@ -596,7 +600,7 @@ def run(task, cfg, workdir, *, command=None):
         stage_data(r, keys)
         load_data(r)
         keys["experts"].claim()
-        build_experts(r)
+        build_experts(r, keys)
         keys["cache"].claim()
         build_caches(r)
         table = expert_table(r)

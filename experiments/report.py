@@ -7,7 +7,8 @@ import numpy as np
 from bmoe_tf.gating import count_macs
 from experiments.stages import read_json, write_json
 
-__all__ = ["write_report", "format_table", "warnings", "pick_routing", "method_rows_markdown",
+__all__ = ["write_report", "format_table", "warnings", "rho_note", "pick_routing",
+           "method_rows_markdown",
            "scene_shift_lines", "scene_shift_section",
            "assigned_tables_markdown", "METHOD_ORDER", "LABELS", "COLOURS"]
 
@@ -156,11 +157,41 @@ def assigned_tables_markdown(tables, column="expert"):
     return out
 
 
+def rho_note(summary, name="test"):
+    """Why rho is missing (``-``) for some curves of a split summary, or None.
+
+    rho, the area under a metric-vs-cost curve, needs at least two points at distinct
+    realised costs; on a small split two targets can land on the same realised cost
+    (integer capacities per batch round to the same counts)."""
+    curves, rho = summary.get("curves") or {}, summary.get("rho") or {}
+    missing = [m for m in METHOD_ORDER if m in curves and m not in rho]
+    if not missing:
+        return None
+    reasons = []
+    for method in missing:
+        xs = [pt[0] for pt in curves[method]]
+        if len(xs) < 2:
+            reasons.append(f"{method}: {len(xs)} point")
+        else:
+            distinct = len(set(np.round(xs, 9)))
+            reasons.append(f"{method}: {len(xs)} points at {distinct} distinct realised "
+                           f"cost{'s' if distinct != 1 else ''}")
+    return (f"NOTE ({name}): rho is missing ('-') for {', '.join(missing)}: rho needs at "
+            "least two curve points at distinct realised costs, and here two targets land "
+            "on the same realised cost (a small split: the per-batch integer capacities "
+            f"round to the same counts; {'; '.join(reasons)}). Use more data or fewer "
+            "--targets.")
+
+
 def warnings(report):
-    """Lines that must not be missed: points over their target cost, and points above the
-    oracle (whose assignment maximises a proxy of the metric, see ``report["oracle"]``)."""
+    """Lines that must not be missed: points over their target cost, points above the
+    oracle (whose assignment maximises a proxy of the metric, see ``report["oracle"]``),
+    and curves without rho (:func:`rho_note`)."""
     out = []
     for name, summary in (("test", report), ("eval", report.get("eval") or {})):
+        note = rho_note(summary, name) if summary else None
+        if note:
+            out.append(note)
         over = [f"{method}@{pt['target']:.0f} ({pt['cost']:.0f})"
                 for method, pts in (summary.get("points") or {}).items()
                 for pt in pts if pt["over_target"]]

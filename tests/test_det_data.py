@@ -163,6 +163,11 @@ def test_load_folder_happy_path(tmp_path):
     np.testing.assert_array_equal(ds.images[0, y, x], [255, 0, 0])
     assert abs(int(ds.images[0, 5, 5, 0]) - 40) <= 1
 
+    # every split needs ground truth (check_ground_truth): a box on images 2 and 3 too
+    doc = json.load(open(os.path.join(root, "annotations.json")))
+    doc["annotations"] += [{"id": 20 + i, "image_id": 100 + i, "category_id": 3,
+                            "bbox": [10, 10, 50, 50]} for i in (2, 3)]
+    _rewrite(root, doc)
     splits = D.load_splits(f"folder:{root}", seed=0, sizes={"train": 0, "validation": 0, "test": 0})
     assert [len(splits[k]) for k in D.SPLITS] == [2, 1, 1]
     assert sorted(sum((splits[k].names for k in D.SPLITS), ())) == sorted(ds.names)
@@ -276,3 +281,29 @@ def test_tfds_mock(name, capsys):
     if name.startswith("coco"):  # validation halved into validation + test
         assert len(splits["validation"]) + len(splits["test"]) == 4
         assert not set(splits["validation"].names) & set(splits["test"].names)
+
+
+def test_a_folder_split_without_ground_truth_is_refused_naming_the_file(tmp_path):
+    """pycocotools' mAP of a split without boxes is -1 (printed -100.00 for every expert)."""
+    root = str(tmp_path / "f")
+    doc = _make_folder(root, n=4)
+    _rewrite(root, dict(doc, annotations=[]))
+    ann = os.path.join(root, "annotations.json")
+    with pytest.raises(ValueError, match="no ground-truth boxes") as err:
+        D.load_splits(f"folder:{root}", seed=0, sizes={"train": 0, "validation": 0, "test": 0})
+    assert ann in str(err.value) and "no (non-crowd) annotations at all" in str(err.value)
+    assert "train, validation, test splits have" in str(err.value)
+    # boxes only on images that land in train: validation and test are refused
+    _rewrite(root, doc)  # two annotated images over three splits
+    with pytest.raises(ValueError, match=r"the test split has no ground-truth boxes \(its 2 "
+                                         "boxes all fall in the other splits"):
+        D.load_splits(f"folder:{root}", seed=0, sizes={"train": 0, "validation": 0, "test": 0})
+
+
+def test_tfds_not_found_is_one_line(tmp_path):
+    pytest.importorskip("tensorflow_datasets")
+    with pytest.raises(ValueError) as err:
+        D.load_tfds("nonexistent", "train", data_dir=str(tmp_path))
+    text = str(err.value)
+    assert "\n" not in text and len(text) < 600, text
+    assert "nonexistent" in text and "tfds build" in text

@@ -228,3 +228,63 @@ def test_merged_shards_needs_a_complete_set_and_names_corrupt_ones(tmp_path):
     open(path[:-4] + ".shard-0-of-3.npz.tmp.npz", "w").close()
     distribute.remove_shards(path)
     assert os.listdir(tmp_path) == []
+
+
+# ---- cluster start-up: bounded in time, stopped by signals ---------------------------
+def _lonely_worker(tmp_path, timeout_s):
+    """Worker 0 of a two-worker loopback cluster whose worker 1 is never started."""
+    import json
+
+    ports = _free_ports(2)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", BMOE_CLUSTER_TIMEOUT_S=str(timeout_s),
+               TF_CONFIG=json.dumps({"cluster": {"worker": [f"localhost:{p}" for p in ports]},
+                                     "task": {"type": "worker", "index": 0}}))
+    proc = subprocess.Popen([sys.executable, "-m", "experiments.super_resolution",
+                             f"--workdir={tmp_path / 'wd'}", "--preset=smoke", "--verbose=0",
+                             "--strategy=multi_worker", "--batch_size=16"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    return proc, ports
+
+
+def _reap(proc, timeout):
+    try:
+        return proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_a_worker_whose_peer_never_starts_stops_after_the_timeout(tmp_path):
+    start = time.time()
+    proc, ports = _lonely_worker(tmp_path, 4)
+    out, err = _reap(proc, 120)
+    assert proc.returncode == 2, err[-2000:]
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert errors == [err.strip().splitlines()[-1]], err[-2000:]
+    assert "did not start within 4 s (BMOE_CLUSTER_TIMEOUT_S)" in errors[0]
+    assert f"worker 1 (localhost:{ports[1]}) never joined" in errors[0]
+    assert "Traceback" not in err and time.time() - start < 90
+
+
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
+def test_a_worker_waiting_for_its_peer_stops_on_a_signal(tmp_path, signum):
+    import signal
+
+    proc, _ = _lonely_worker(tmp_path, 600)
+    time.sleep(15)  # the worker waits for worker 1 by now (or still starts: either stops)
+    sent = time.time()
+    proc.send_signal(getattr(signal, signum))
+    out, err = _reap(proc, 60)
+    assert proc.returncode == 130, err[-2000:]
+    assert err.strip().splitlines()[-1].startswith("interrupted:"), err[-2000:]
+    assert time.time() - sent < distribute.STOP_GRACE_S + 15
+
+
+def test_the_cluster_timeout_is_read_from_the_environment():
+    assert distribute.cluster_timeout({}) == distribute.CLUSTER_TIMEOUT_S
+    assert distribute.cluster_timeout({"BMOE_CLUSTER_TIMEOUT_S": "2.5"}) == 2.5
+    for bad in ("0", "-1", "soon", "inf"):
+        with pytest.raises(ValueError, match="BMOE_CLUSTER_TIMEOUT_S"):
+            distribute.cluster_timeout({"BMOE_CLUSTER_TIMEOUT_S": bad})

@@ -370,3 +370,22 @@ def test_fit_tells_the_dataset_its_epoch_also_through_a_wrapped_keras_fit(monkey
     assert int(variable.numpy()) == 3  # epoch 2 ran, epoch 3 is next
     assert mix._lookup_dependency("cache_dataset_epoch") is variable
     assert [w.name for w in mix.weights] == names
+
+
+def test_a_gate_whose_logits_do_not_number_the_experts_is_refused_at_construction():
+    keras.utils.set_random_seed(7)
+    four = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4)])
+    with pytest.raises(ValueError, match="gives 4 logits per example but there are 3 experts"):
+        BiasedMixture(four, _experts(), B)
+
+    class Unbuilt(keras.layers.Layer):  # output shape unknown until it runs
+        def build(self, shape):
+            self.dense = keras.layers.Dense(2)
+
+        def call(self, x):
+            return self.dense(x)
+
+    mixture = BiasedMixture(Unbuilt(), _experts(), B, input_shape=(6,))
+    x, y = _data(8)
+    with pytest.raises(ValueError, match="gives 2 logits per example but there are 3 experts"):
+        mixture.compute_gate_loss(tf.constant(x), tf.constant(y), training=False)

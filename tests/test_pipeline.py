@@ -71,6 +71,22 @@ def test_a_second_run_skips_every_stage_and_reports_the_same(finished, tmp_path)
     assert _numbers(_report(finished)) == _numbers(before)
 
 
+def test_a_deleted_artefact_rebuilt_the_same_keeps_what_was_made_from_it(finished, tmp_path):
+    """bias.json and a gate deleted, then the same command: both rebuilt (deterministic:
+    the same content), so the stages made from them are reused (experiments.stages records
+    each stage's inputs by content); the report is the same."""
+    workdir = str(tmp_path / "rebuilt")
+    shutil.copytree(finished, workdir)
+    os.remove(os.path.join(workdir, "bias.json"))
+    shutil.rmtree(os.path.join(workdir, "gates", "enforce", "shared"))
+    proc = _run(workdir)
+    running = _running(proc.stdout)
+    assert running == ["bias", "gate enforce/shared"], running
+    assert "rebuilt and differ" not in proc.stdout
+    assert not os.path.exists(os.path.join(workdir, "superseded"))
+    assert _numbers(_report(workdir)) == _numbers(_report(finished))
+
+
 def test_sigkill_in_the_gate_stage_then_resume_gives_the_same_report(finished, tmp_path):
     """Killed while a soft gate trains (after an epoch of it was backed up), then run
     again: report.json equals the uninterrupted run's, number for number."""

@@ -78,6 +78,7 @@ __all__ = [
     "load_tfds",
     "load_folder",
     "load_splits",
+    "check_ground_truth",
 ]
 
 IMAGE_SIZE = 300
@@ -613,6 +614,38 @@ def _to_rgb_uint8(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(image[:, :, :3].astype(np.uint8))
 
 
+def _first_line(err: BaseException, limit: int = 200) -> str:
+    """``Type: first line`` of an exception (tfds' "not found" lists every dataset it
+    knows on the lines after)."""
+    text = str(err).strip()
+    first = text.splitlines()[0].strip() if text else ""
+    if len(first) > limit:
+        first = first[:limit - 3] + "..."
+    return f"{type(err).__name__}: {first}" if first else type(err).__name__
+
+
+def check_ground_truth(sets: Mapping[str, "DetectionSet"], source: str) -> None:
+    """Refuses splits without a single ground-truth box: their mAP is undefined
+    (pycocotools reports -1, which would print as -100.00 for every expert).
+
+    Args:
+      sets: ``{split: DetectionSet}``.
+      source: what to name in the message (e.g. the annotations.json path).
+    Raises:
+      ValueError: naming ``source`` and the splits without boxes.
+    """
+    empty = [split for split, ds in sets.items() if len(ds) and not len(ds.boxes)]
+    if not empty:
+        return
+    total = sum(len(ds.boxes) for ds in sets.values())
+    why = ("it has no (non-crowd) annotations at all" if not total else
+           f"its {total} boxes all fall in the other splits")
+    raise ValueError(f"{source}: the {', '.join(empty)} split{'s' if len(empty) > 1 else ''} "
+                     f"{'have' if len(empty) > 1 else 'has'} no ground-truth boxes ({why}); "
+                     "detection needs annotated boxes in every split (mAP is undefined "
+                     "without them)")
+
+
 def _tfds_builder_family(name: str) -> str:
     return name.split("/")[0].split(":")[0].lower()
 
@@ -629,8 +662,8 @@ def _load_tfds(name: str, split: str, *, data_dir: str | None, allow_small_image
     except Exception as e:
         raise ValueError(
             f"cannot load the TensorFlow Datasets dataset {name!r} split {split!r} from "
-            f"data_dir={data_dir!r} without downloading ({type(e).__name__}: {e}). Prepare it "
-            f"first (e.g. `tfds build {name} --data_dir DIR`) and pass its data_dir.") from e
+            f"data_dir={data_dir!r} without downloading ({_first_line(e)}). Prepare it "
+            f"first (e.g. `tfds build {name} --data_dir DIR`) and pass its data_dir.") from None
     try:
         class_names = tuple(info.features["objects"]["label"].names)
     except (KeyError, AttributeError, TypeError) as e:
@@ -971,6 +1004,7 @@ def load_splits(spec: str, *, seed: int, sizes: Mapping[str, int],
                 idx = idx[: caps[split]] if caps[split] else idx
                 out[split] = _load_tfds(name, "validation", max_images=None,
                                         indices=np.sort(idx), **common)
+        check_ground_truth(out, f"tfds dataset {name!r}")
         return out
 
     if spec.startswith("folder:"):
@@ -987,6 +1021,7 @@ def load_splits(spec: str, *, seed: int, sizes: Mapping[str, int],
         for split, idx in parts.items():
             cap = _cap(sizes[split])
             out[split] = full.subset(np.sort(idx[:cap] if cap else idx))
+        check_ground_truth(out, os.path.join(folder, "annotations.json"))
         return out
 
     raise ValueError(f"unknown detection data source {spec!r}; use 'generated', "
