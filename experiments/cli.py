@@ -10,15 +10,12 @@ import sys
 
 from experiments import config as config_lib
 from experiments import multi_worker, pipeline
+from experiments.exits import EXIT_INTERRUPTED, EXIT_USAGE, INTERRUPTED_MESSAGE
 from experiments.stages import ArtefactError, StageMismatch, WorkdirBusy
 
 __all__ = ["main", "cli", "parse_flags", "check_workdir", "supports_eval_data", "command_line",
            "EXIT_USAGE", "EXIT_INTERRUPTED", "INTERRUPTED_MESSAGE"]
 
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
-INTERRUPTED_MESSAGE = ("interrupted: stopped before the end; finished stages are kept; run the "
-                       "same command to resume")
 _HELP_FLAGS = ("-h", "--help", "-help", "--helpshort", "--helpfull", "--helpxml", "-?")
 
 

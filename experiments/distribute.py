@@ -163,7 +163,7 @@ def supervise(argv, *, timeout=None, stderr=None):
     gets SIGINT, then SIGKILL after :data:`STOP_GRACE_S`). The child reports a started
     cluster through :func:`make_strategy`.
     """
-    from experiments import cli
+    from experiments import exits as cli
 
     stderr = stderr or sys.stderr
     timeout = cluster_timeout() if timeout is None else float(timeout)
