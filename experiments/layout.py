@@ -22,7 +22,21 @@ __all__ = ["Layout"]
 
 
 class Layout(Workdir):
-    """The named files of one workdir (see the module docstring)."""
+    """The named files of one workdir (see the module docstring).
+
+    ``Layout(root)`` makes the top-level folders (a run's workdir);
+    ``Layout.reading(root)`` only names the files of an existing one.
+    """
+
+    @classmethod
+    def reading(cls, root):
+        """The layout of a finished workdir, read only (no folder is made)."""
+        import os
+
+        out = cls.__new__(cls)
+        out.root = os.path.abspath(os.fspath(root))
+        out.keys = {}
+        return out
 
     # ---- the pipeline's files ----------------------------------------------------------
     def config(self):

@@ -20,6 +20,7 @@ import os
 import numpy as np
 
 from bmoe_tf.routed_metrics import Accuracy
+from experiments.layout import Layout
 from experiments.action.clips import ClipSet, gate_input, natural_order
 from experiments.stages import read_json
 from gating_tflite.calibration import ExportData
@@ -39,22 +40,20 @@ def mirror(inputs):
 
 def export_data(workdir):
     """:class:`gating_tflite.calibration.ExportData` of an action experiment workdir."""
-    def path(*parts):
-        return os.path.join(workdir, *parts)
-
-    needed = [path("data", f"{s}.npz") for s in ("train", "validation", "test")]
-    needed += [path("cache", "test_probabilities.npz"), path("experts.json"),
-               path("report.json")]
+    wd = Layout.reading(workdir)
+    needed = [wd.split_file(s) for s in ("train", "validation", "test")]
+    needed += [wd.cache_file("test", "probabilities"), wd.expert_table(),
+               wd.report_json()]
     missing = [p for p in needed if not os.path.exists(p)]
     if missing:
         raise ValueError(f"{workdir} is not a finished action workdir: missing {missing}; "
                          "run python -m experiments.action first")
-    sets = {s: ClipSet.load(path("data", f"{s}.npz")) for s in ("train", "validation", "test")}
-    with np.load(path("cache", "test_probabilities.npz")) as f:
+    sets = {s: ClipSet.load(wd.split_file(s)) for s in ("train", "validation", "test")}
+    with np.load(wd.cache_file("test", "probabilities")) as f:
         probs = f["probabilities"]
     test = sets["test"]
     correct = np.argmax(probs, axis=-1) == test.labels[:, None]
-    experts = read_json(path("experts.json"))
+    experts = read_json(wd.expert_table())
     train = sets["train"]
     pick = np.sort(np.random.default_rng(0).choice(
         len(train), min(REPRESENTATIVE_CLIPS, len(train)), replace=False))

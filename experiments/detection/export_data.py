@@ -18,6 +18,7 @@ import os
 import numpy as np
 
 from bmoe_tf.routed_metrics import DetectionMAP
+from experiments.layout import Layout
 from experiments.detection.data import DetectionSet, gate_view
 from experiments.stages import read_json
 from gating_tflite.calibration import ExportData
@@ -29,21 +30,19 @@ REPRESENTATIVE_IMAGES = 300
 
 def export_data(workdir):
     """:class:`gating_tflite.calibration.ExportData` of a detection experiment workdir."""
-    def path(*parts):
-        return os.path.join(workdir, *parts)
-
-    needed = [path("data", f"{s}.npz") for s in ("train", "validation", "test")]
-    needed += [path("cache", "test_detections.npz"), path("experts.json"), path("report.json")]
+    wd = Layout.reading(workdir)
+    needed = [wd.split_file(s) for s in ("train", "validation", "test")]
+    needed += [wd.cache_file("test", "detections"), wd.expert_table(), wd.report_json()]
     missing = [p for p in needed if not os.path.exists(p)]
     if missing:
         raise ValueError(f"{workdir} is not a finished detection workdir: missing {missing}; "
                          "run python -m experiments.detection first")
-    view = int(read_json(path("report.json"))["gate_view"])
-    sets = {s: DetectionSet.load(path("data", f"{s}.npz")) for s in ("train", "validation",
+    view = int(read_json(wd.report_json())["gate_view"])
+    sets = {s: DetectionSet.load(wd.split_file(s)) for s in ("train", "validation",
                                                                         "test")}
-    with np.load(path("cache", "test_detections.npz")) as f:
+    with np.load(wd.cache_file("test", "detections")) as f:
         detections = f["detections"]
-    experts = read_json(path("experts.json"))
+    experts = read_json(wd.expert_table())
     train = sets["train"]
     pick = np.sort(np.random.default_rng(0).choice(
         len(train), min(REPRESENTATIVE_IMAGES, len(train)), replace=False))

@@ -26,6 +26,7 @@ import os
 import numpy as np
 
 from bmoe_tf.routed_metrics import ImagePSNR
+from experiments.layout import Layout
 from experiments.stages import read_json
 from experiments.super_resolution import data as sr_data
 from experiments.super_resolution.metrics import PEAK, rgb_to_y
@@ -61,20 +62,18 @@ def psnr_metric(part_set, outputs):
 
 def export_data(workdir):
     """:class:`gating_tflite.calibration.ExportData` of an SR experiment workdir."""
-    def path(*parts):
-        return os.path.join(workdir, *parts)
-
-    needed = [path("data", f"{s}.npz") for s in ("train", "validation", "test")]
-    needed += [path("cache", "test_outputs.npz"), path("experts.json")]
+    wd = Layout.reading(workdir)
+    needed = [wd.split_file(s) for s in ("train", "validation", "test")]
+    needed += [wd.cache_file("test", "outputs"), wd.expert_table()]
     missing = [p for p in needed if not os.path.exists(p)]
     if missing:
         raise ValueError(f"{workdir} is not a finished super-resolution workdir: missing "
                          f"{missing}; run python -m experiments.super_resolution first")
-    sets = {s: sr_data.PartSet.load(path("data", f"{s}.npz"))
+    sets = {s: sr_data.PartSet.load(wd.split_file(s))
             for s in ("train", "validation", "test")}
-    with np.load(path("cache", "test_outputs.npz")) as f:
+    with np.load(wd.cache_file("test", "outputs")) as f:
         outputs = f["outputs"]
-    experts = read_json(path("experts.json"))
+    experts = read_json(wd.expert_table())
     train = sets["train"].parts
     pick = np.sort(np.random.default_rng(0).choice(
         len(train), min(REPRESENTATIVE_PARTS, len(train)), replace=False))
