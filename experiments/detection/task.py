@@ -34,32 +34,20 @@ import numpy as np
 from bmoe_tf.cache import load_cache, score_cache
 from bmoe_tf.gating import compact_gate, paper_gate
 from experiments.config import ConfigError, Preset, Schedule, Targets
-from experiments.detection.data import GATE_CROP, gate_view
+from experiments.detection.data import COMPACT_VIEW, GATE_CROP, gate_view, view_resolution
+from experiments.detection.report import GENERATED, PAPER_TABLE_I, DetectionReport
 from experiments.detection.ssd import interpolate_epochs
 from experiments.settings import setting
 from experiments.stages import ArtefactError, load_artefact, write_json
-from experiments.task import SPLITS, CacheJob, NaturalOrder, Report, Split, Task, TrainingSet
+from experiments.task import SPLITS, CacheJob, NaturalOrder, Split, Task, TrainingSet
 
 __all__ = ["DetectionTask", "DetectionSettings", "DetectionSplit", "PRESETS", "PAPER_TABLE_I",
            "ABLATIONS", "gate_view", "view_resolution", "interpolate_epochs", "run"]
 
-#: Table I of the paper (COCO, {R_n} = {100, 150, 300}): mAP (%) at d_max, d_max/2,
-#: d_max/3 and rho. The printed table is garbled (see WORKSPACE.md, D26): at d_max
-#: every method is the 300 px expert (80.0 / 75.7); the ResNet50 benchmark row is the
-#: orphan "65.1 61.3 66.1" row, the duplicated enforce row is dropped.
-PAPER_TABLE_I = {
-    "vgg16": {"benchmark": [80.0, 70.0, 66.7, 70.9], "enforce": [80.0, 72.5, 70.9, 73.1],
-              "soft": [80.0, 67.1, 65.0, 68.9], "random": [80.0, 66.3, 63.4, 68.2]},
-    "resnet50": {"benchmark": [75.7, 65.1, 61.3, 66.1], "enforce": [75.7, 67.8, 65.9, 68.3],
-                 "soft": [75.7, 62.2, 59.9, 64.2], "random": [75.7, 61.9, 57.4, 63.3]},
-}
 ABLATIONS = ("complexity", "experts")
 #: Images per SSD call when caching detections; also the unit a multi-worker run shards
 #: the cache by (the same batches on one or many workers: the same bytes).
 EXPERT_BATCH = 16
-#: Default view of the compact gate: the centre crop downsampled so that its int8
-#: input (96 x 96 x 3 = 27 KiB) leaves room in a 256 KiB arena.
-COMPACT_VIEW = 96
 
 
 def _check_resolutions(r):
@@ -162,58 +150,9 @@ class DetectionSplit(Split):
     evaluator: Any = None
 
 
-class DetectionReport(Report):
-    """Table I rows (resolution, AP50), the mAP of each expert on its assigned images, the
-    example figure; the ablation tables when they ran."""
-
-    curve_figure_name = "fig4_map_vs_cost.png"
-    curve_figure_title = "Fig. 4 layout"
-
-    def expert_row(self, cfg, data, index, expert):
-        r = int(cfg.task.resolutions[index])
-        return dict(resolution=r, label=f"{r} px")
-
-    def expert_split_row(self, cfg, data, split, index, view):
-        result = view.evaluator.evaluate(np.full(len(view), index))
-        return {f"ap50_{split}": 100.0 * result["ap50"]}
-
-    def paper_reference(self, cfg):
-        return PAPER_TABLE_I["vgg16"]
-
-    def evaluation_extras(self, cfg, data, results, views):
-        from experiments.detection.report import assigned_map_tables
-
-        test = views["test"]
-        return {"assigned_map": assigned_map_tables(test.data, test.detections, results)}
-
-    def extras(self, cfg, data, report):
-        return {"paper_table_i": PAPER_TABLE_I,
-                "generated_data": cfg.data == DetectionTask.default_data,
-                "gate_view": view_resolution(cfg)}
-
-    def markdown(self, cfg, report):
-        from experiments.detection.report import markdown_lines
-
-        return markdown_lines(report)
-
-    def figures(self, cfg, wd, data, report, results, views):
-        from experiments.detection.figures import figure_examples
-
-        test = views["test"]
-        return {"examples": figure_examples(wd, test.data, test.detections, report,
-                                            results["test"])}
-
-
 class DetectionNaturalOrder(NaturalOrder):
     description = ("the test images in their stored order (data/test.npz: the generator's, "
                    "the folder's or tfds' order), one image per frame")
-
-
-def view_resolution(cfg):
-    """Side of the gate's view (``--gate_resolution``, 0 = by gate kind)."""
-    if cfg.task.gate_resolution:
-        return int(cfg.task.gate_resolution)
-    return GATE_CROP if cfg.gate == "paper" else COMPACT_VIEW
 
 
 def _files(wd, split):
@@ -230,7 +169,7 @@ class DetectionTask(Task):
     metric_name = "mAP@[.5:.95] (%)"
     cost_unit = "bytes per image"
     example_name = "image"
-    default_data = "generated"
+    default_data = GENERATED
     data_help = ("generated (a seeded generated set, made at run time) | folder:PATH (images "
                  "+ COCO annotations.json) | tfds:coco/2017 | tfds:voc/2007")
     oracle_description = ("capacity-constrained assignment maximising the summed per-image "
