@@ -18,6 +18,8 @@ tf.config.set_logical_device_configuration(
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+from smoke_runs import sr_cli  # noqa: E402
+
 
 @pytest.fixture
 def toy_problem():
@@ -50,26 +52,46 @@ def toy_gate():
 
 
 @pytest.fixture(scope="session")
-def sr_smoke(tmp_path_factory):
+def sr_finished(tmp_path_factory):
     """``(workdir, stdout)`` of one smoke run of ``python -m experiments.super_resolution``
-    with ``--eval_image_dir`` (one 256x256 crop of coffee): about 30 s, shared."""
-    import os
-    import subprocess
-    import sys
+    (:data:`SR_SMOKE_FLAGS`, no evaluation images): about 30 s, shared. Read it; a test
+    that changes it works on a copy."""
+    workdir = str(tmp_path_factory.mktemp("sr_finished") / "wd")
+    return workdir, sr_cli(workdir).stdout
 
+
+@pytest.fixture(scope="session")
+def sr_extra_images(tmp_path_factory):
+    """A folder with one 256x256 crop of coffee (``--eval_image_dir`` of ``sr_smoke``)."""
     from skimage import data, io
 
-    root = tmp_path_factory.mktemp("sr")
-    extra = root / "extra_images"
+    extra = tmp_path_factory.mktemp("sr_extra") / "extra_images"
     extra.mkdir()
     io.imsave(str(extra / "coffee_crop.png"), data.coffee()[:256, :256])
-    workdir = str(root / "wd")
-    cmd = [sys.executable, "-m", "experiments.super_resolution", f"--workdir={workdir}",
-           "--preset=smoke", "--verbose=0", f"--eval_image_dir={extra}"]
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return workdir, proc.stdout
+    return str(extra)
+
+
+@pytest.fixture(scope="session")
+def sr_smoke(sr_finished, sr_extra_images, tmp_path_factory):
+    """``(workdir, stdout)``: a copy of ``sr_finished`` run again with ``--eval_image_dir``
+    (the coffee crop, ``sr_extra_images``): evaluation images added to a finished workdir,
+    ``stdout`` that run's; shared."""
+    import shutil
+
+    workdir = str(tmp_path_factory.mktemp("sr") / "wd")
+    shutil.copytree(sr_finished[0], workdir)
+    return workdir, sr_cli(workdir, f"--eval_image_dir={sr_extra_images}").stdout
+
+
+@pytest.fixture(scope="session")
+def sr_resumed(sr_smoke, sr_extra_images):
+    """``(report_before, stdout)``: ``sr_smoke``'s report.json, then what the same command
+    printed when run once more on the finished workdir (every stage skipped); shared."""
+    import json
+
+    with open(os.path.join(sr_smoke[0], "report.json")) as f:
+        before = json.load(f)
+    return before, sr_cli(sr_smoke[0], f"--eval_image_dir={sr_extra_images}").stdout
 
 
 @pytest.fixture(scope="session")
