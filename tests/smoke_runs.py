@@ -12,16 +12,48 @@ SR_SMOKE_FLAGS = ("--preset=smoke", "--verbose=0", "--epochs=3")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+_RUNNING = set()
+_STOPPED = []  # kill_running was called: no new run starts
+
+
+def run_cli(cmd, timeout, **kwargs):
+    """``subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kwargs)``
+    that :func:`kill_running` can stop (the session's background smoke runs)."""
+    import subprocess
+
+    if _STOPPED:
+        raise RuntimeError("the session's smoke runs were stopped")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            **kwargs)
+    _RUNNING.add(proc)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except BaseException:
+        proc.kill()
+        proc.communicate()
+        raise
+    finally:
+        _RUNNING.discard(proc)
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def kill_running():
+    """Kills the runs of :func:`run_cli` still going (a session that stops early); later
+    calls of :func:`run_cli` raise."""
+    _STOPPED.append(True)
+    for proc in list(_RUNNING):
+        proc.kill()
+
+
 def sr_cli(workdir, *extra, ok=True, timeout=600):
     """``python -m experiments.super_resolution --workdir=WORKDIR`` with
     :data:`SR_SMOKE_FLAGS` and ``extra``; the CompletedProcess (status 0 asserted if
     ``ok``)."""
-    import subprocess
     import sys
 
     cmd = [sys.executable, "-m", "experiments.super_resolution", f"--workdir={workdir}",
            *SR_SMOKE_FLAGS, *extra]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    proc = run_cli(cmd, timeout=timeout, cwd=ROOT)
     if ok:
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc

@@ -79,9 +79,11 @@ def test_a_second_run_skips_every_stage_and_reports_the_same(sr_smoke, sr_resume
     assert _numbers(_report(sr_smoke[0])) == _numbers(before)
 
 
-def test_sigkill_in_the_gate_stage_then_resume_gives_the_same_report(finished, tmp_path):
+def test_sigkill_in_the_gate_stage_then_resume_gives_the_same_report(finished, tmp_path,
+                                                                    capsys):
     """Killed while a soft gate trains (after an epoch of it was backed up), then run
-    again: report.json equals the uninterrupted run's, number for number."""
+    again (what the CLI runs, in this process): report.json equals the uninterrupted
+    run's, number for number."""
     workdir = str(tmp_path / "killed")
     _copy(finished, workdir)
     backup = os.path.join(workdir, "gates", "soft", "2", "candidates", "w1", "backup")
@@ -96,8 +98,9 @@ def test_sigkill_in_the_gate_stage_then_resume_gives_the_same_report(finished, t
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not os.path.exists(os.path.join(workdir, "report.json"))
-    resumed = _run(workdir)
-    running = _running(resumed.stdout)
+    capsys.readouterr()
+    sr_run(workdir)
+    running = _running(capsys.readouterr().out)
     assert "gate enforce/shared" not in running and "data" not in running
     assert "gate soft/2 w_bias=1" in running
     assert _numbers(_report(workdir)) == _numbers(_report(finished))
