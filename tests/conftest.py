@@ -54,8 +54,8 @@ def toy_gate():
 # ---- the session's smoke workdirs: one per task, made once, shared ----------------------
 # Their CLI runs (subprocesses) start in the background when the session starts, one
 # after another, while the tests that do not need them run in this process (which
-# leaves a core free most of the time); those that do run last, in their own order
-# (``pytest_collection_modifyitems``). Each fixture waits for its run.
+# leaves a core free most of the time); those that do run after them, in their own
+# order (``pytest_collection_modifyitems``). Each fixture waits for its run.
 
 #: fixture -> (the chain its run belongs to, its place in the chain)
 SMOKE_FIXTURES = {"act_smoke": ("act", 0), "det_smoke": ("det", 0), "sr_finished": ("sr", 0),
@@ -172,11 +172,22 @@ def _smoke_fixtures(item):
     return [n for n in getattr(item, "fixturenames", ()) if n in SMOKE_FIXTURES]
 
 
+#: modules whose tests start several TensorFlow processes under timeouts: they run after
+#: the background smoke runs have finished (after the tests that need a smoke workdir)
+AFTER_THE_SMOKE_RUNS = ("test_distribute.py",)
+
+
+def _order(item):
+    if item.path.name in AFTER_THE_SMOKE_RUNS:
+        return 2
+    return 1 if _smoke_fixtures(item) else 0
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(session, config, items):
-    """The tests that need a smoke workdir run last (in their order), after the others
-    have run beside the smoke runs."""
-    items[:] = sorted(items, key=lambda item: bool(_smoke_fixtures(item)))  # stable
+    """The tests that need a smoke workdir run after the others (which run beside the
+    smoke runs), then :data:`AFTER_THE_SMOKE_RUNS`; each group in its order."""
+    items[:] = sorted(items, key=_order)  # stable
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -1,7 +1,8 @@
-"""The SR smoke CLI, run as the tests run it: in a subprocess (:func:`sr_cli`) where the
-command line itself is under test, else in this process (:func:`sr_run`: no TensorFlow
-import in a subprocess). The session's SR smoke workdirs (tests/conftest.py) use these
-flags."""
+"""How the tests run the task CLIs: :func:`run_cli` (a subprocess the session can stop:
+the background smoke runs of tests/conftest.py), and the SR smoke CLI on the command
+line (:func:`sr_cli`, where the command line itself is under test) or in this process
+(:func:`sr_run`: what the CLI calls, without a TensorFlow import in a subprocess), with
+the flags of the session's SR smoke workdirs (:data:`SR_SMOKE_FLAGS`)."""
 import os
 
 #: The flags of the session's one SR smoke workdir (``sr_finished`` and ``sr_smoke``):
