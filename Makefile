@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo demo-detection demo-action bench firmware firmware-detection \
+.PHONY: install test test-slow demo demo-detection demo-action bench firmware firmware-detection \
 	firmware-action clean
 
 $(STAMP): setup.py
@@ -17,6 +17,12 @@ install: $(STAMP)
 # pytest exits 5 when it collected no test: that is a failure for us too.
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# The end-to-end set `make test` leaves out (pytest -m slow): each task's quick-preset
+# quality bar, the multi-worker and mirrored trainings, the longer resume checks
+# (about 25 min on 2 cores). .ci/run runs it after `make test`.
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow tests
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.core

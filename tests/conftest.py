@@ -18,6 +18,8 @@ tf.config.set_logical_device_configuration(
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+from smoke_runs import kill_running, run_cli, sr_cli  # noqa: E402
+
 
 @pytest.fixture
 def toy_problem():
@@ -49,65 +51,200 @@ def toy_gate():
     return build
 
 
-@pytest.fixture(scope="session")
-def sr_smoke(tmp_path_factory):
-    """``(workdir, stdout)`` of one smoke run of ``python -m experiments.super_resolution``
-    with ``--eval_image_dir`` (one 256x256 crop of coffee): about 30 s, shared."""
-    import os
-    import subprocess
+# ---- the session's smoke workdirs: one per task, made once, shared ----------------------
+# Their CLI runs (subprocesses) start in the background when the session starts, one
+# after another, while the tests that do not need them run in this process (which
+# leaves a core free most of the time); those that do run after them, in their own
+# order (``pytest_collection_modifyitems``). Each fixture waits for its run.
+
+#: fixture -> (the chain its run belongs to, its place in the chain)
+SMOKE_FIXTURES = {"act_smoke": ("act", 0), "det_smoke": ("det", 0), "sr_finished": ("sr", 0),
+                  "sr_smoke": ("sr", 1), "sr_resumed": ("sr", 2)}
+
+
+def _task_cli(module, workdir):
+    """``python -m experiments.<module> --preset=smoke --workdir=WORKDIR --verbose=0``,
+    run twice (the second resumes: every stage skipped): ``(workdir, first, second)``."""
     import sys
+
+    args = [sys.executable, "-m", f"experiments.{module}", "--preset=smoke",
+            f"--workdir={workdir}", "--verbose=0"]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    runs = []
+    for _ in range(2):
+        out = run_cli(args, timeout=600, env=env)
+        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+        runs.append(out)
+    return workdir, runs[0], runs[1]
+
+
+def _sr_chain(root, depth):
+    """The SR smoke runs up to ``depth`` (0: sr_finished, 1: sr_smoke, 2: sr_resumed), one
+    value each, yielded as they finish."""
+    import json
+    import shutil
 
     from skimage import data, io
 
-    root = tmp_path_factory.mktemp("sr")
+    finished = str(root / "finished" / "wd")
+    yield finished, sr_cli(finished).stdout
+    if depth < 1:
+        return
     extra = root / "extra_images"
     extra.mkdir()
     io.imsave(str(extra / "coffee_crop.png"), data.coffee()[:256, :256])
-    workdir = str(root / "wd")
-    cmd = [sys.executable, "-m", "experiments.super_resolution", f"--workdir={workdir}",
-           "--preset=smoke", "--verbose=0", f"--eval_image_dir={extra}"]
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return workdir, proc.stdout
+    workdir = str(root / "smoke" / "wd")
+    shutil.copytree(finished, workdir)
+    yield workdir, sr_cli(workdir, f"--eval_image_dir={extra}").stdout
+    if depth < 2:
+        return
+    with open(os.path.join(workdir, "report.json")) as f:
+        before = json.load(f)
+    yield before, sr_cli(workdir, f"--eval_image_dir={extra}").stdout
+
+
+class SmokeRuns:
+    """The smoke runs of one session: started in one background thread, in the order
+    the tests need them; :meth:`result` waits for one (and starts it if it was not)."""
+
+    def __init__(self, tmp_path_factory):
+        import concurrent.futures
+
+        self._tmp = tmp_path_factory
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="smoke")
+        self._futures = {}
+
+    def start(self, names):
+        """Queues the chains (one per task) that give ``names`` (fixture names)."""
+        import concurrent.futures
+
+        depth = {}
+        for name in names:
+            chain, place = SMOKE_FIXTURES[name]
+            depth[chain] = max(depth.get(chain, -1), place)
+        for chain in sorted(depth, key=lambda c: min(i for i, n in enumerate(names)
+                                                   if SMOKE_FIXTURES[n][0] == c)):
+            fixtures = [n for n, (c, p) in SMOKE_FIXTURES.items()
+                        if c == chain and p <= depth[chain] and n not in self._futures]
+            if not fixtures:
+                continue
+            futures = {SMOKE_FIXTURES[n][1]: concurrent.futures.Future() for n in fixtures}
+            self._futures.update({n: futures[SMOKE_FIXTURES[n][1]] for n in fixtures})
+            root = self._tmp.mktemp(chain)
+            self._pool.submit(self._run, chain, root, depth[chain], futures)
+
+    @staticmethod
+    def _run(chain, root, depth, futures):
+        """Runs one chain; ``futures``: place in the chain -> the Future of its value."""
+        try:
+            if chain == "sr":
+                values = _sr_chain(root, depth)
+            else:
+                module = {"act": "action", "det": "detection"}[chain]
+                values = iter([_task_cli(module, root / "smoke")])
+            for place, value in enumerate(values):
+                if place in futures:
+                    futures[place].set_result(value)
+        except BaseException as err:  # the fixtures that wait re-raise it
+            for future in futures.values():
+                if not future.done():
+                    future.set_exception(err)
+
+    def result(self, name):
+        import concurrent.futures
+
+        if name not in self._futures:
+            self.start([name])
+        while True:  # in short waits: Ctrl-C stops the session
+            try:
+                return self._futures[name].result(timeout=0.5)
+            except concurrent.futures.TimeoutError:
+                pass
+
+    def close(self):
+        """Stops what still runs (a session stopped early) and the thread."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        kill_running()
+        self._pool.shutdown(wait=True)
+
+
+def _smoke_fixtures(item):
+    return [n for n in getattr(item, "fixturenames", ()) if n in SMOKE_FIXTURES]
+
+
+#: modules whose tests start several TensorFlow processes under timeouts: they run after
+#: the background smoke runs have finished (after the tests that need a smoke workdir)
+AFTER_THE_SMOKE_RUNS = ("test_distribute.py",)
+
+
+def _order(item):
+    if item.path.name in AFTER_THE_SMOKE_RUNS:
+        return 2
+    return 1 if _smoke_fixtures(item) else 0
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(session, config, items):
+    """The tests that need a smoke workdir run after the others (which run beside the
+    smoke runs), then :data:`AFTER_THE_SMOKE_RUNS`; each group in its order."""
+    items[:] = sorted(items, key=_order)  # stable
+
+
+@pytest.fixture(scope="session", autouse=True)
+def smoke_runs(request, tmp_path_factory):
+    """The session's :class:`SmokeRuns`, started for the smoke fixtures the collected
+    tests use, in the order the tests use them."""
+    runs = SmokeRuns(tmp_path_factory)
+    names = []
+    for item in request.session.items:
+        names += [n for n in _smoke_fixtures(item) if n not in names]
+    runs.start(names)
+    yield runs
+    runs.close()
 
 
 @pytest.fixture(scope="session")
-def det_smoke(tmp_path_factory):
+def sr_finished(smoke_runs):
+    """``(workdir, stdout)`` of one smoke run of ``python -m experiments.super_resolution``
+    (:data:`smoke_runs.SR_SMOKE_FLAGS`, no evaluation images): about 30 s, shared. Read it;
+    a test that changes it works on a copy."""
+    return smoke_runs.result("sr_finished")
+
+
+@pytest.fixture(scope="session")
+def sr_extra_images(sr_smoke):
+    """The folder with one 256x256 crop of coffee that ``sr_smoke`` was given
+    (``--eval_image_dir``)."""
+    return os.path.join(os.path.dirname(os.path.dirname(sr_smoke[0])), "extra_images")
+
+
+@pytest.fixture(scope="session")
+def sr_smoke(smoke_runs):
+    """``(workdir, stdout)``: a copy of ``sr_finished`` run again with ``--eval_image_dir``
+    (one 256x256 crop of coffee, ``sr_extra_images``): evaluation images added to a
+    finished workdir; ``stdout`` that run's. Shared: read it, or work on a copy."""
+    return smoke_runs.result("sr_smoke")
+
+
+@pytest.fixture(scope="session")
+def sr_resumed(smoke_runs):
+    """``(report_before, stdout)``: ``sr_smoke``'s report.json, then what the same command
+    printed when run once more on the finished workdir (every stage skipped); shared."""
+    return smoke_runs.result("sr_resumed")
+
+
+@pytest.fixture(scope="session")
+def det_smoke(smoke_runs):
     """``(workdir, first, second)``: ``python -m experiments.detection --preset=smoke`` run
     twice in one workdir (the second resumes: every stage skipped); about 70 s, shared."""
-    import subprocess
-    import sys
-
-    wd = tmp_path_factory.mktemp("det") / "smoke"
-    args = [sys.executable, "-m", "experiments.detection", "--preset=smoke",
-            f"--workdir={wd}", "--verbose=0"]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    runs = []
-    for _ in range(2):
-        out = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env)
-        assert out.returncode == 0, out.stderr[-3000:]
-        runs.append(out)
-    return wd, runs[0], runs[1]
+    return smoke_runs.result("det_smoke")
 
 
 @pytest.fixture(scope="session")
-def act_smoke(tmp_path_factory):
+def act_smoke(smoke_runs):
     """``(workdir, first, second)``: ``python -m experiments.action --preset=smoke`` run
     twice in one workdir (the second resumes: every stage skipped); shared."""
-    import subprocess
-    import sys
-
-    wd = tmp_path_factory.mktemp("act") / "smoke"
-    args = [sys.executable, "-m", "experiments.action", "--preset=smoke",
-            f"--workdir={wd}", "--verbose=0"]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    runs = []
-    for _ in range(2):
-        out = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env)
-        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
-        runs.append(out)
-    return wd, runs[0], runs[1]
+    return smoke_runs.result("act_smoke")
 
 
 @pytest.fixture

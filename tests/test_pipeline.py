@@ -1,6 +1,12 @@
 """The experiment pipeline (experiments.pipeline) through the SR task's CLI, smoke size:
 stage keys, resuming to the same numbers after SIGKILL, flags validated before work,
-one run per workdir, corrupt artefacts, --eval_image_dir on a finished workdir."""
+one run per workdir, corrupt artefacts, --eval_image_dir on a finished workdir.
+
+The session's SR smoke workdirs (tests/conftest.py) are shared: ``finished`` is
+``sr_finished``; a test that changes a workdir works on a copy. What the CLI turns into
+its one ``error:`` line and exit 2 is checked on the command line once per kind of
+error (a bad flag, a changed setting, a corrupt artefact); the other cases call what the
+CLI calls, in this process (:func:`smoke_runs.sr_run`), and check the error it raises."""
 import json
 import os
 import shutil
@@ -12,10 +18,13 @@ import time
 import numpy as np
 import pytest
 
-from experiments.stages import WorkdirLock
+from experiments.config import ConfigError
+from experiments.stages import ArtefactError, StageMismatch, WorkdirBusy, WorkdirLock
+from smoke_runs import ROOT, SR_SMOKE_FLAGS, sr_cli, sr_config, sr_run
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SMOKE = ["--preset=smoke", "--verbose=0", "--epochs=3"]
+SMOKE = list(SR_SMOKE_FLAGS)
+#: what experiments.cli.main prints as one ``error:`` line and exits 2 on
+USER_ERRORS = (WorkdirBusy, StageMismatch, ArtefactError, ValueError, ConfigError)
 
 
 def _cmd(workdir, *extra):
@@ -23,12 +32,14 @@ def _cmd(workdir, *extra):
             *SMOKE, *extra]
 
 
-def _run(workdir, *extra, ok=True, timeout=600):
-    proc = subprocess.run(_cmd(workdir, *extra), cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout)
-    if ok:
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
+_run = sr_cli
+
+
+def _refused(workdir, *argv):
+    """The error the SR CLI would print with these flags (in-process: sr_run)."""
+    with pytest.raises(USER_ERRORS) as err:
+        sr_run(workdir, *argv)
+    return str(err.value)
 
 
 def _running(stdout):
@@ -56,22 +67,20 @@ def _copy(src, dst, keep=("data", "experts", "cache", "stages", "experts.json", 
             shutil.copy(s, os.path.join(dst, name))
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pipeline")
-    workdir = str(root / "wd")
-    _run(workdir)
-    return workdir
+@pytest.fixture
+def finished(sr_finished):
+    """The session's finished SR smoke workdir (tests/conftest.py; read only)."""
+    return sr_finished[0]
 
 
-def test_a_second_run_skips_every_stage_and_reports_the_same(finished, tmp_path):
-    before = _report(finished)
-    again = _run(finished)
-    assert _running(again.stdout) == []
-    assert _numbers(_report(finished)) == _numbers(before)
+def test_a_second_run_skips_every_stage_and_reports_the_same(sr_smoke, sr_resumed):
+    before, again = sr_resumed  # the same command once more on the finished sr_smoke
+    assert _running(again) == []
+    assert _numbers(_report(sr_smoke[0])) == _numbers(before)
 
 
-def test_a_deleted_artefact_rebuilt_the_same_keeps_what_was_made_from_it(finished, tmp_path):
+def test_a_deleted_artefact_rebuilt_the_same_keeps_what_was_made_from_it(finished, tmp_path,
+                                                                       capsys):
     """bias.json and a gate deleted, then the same command: both rebuilt (deterministic:
     the same content), so the stages made from them are reused (experiments.stages records
     each stage's inputs by content); the report is the same."""
@@ -79,17 +88,21 @@ def test_a_deleted_artefact_rebuilt_the_same_keeps_what_was_made_from_it(finishe
     shutil.copytree(finished, workdir)
     os.remove(os.path.join(workdir, "bias.json"))
     shutil.rmtree(os.path.join(workdir, "gates", "enforce", "shared"))
-    proc = _run(workdir)
-    running = _running(proc.stdout)
+    capsys.readouterr()
+    sr_run(workdir)
+    out = capsys.readouterr().out
+    running = _running(out)
     assert running == ["bias", "gate enforce/shared"], running
-    assert "rebuilt and differ" not in proc.stdout
+    assert "rebuilt and differ" not in out
     assert not os.path.exists(os.path.join(workdir, "superseded"))
     assert _numbers(_report(workdir)) == _numbers(_report(finished))
 
 
-def test_sigkill_in_the_gate_stage_then_resume_gives_the_same_report(finished, tmp_path):
+def test_sigkill_in_the_gate_stage_then_resume_gives_the_same_report(finished, tmp_path,
+                                                                    capsys):
     """Killed while a soft gate trains (after an epoch of it was backed up), then run
-    again: report.json equals the uninterrupted run's, number for number."""
+    again (what the CLI runs, in this process): report.json equals the uninterrupted
+    run's, number for number."""
     workdir = str(tmp_path / "killed")
     _copy(finished, workdir)
     backup = os.path.join(workdir, "gates", "soft", "2", "candidates", "w1", "backup")
@@ -104,8 +117,9 @@ def test_sigkill_in_the_gate_stage_then_resume_gives_the_same_report(finished, t
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not os.path.exists(os.path.join(workdir, "report.json"))
-    resumed = _run(workdir)
-    running = _running(resumed.stdout)
+    capsys.readouterr()
+    sr_run(workdir)
+    running = _running(capsys.readouterr().out)
     assert "gate enforce/shared" not in running and "data" not in running
     assert "gate soft/2 w_bias=1" in running
     assert _numbers(_report(workdir)) == _numbers(_report(finished))
@@ -134,24 +148,12 @@ def test_a_gate_setting_retrains_gates_and_keeps_data_experts_caches(finished, t
     ("--image_scale=0.4", "image_scale: 0.5 -> 0.4"),
 ])
 def test_a_data_or_expert_setting_is_refused_naming_the_stages(finished, flag, message):
-    proc = _run(finished, flag, ok=False)
-    assert proc.returncode == 2
-    err = proc.stderr.strip().splitlines()[-1]
+    # on the command line: tests/test_sr_experiment.py (--seed=7, exit 2)
+    err = _refused(finished, flag)
     assert message in err and "invalidate" in err and "--workdir" in err
 
 
-def _config(*argv):
-    """The Config the SR CLI builds from ``argv`` (in-process, fresh flags)."""
-    from absl import flags
-
-    from experiments import config
-    from experiments.super_resolution import SuperResolutionTask
-
-    task = SuperResolutionTask()
-    fv = flags.FlagValues()
-    config.define_task_flags(task, fv)
-    fv(["prog", "--workdir=unused", *SMOKE, *argv])
-    return task, config.from_flags(task, fv)
+_config = sr_config  # the task and the Config the SR CLI builds from argv (in-process)
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -200,11 +202,12 @@ def test_the_cli_prints_one_line_and_exits_before_any_work(tmp_path):
 
 
 def test_a_second_run_on_a_busy_workdir_exits_at_once_naming_the_holder(finished):
-    with WorkdirLock(finished):
+    with WorkdirLock(finished):  # an flock: another open of .lock is refused, here too
         start = time.time()
-        proc = _run(finished, ok=False)
-    assert proc.returncode == 2
-    assert "is in use by another run (pid " in proc.stderr and str(os.getpid()) in proc.stderr
+        with pytest.raises(WorkdirBusy) as err:
+            sr_run(finished)
+    assert "is in use by another run (pid " in str(err.value)
+    assert str(os.getpid()) in str(err.value)
     assert time.time() - start < 30
 
 
@@ -248,34 +251,30 @@ def test_a_corrupt_artefact_is_named_in_one_line(finished, tmp_path, victim):
     path = os.path.join(workdir, victim)
     with open(path, "r+b") as f:
         f.truncate(max(os.path.getsize(path) // 2, 1))
-    proc = _run(workdir, ok=False)
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "Traceback" not in proc.stderr
-    last = proc.stderr.strip().splitlines()[-1]
+    # an error the CLI prints as one line (on the command line: the stage-key test below)
+    last = _refused(workdir)
+    assert len(last.splitlines()) == 1, last
     named = victim.split("/variables/")[0].replace("/saved_model.pb", "")  # a SavedModel
-    assert last.startswith("error: ") and f"{named} is corrupt" in last and "delete" in last
+    assert f"{named} is corrupt" in last and "delete" in last
 
 
-def test_eval_images_added_to_a_finished_workdir_are_honoured(finished, tmp_path):
-    from skimage import data, io
-
-    workdir = str(tmp_path / "eval")
-    shutil.copytree(finished, workdir)
-    extra = tmp_path / "extra"
-    extra.mkdir()
-    io.imsave(str(extra / "coffee_crop.png"), data.coffee()[:256, :256])
-    proc = _run(workdir, f"--eval_image_dir={extra}")
-    running = _running(proc.stdout)
+def test_eval_images_added_to_a_finished_workdir_are_honoured(finished, sr_smoke,
+                                                              sr_extra_images, tmp_path):
+    # sr_smoke is a copy of the finished workdir run again with --eval_image_dir
+    workdir, stdout = sr_smoke
+    running = _running(stdout)
     assert "eval data" in running and "cache eval" in running and "evaluation" in running
     assert not any(s.startswith(("gate", "expert espcn", "data")) for s in running), running
     report = _report(workdir)
     assert report["parts"]["eval"] == 4 and "enforce" in report["eval_images"]["rho"]
-    assert report["config"]["eval_data"] == str(extra)
+    assert report["config"]["eval_data"] == sr_extra_images
     assert _numbers(report)["rho"] == _report(finished)["rho"]  # test numbers unchanged
     # a corrupt image in the folder is named
+    extra = tmp_path / "extra"
+    shutil.copytree(sr_extra_images, extra)
     (extra / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    proc = _run(str(tmp_path / "fresh"), f"--eval_image_dir={extra}", ok=False)
-    assert proc.returncode == 2 and "broken.png" in proc.stderr.strip().splitlines()[-1]
+    err = _refused(tmp_path / "fresh", f"--eval_image_dir={extra}")
+    assert "broken.png" in err.splitlines()[-1]
 
 
 def test_every_curve_point_has_its_realised_cost_and_the_oracle_bounds_the_gates(finished):

@@ -1,4 +1,5 @@
-"""Smoke run of `python -m experiments.super_resolution`: report schema and resuming."""
+"""Smoke run of `python -m experiments.super_resolution`: report schema and resuming (on
+the session's shared smoke workdir, tests/conftest.py)."""
 import json
 import os
 import shutil
@@ -7,15 +8,7 @@ import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _run(workdir, *extra):
-    cmd = [sys.executable, "-m", "experiments.super_resolution", f"--workdir={workdir}",
-           "--preset=smoke", "--verbose=0", *extra]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc.stdout
+from smoke_runs import ROOT, SR_SMOKE_FLAGS, sr_run
 
 
 @pytest.fixture
@@ -56,18 +49,18 @@ def test_smoke_run_writes_the_report(smoke):
     assert "Proposed b enforcement" in stdout
 
 
-def test_every_stage_resumes(smoke):
-    workdir, _ = smoke
-    with open(os.path.join(workdir, "report.json")) as f:
-        before = json.load(f)
-    extra = os.path.join(os.path.dirname(workdir), "extra_images")
-    again = _run(workdir, f"--eval_image_dir={extra}")
+def test_every_stage_resumes(smoke, sr_resumed, sr_extra_images, tmp_path, capsys):
+    before, again = sr_resumed  # the smoke command run once more on its finished workdir
     assert " running" not in again  # every stage skipped
     assert again.count("skipped") >= 10
-    # lose one gate and the evaluation: only those are redone
+    # lose one gate and the evaluation (of a copy): only those are redone (in-process)
+    workdir = str(tmp_path / "wd")
+    shutil.copytree(smoke[0], workdir)
     shutil.rmtree(os.path.join(workdir, "gates", "enforce", "shared"))
     os.remove(os.path.join(workdir, "evaluation.json"))
-    third = _run(workdir, f"--eval_image_dir={extra}")
+    capsys.readouterr()
+    sr_run(workdir, f"--eval_image_dir={sr_extra_images}")
+    third = capsys.readouterr().out
     running = [line for line in third.splitlines() if line.endswith("running ...")]
     assert running == ["[gate enforce/shared] running ...", "[evaluation] running ..."]
     with open(os.path.join(workdir, "report.json")) as f:
@@ -95,9 +88,10 @@ def test_quick_preset_meets_the_bar(tmp_path):
 def test_a_workdir_made_with_other_settings_is_refused(smoke):
     workdir, _ = smoke
     cmd = [sys.executable, "-m", "experiments.super_resolution", f"--workdir={workdir}",
-           "--preset=smoke", "--verbose=0", "--seed=7"]
+           *SR_SMOKE_FLAGS, "--seed=7"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode != 0
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: ")
     assert "seed: 0 -> 7" in proc.stdout + proc.stderr
 
 
