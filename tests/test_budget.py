@@ -249,16 +249,16 @@ def test_sequence_cost_against_a_brute_force_window_scan():
         sequence_cost([0, 3], COSTS, b)
 
 
-def test_readme_budget_example_runs_as_written_and_prints_what_it_says(capsys):
-    """README "Holding the budget on a new scene": the block runs as written and its
-    printed figures are the ones the README quotes."""
+def test_workspace_budget_example_runs_as_written_and_prints_what_it_says(capsys):
+    """WORKSPACE.md "Budget on a new scene": the library's runnable block runs as written
+    and its printed figures are the ones the text quotes."""
     import os
     import re
 
-    readme = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                          "README.md")
-    text = open(readme, encoding="utf-8").read()
-    section = text.split("### Holding the budget on a new scene", 1)[1].split("\n## ", 1)[0]
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "WORKSPACE.md")
+    text = open(path, encoding="utf-8").read()
+    section = text.split("## Budget on a new scene", 1)[1].split("\n## ", 1)[0]
     (block,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
     exec(compile(block, "README.md", "exec"), {})  # noqa: S102
     out = capsys.readouterr().out
