@@ -23,7 +23,7 @@ logits (``int8_scale=s``) ``w`` is a table of 256 integers (gap in int8 steps ->
 so that path has no floating point at all.
 
 Guarantees (proved in the class docstring, tested with adversarial sequences in
-``tests/test_budget.py``), for ANY sequence of finite logits, soft mode, with ``S = L +
+``tests/bmoe_tf/test_budget.py``), for ANY sequence of finite logits, soft mode, with ``S = L +
 spread(o0)`` (``spread`` = max - min over the used experts of the initial offsets):
 
 * deficits ``D_n(t) = t b'_n - c_n(t)`` (``b' = b_q / Q``, within ``1/Q`` of b) stay in

@@ -524,7 +524,7 @@ class DatasetEpoch(keras.callbacks.Callback):
     previous ``on_epoch_end`` and the pass reads its epoch number at its first batch,
     after ``on_epoch_begin`` (tf.data and the distributed iterators start prefetching
     at the first batch, not when the iterator is made; measured with TF 2.21, tested in
-    ``tests/test_mixture_distributed.py``). Placed before ``BackupAndRestore`` (as
+    ``tests/bmoe_tf/test_mixture_distributed.py``). Placed before ``BackupAndRestore`` (as
     :meth:`bmoe_tf.BiasedMixture.fit` does, which adds this callback by itself and
     checkpoints the training dataset's :func:`dataset_epoch_variable` with the model),
     the backup made at the end of epoch ``k - 1`` holds ``k``, and the restore sets

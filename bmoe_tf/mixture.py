@@ -195,7 +195,7 @@ class BiasedMixture(keras.Model):
     the parts are equal, e.g. ``cache_dataset(drop_remainder=True)`` and a global batch
     divisible by the number of replicas). Tested: a gate trained under
     ``MirroredStrategy`` on two devices equals the default strategy's to 1e-5
-    (``tests/test_mixture_distributed.py``).
+    (``tests/bmoe_tf/test_mixture_distributed.py``).
 
     Metrics (per epoch, over examples): ``loss``, ``task_loss``, ``bias_loss``,
     ``data_cost`` (mean d_n of the selected experts, bytes per example), and per

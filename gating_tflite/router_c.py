@@ -13,7 +13,7 @@ with ``int8_scale=``) into two files that route the int8 logits of a
 Plain C99, no allocation, no floating point: the scores come from a 256-entry
 ``int32_t`` table (gap to the best used expert in int8 steps -> ticks), the state is
 ``int64_t`` deficits (``t b_q - Q c``) and, in hard mode, a bucket level in
-``bytes * Q``. ``tests/test_router_c.py`` compiles the files with the system C compiler
+``bytes * Q``. ``tests/gating_tflite/test_router_c.py`` compiles the files with the system C compiler
 and checks identical choices against the Python controller.
 """
 import os

@@ -18,7 +18,7 @@ tf.config.set_logical_device_configuration(
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from smoke_runs import kill_running, run_cli, sr_cli  # noqa: E402
+from tests.smoke_runs import kill_running, run_cli, sr_cli  # noqa: E402
 
 
 @pytest.fixture

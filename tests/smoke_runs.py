@@ -7,7 +7,7 @@ import os
 
 #: The flags of the session's one SR smoke workdir (``sr_finished`` and ``sr_smoke``):
 #: three gate epochs, so that a soft gate can be killed after its first backed-up epoch
-#: (tests/test_pipeline.py). A run on either workdir with other gate flags retrains gates.
+#: (tests/experiments/test_pipeline.py). A run on either workdir with other gate flags retrains gates.
 SR_SMOKE_FLAGS = ("--preset=smoke", "--verbose=0", "--epochs=3")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

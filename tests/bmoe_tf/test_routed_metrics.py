@@ -5,7 +5,7 @@ import pytest
 from bmoe_tf.coco_map import RoutingEvaluator
 from bmoe_tf.routed_metrics import (METRICS, Accuracy, DetectionMAP, ImagePSNR,
                                     metric_from_arrays)
-from test_coco_map import _random_case
+from tests.bmoe_tf.test_coco_map import _random_case
 
 
 def _round_trip(metric):

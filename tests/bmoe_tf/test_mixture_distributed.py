@@ -13,7 +13,7 @@ import textwrap
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests import ROOT  # noqa: E402
 
 SCRIPT = textwrap.dedent('''
     import sys
@@ -154,7 +154,7 @@ SCRIPT = textwrap.dedent('''
 
 
 @pytest.mark.slow  # ~22 s; the same equalities end to end (two workers vs one process, a
-# killed worker resumed) run in make test through tests/test_distribute.py
+# killed worker resumed) run in make test through tests/experiments/test_distribute.py
 def test_mirrored_training_equals_the_default_strategy_and_resumes(tmp_path):
     script = tmp_path / "mirrored_mixture.py"
     script.write_text(SCRIPT)

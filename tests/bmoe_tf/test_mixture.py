@@ -344,7 +344,7 @@ def test_gate_preprocess_lets_the_gate_see_part_of_the_input(toy_problem):
 
 def test_fit_tells_the_dataset_its_epoch_also_through_a_wrapped_keras_fit(monkeypatch):
     """BiasedMixture.fit finds x and the callbacks by keras.Model.fit's own signature, also
-    when a wrapper ``fit(self, *args, **kwargs)`` replaced it (as tests/distributed_worker.py
+    when a wrapper ``fit(self, *args, **kwargs)`` replaced it (as tests/experiments/distributed_worker.py
     does), adds DatasetEpoch first and checkpoints the epoch variable (not a weight)."""
     import inspect
 

@@ -255,8 +255,9 @@ def test_workspace_budget_example_runs_as_written_and_prints_what_it_says(capsys
     import os
     import re
 
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                        "WORKSPACE.md")
+    from tests import ROOT
+
+    path = os.path.join(ROOT, "WORKSPACE.md")
     text = open(path, encoding="utf-8").read()
     section = text.split("## Budget on a new scene", 1)[1].split("\n## ", 1)[0]
     (block,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)

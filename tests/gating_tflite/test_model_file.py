@@ -4,10 +4,10 @@ import pytest
 
 from bmoe_tf.backend import keras, tf
 from gating_tflite import model_file
-pytest.register_assert_rewrite("tflite_fixtures")
-from tflite_fixtures import SHAPE  # noqa: E402
+pytest.register_assert_rewrite("tests.gating_tflite.tflite_fixtures")
+from tests.gating_tflite.tflite_fixtures import SHAPE  # noqa: E402
 
-pytest_plugins = ["tflite_fixtures"]
+pytest_plugins = ["tests.gating_tflite.tflite_fixtures"]
 
 
 def test_model_io_and_ops_of_the_exported_gate(exported, tflite_bytes):

@@ -14,10 +14,10 @@ from gating_tflite.calibration import ExportData
 from gating_tflite.export import (CHECKS, ExportReport, HeldoutResult, TestResult, export_gate,
                                   load_gate_and_bias)
 from gating_tflite.targets import Target, resolve_target
-pytest.register_assert_rewrite("tflite_fixtures")
-from tflite_fixtures import BIAS, NEAR_TIE_BIAS, SHAPE  # noqa: E402
+pytest.register_assert_rewrite("tests.gating_tflite.tflite_fixtures")
+from tests.gating_tflite.tflite_fixtures import BIAS, NEAR_TIE_BIAS, SHAPE  # noqa: E402
 
-pytest_plugins = ["tflite_fixtures"]
+pytest_plugins = ["tests.gating_tflite.tflite_fixtures"]
 
 #: export_report.json's keys with test and held-out inputs, costs, a clock and --emit_c.
 ALL_KEYS = {"model", "mode", "output", "flash_bytes", "arena_bytes", "macs", "parameters", "ops",
@@ -143,7 +143,7 @@ def test_logits_output_routes_with_offsets(gate, data, tmp_path):
 
 
 def test_warnings_name_the_frequencies_b_and_the_remedy(exported):
-    """The warning's text; a real logits gate that misses b: tests/test_cli.py."""
+    """The warning's text; a real logits gate that misses b: tests/gating_tflite/test_cli.py."""
     _, report, _ = exported
     missed = dataclasses.replace(report, output="logits", frequencies=[0.785, 0.007, 0.208],
                                  bias=[0.4, 0.4, 0.2], frequency_error=0.385, heldout_inputs=600)

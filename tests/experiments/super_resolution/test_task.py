@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from smoke_runs import ROOT, SR_SMOKE_FLAGS, sr_run
+from tests.smoke_runs import ROOT, SR_SMOKE_FLAGS, sr_run
 
 
 @pytest.fixture
@@ -71,7 +71,7 @@ def test_every_stage_resumes(smoke, sr_resumed, sr_extra_images, tmp_path, capsy
 
 @pytest.mark.slow
 def test_quick_preset_meets_the_bar(tmp_path):
-    """The demo's claim (about 3 minutes): `pytest -m slow tests/test_sr_experiment.py`."""
+    """The demo's claim (about 3 minutes): `pytest -m slow tests/experiments/super_resolution/test_task.py`."""
     workdir = str(tmp_path / "quick")
     cmd = [sys.executable, "-m", "experiments.super_resolution", f"--workdir={workdir}",
            "--preset=quick", "--verbose=0"]
@@ -118,7 +118,7 @@ def test_export_cli_on_the_smoke_gate(smoke, tmp_path):
     assert set(report["scene_shift"]) == {"static", "controller", "controller_hard",
                                           "per_batch", "per_frame"}
     assert report["router"]["logits"] == "float gate"
-    # (a model that fits exits 0: tests/test_cli.py, on a small gate)
+    # (a model that fits exits 0: tests/gating_tflite/test_cli.py, on a small gate)
     # bad flags fail clearly before any work
     bad = subprocess.run(cmd[:-2] + ["--target=esp32"], cwd=ROOT, capture_output=True,
                          text=True, timeout=600)

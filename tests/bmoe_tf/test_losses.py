@@ -14,7 +14,7 @@ def test_expert_utility_is_eq4():
     g = np.array([[0.7, 0, 0], [0, 0.6, 0], [0.9, 0, 0], [0, 0, 0.5]], np.float32)
     np.testing.assert_allclose(expert_utility(g).numpy(), [0.4, 0.15, 0.125])
     # with one replica (no strategy here) the global batch is the batch; the two-replica
-    # case, its gradient included, is tested in tests/test_mixture_distributed.py
+    # case, its gradient included, is tested in tests/bmoe_tf/test_mixture_distributed.py
     np.testing.assert_allclose(expert_utility(g, global_batch=True).numpy(),
                                [0.4, 0.15, 0.125])
 

@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 
 from gating_tflite import interpreters, model_file
-pytest.register_assert_rewrite("tflite_fixtures")
-from tflite_fixtures import SHAPE  # noqa: E402
+pytest.register_assert_rewrite("tests.gating_tflite.tflite_fixtures")
+from tests.gating_tflite.tflite_fixtures import SHAPE  # noqa: E402
 
-pytest_plugins = ["tflite_fixtures"]
+pytest_plugins = ["tests.gating_tflite.tflite_fixtures"]
 
 
 def test_smallest_arena_is_tight(exported, tflite_bytes):
@@ -40,7 +40,7 @@ def test_an_arena_that_crashes_tflm_is_a_clean_failure():
     """TFLM's wrapper segfaults constructing this MEAN + FULLY_CONNECTED gate with a
     1 KiB arena (it needs ~2 KiB): the probe runs in a child, so it is a TFLMError."""
     from gating_tflite import convert
-    from tflite_fixtures import near_tie_data, near_tie_gate
+    from tests.gating_tflite.tflite_fixtures import near_tie_data, near_tie_gate
 
     data = near_tie_data()
     tflite = convert.convert_int8(near_tie_gate(), data.representative, output="logits")

@@ -1,6 +1,6 @@
 """Tiny gates and inputs shared by the ``gating_tflite`` test files.
 
-A pytest plugin (``pytest_plugins = ["tflite_fixtures"]`` in each test file): its
+A pytest plugin (``pytest_plugins = ["tests.gating_tflite.tflite_fixtures"]`` in each test file): its
 fixtures are session-scoped, so the trained gate and its export are made once per
 run however many of the test files run.
 """

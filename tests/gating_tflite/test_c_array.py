@@ -5,7 +5,7 @@ import pytest
 
 from gating_tflite import c_array
 
-pytest_plugins = ["tflite_fixtures"]
+pytest_plugins = ["tests.gating_tflite.tflite_fixtures"]
 
 
 def test_c_array_round_trip(exported, tflite_bytes):

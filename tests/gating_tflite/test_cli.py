@@ -11,9 +11,9 @@ from absl.testing import flagsaver
 from gating_tflite import cli, export
 from gating_tflite.calibration import EXPORT_FILE, ExportData
 
-pytest_plugins = ["tflite_fixtures"]
-pytest.register_assert_rewrite("tflite_fixtures")
-from tflite_fixtures import NEAR_TIE_BIAS, near_tie_data  # noqa: E402
+pytest_plugins = ["tests.gating_tflite.tflite_fixtures"]
+pytest.register_assert_rewrite("tests.gating_tflite.tflite_fixtures")
+from tests.gating_tflite.tflite_fixtures import NEAR_TIE_BIAS, near_tie_data  # noqa: E402
 
 
 @pytest.fixture(scope="module")

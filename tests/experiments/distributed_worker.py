@@ -1,11 +1,11 @@
-"""One process of tests/test_distribute.py: trains a tiny gate with experiments.gates.train_gate
+"""One process of tests/experiments/test_distribute.py: trains a tiny gate with experiments.gates.train_gate
 under ``--strategy`` and writes its weights and per-step utilities.
 
-    python tests/distributed_worker.py OUT_DIR multi_worker INDEX PORT0,PORT1
-    python tests/distributed_worker.py OUT_DIR mirrored
-    python tests/distributed_worker.py WORKDIR pipeline INDEX PORT0,PORT1
+    python tests/experiments/distributed_worker.py OUT_DIR multi_worker INDEX PORT0,PORT1
+    python tests/experiments/distributed_worker.py OUT_DIR mirrored
+    python tests/experiments/distributed_worker.py WORKDIR pipeline INDEX PORT0,PORT1
 
-``pipeline``: the toy task of tests/test_pipeline_toy_task.py through
+``pipeline``: the toy task of tests/experiments/test_pipeline_toy_task.py through
 experiments.multi_worker.run with --strategy=multi_worker (a shared workdir); the report
 (chief) or None is written to ``WORKDIR/../worker<INDEX>.json``.
 """
@@ -18,7 +18,7 @@ def pipeline_worker(workdir, index):
     import dataclasses
 
     from experiments import config, multi_worker
-    from tests.test_pipeline_toy_task import ToyTask
+    from tests.experiments.test_pipeline_toy_task import ToyTask
 
     class Failing(ToyTask):  # BMOE_TEST_FAIL_DATA: the chief's data stage fails
         def prepare_data(self, cfg, wd):

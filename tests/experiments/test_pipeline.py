@@ -20,7 +20,7 @@ import pytest
 
 from experiments.config import ConfigError
 from experiments.stages import ArtefactError, StageMismatch, WorkdirBusy, WorkdirLock
-from smoke_runs import ROOT, SR_SMOKE_FLAGS, sr_cli, sr_config, sr_run
+from tests.smoke_runs import ROOT, SR_SMOKE_FLAGS, sr_cli, sr_config, sr_run
 
 SMOKE = list(SR_SMOKE_FLAGS)
 #: what experiments.cli.main prints as one ``error:`` line and exits 2 on
@@ -148,7 +148,7 @@ def test_a_gate_setting_retrains_gates_and_keeps_data_experts_caches(finished, t
     ("--image_scale=0.4", "image_scale: 0.5 -> 0.4"),
 ])
 def test_a_data_or_expert_setting_is_refused_naming_the_stages(finished, flag, message):
-    # on the command line: tests/test_sr_experiment.py (--seed=7, exit 2)
+    # on the command line: tests/experiments/super_resolution/test_task.py (--seed=7, exit 2)
     err = _refused(finished, flag)
     assert message in err and "invalidate" in err and "--workdir" in err
 

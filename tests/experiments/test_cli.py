@@ -10,7 +10,7 @@ import pytest
 
 from experiments import cli
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests import ROOT  # noqa: E402
 
 
 def _errors(stderr):

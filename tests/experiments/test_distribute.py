@@ -13,8 +13,8 @@ import pytest
 
 from experiments import distribute
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WORKER = os.path.join(ROOT, "tests", "distributed_worker.py")
+from tests import ROOT  # noqa: E402
+WORKER = os.path.join(ROOT, "tests", "experiments", "distributed_worker.py")
 
 
 def _free_ports(n):
@@ -121,7 +121,7 @@ def test_the_pipeline_runs_on_two_workers(tmp_path):
     import json
 
     from experiments import config, pipeline
-    from tests.test_pipeline_toy_task import ToyTask
+    from tests.experiments.test_pipeline_toy_task import ToyTask
 
     ports = ",".join(str(p) for p in _free_ports(2))
     workers = [_start(tmp_path / "wd", "pipeline", str(i), ports) for i in range(2)]
@@ -268,17 +268,19 @@ def test_a_worker_whose_peer_never_starts_stops_after_the_timeout(tmp_path):
     assert "Traceback" not in err and time.time() - start < 90
 
 
-@pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
-def test_a_worker_waiting_for_its_peer_stops_on_a_signal(tmp_path, signum):
+def test_a_worker_waiting_for_its_peer_stops_on_sigterm_and_on_sigint(tmp_path):
+    """Two lonely workers at once (one per signal: the 15 s wait is shared)."""
     import signal
 
-    proc, _ = _lonely_worker(tmp_path, 600)
-    time.sleep(15)  # the worker waits for worker 1 by now (or still starts: either stops)
+    procs = {signum: _lonely_worker(tmp_path / signum, 600)[0] for signum in ("SIGTERM", "SIGINT")}
+    time.sleep(15)  # the workers wait for their peers by now (or still start: either stops)
     sent = time.time()
-    proc.send_signal(getattr(signal, signum))
-    out, err = _reap(proc, 60)
-    assert proc.returncode == 130, err[-2000:]
-    assert err.strip().splitlines()[-1].startswith("interrupted:"), err[-2000:]
+    for signum, proc in procs.items():
+        proc.send_signal(getattr(signal, signum))
+    for signum, proc in procs.items():
+        out, err = _reap(proc, 60)
+        assert proc.returncode == 130, (signum, err[-2000:])
+        assert err.strip().splitlines()[-1].startswith("interrupted:"), (signum, err[-2000:])
     assert time.time() - sent < distribute.STOP_GRACE_S + 15
 
 

@@ -6,10 +6,10 @@ from bmoe_tf.backend import keras
 from bmoe_tf.gating import compact_gate
 from bmoe_tf.routing import calibrate_offsets
 from gating_tflite import convert
-pytest.register_assert_rewrite("tflite_fixtures")
-from tflite_fixtures import BIAS, SHAPE, inputs  # noqa: E402
+pytest.register_assert_rewrite("tests.gating_tflite.tflite_fixtures")
+from tests.gating_tflite.tflite_fixtures import BIAS, SHAPE, inputs  # noqa: E402
 
-pytest_plugins = ["tflite_fixtures"]
+pytest_plugins = ["tests.gating_tflite.tflite_fixtures"]
 
 
 def test_offsets_reproduce_b_on_the_calibration_set(gate, data):
