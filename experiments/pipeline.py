@@ -540,9 +540,7 @@ def stage_report(run, keys, table, points, gates, results, command):
                                      run.sizes, command, gate_model=gate_model,
                                      scene_shift=scene_shift,
                                      views={s: run.view(s) for s in results})
-    extra = getattr(task, "extra_stages", None)
-    if extra is not None:
-        extra(run, report)
+    task.extra_stages(run, report)
     export_files.write_export_files(task, wd)
     print(report_lib.format_table(report), flush=True)
     for line in report_lib.scene_shift_lines(report):

@@ -285,5 +285,12 @@ class Task(abc.ABC):
         return settings.stage_settings(cfg.task, cfg)
 
     def export_data(self, workdir):
-        """:class:`gating_tflite.calibration.ExportData` of a finished workdir."""
+        """:class:`gating_tflite.calibration.ExportData` of a finished workdir (written by
+        the pipeline's last stage into ``export_data.npz``, which ``gating_tflite.export``
+        reads); the default: none."""
         raise NotImplementedError(f"{self.name} has no int8 export data")
+
+    def extra_stages(self, run, report) -> None:
+        """Task stages after the report (detection: the ablations), run under the workdir
+        lock with the finished :class:`experiments.pipeline.Run`; they may add keys to
+        ``report`` (and rewrite report.json). The default: none."""
