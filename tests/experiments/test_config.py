@@ -2,7 +2,6 @@
 import dataclasses
 
 import pytest
-from absl import flags
 
 from experiments import config
 from experiments.super_resolution import PRESETS, SRSettings, SuperResolutionTask
@@ -10,10 +9,7 @@ from experiments.super_resolution import PRESETS, SRSettings, SuperResolutionTas
 
 def _config(*argv):
     task = SuperResolutionTask()
-    fv = flags.FlagValues()
-    config.define_task_flags(task, fv)
-    fv(["prog", "--workdir=x", *argv])
-    return config.from_flags(task, fv)
+    return config.from_argv(task, ["--workdir=x", *argv])
 
 
 def test_presets_are_typed_frozen_values():

@@ -154,13 +154,9 @@ def test_smoke_resume_skips_and_gives_same_numbers(act_smoke):
 
 
 def _config(*argv, data=None):
-    from absl import flags
-
     task = ActionTask()
-    fv = flags.FlagValues()
-    config.define_task_flags(task, fv)
-    fv(["prog", "--workdir=x", "--preset=smoke", *argv] + ([f"--data={data}"] if data else []))
-    return config.from_flags(task, fv)
+    return config.from_argv(task, ["--workdir=x", "--preset=smoke", *argv]
+                            + ([f"--data={data}"] if data else []))
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -64,13 +64,8 @@ def test_smoke_resume_skips_and_gives_same_numbers(det_smoke):
 
 
 def _config(*argv):
-    from absl import flags
-
     task = DetectionTask()
-    fv = flags.FlagValues()
-    config.define_task_flags(task, fv)
-    fv(["prog", "--workdir=x", "--preset=smoke", *argv])
-    return config.from_flags(task, fv)
+    return config.from_argv(task, ["--workdir=x", "--preset=smoke", *argv])
 
 
 @pytest.mark.parametrize("argv, message", [
