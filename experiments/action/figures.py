@@ -103,10 +103,10 @@ def action_figures(data, cfg, wd, report, results_test):
     picks = np.asarray(entry.picks)
     keep = np.sort(np.random.default_rng(cfg.seed).permutation(len(data))[:TSNE_POINTS])
     if len(keep) >= 10:
-        features = temporal_features(wd.path("experts", "temporal"), data.mv[keep])
+        features = temporal_features(wd.expert_dir("temporal"), data.mv[keep])
         b = ", ".join(f"{v:.2f}" for v in entry.bias)
         out["fig9_tsne"] = figure_tsne(
-            wd.path("reports", "fig9_tsne.png"), features, data.labels[keep], data.class_names,
+            wd.figure("fig9_tsne.png"), features, data.labels[keep], data.class_names,
             picks[keep], list(cfg.task.modes),
             f"Fig. 9 layout: t-SNE of the temporal expert's last hidden layer, {len(keep)} test "
             f"clips; {method} gate, b = [{b}]", seed=cfg.seed)
@@ -117,5 +117,5 @@ def action_figures(data, cfg, wd, report, results_test):
             if np.isclose(e["target"], fusion["target"]):
                 routed = e
         out["fig10_fusion_by_class"] = figure_fusion_by_class(
-            wd.path("reports", "fig10_fusion_by_class.png"), fusion, routed)
+            wd.figure("fig10_fusion_by_class.png"), fusion, routed)
     return out

@@ -40,7 +40,7 @@ def build_mode_experts(data, cfg, wd):
     models = {}
 
     for i, kind in enumerate(("temporal", "spatial")):
-        path = wd.path("experts", kind)
+        path = wd.expert_dir(kind)
 
         def build(kind=kind, path=path, epochs=s.expert_epochs[i], i=i):
             keras.utils.set_random_seed(cfg.seed + 101 * (i + 1))
@@ -57,10 +57,10 @@ def build_mode_experts(data, cfg, wd):
 
         wd.run(f"expert {kind} ({s.expert_epochs[i]} epochs)", path, build)
 
-    fusion_path = wd.path("experts", "fusion")
+    fusion_path = wd.expert_dir("fusion")
 
     def build_fusion():
-        streams = {k: models.get(k) or act_experts.load_stream_model(wd.path("experts", k))
+        streams = {k: models.get(k) or act_experts.load_stream_model(wd.expert_dir(k))
                    for k in ("temporal", "spatial")}
         logits = {k: act_experts.stream_logits(streams[k], stream_inputs(k, gate_train))
                   for k in streams}
@@ -71,7 +71,7 @@ def build_mode_experts(data, cfg, wd):
         act_experts.export_expert(model, fusion_path, "fusion", **shapes)
 
     wd.run("expert fusion (late fusion fitted on the train split)", fusion_path, build_fusion)
-    return [load_artefact(wd.path("experts", m),
+    return [load_artefact(wd.expert_dir(m),
                           lambda p, m=m: act_experts.load_expert(p, name=m, data_cost=costs[m],
                                                                  **shapes))
             for m in s.modes]

@@ -163,8 +163,8 @@ class ActionNaturalOrder(NaturalOrder):
 
 def _files(wd, split):
     """The probabilities and 0/1-correctness cache files of ``split``."""
-    return (wd.path("cache", f"{split}_probabilities.npz"),
-            wd.path("cache", f"{split}_scores.npz"))
+    return (wd.cache_file(split, "probabilities"),
+            wd.cache_file(split, "scores"))
 
 
 class ActionTask(Task):
@@ -205,8 +205,8 @@ class ActionTask(Task):
             if name not in sets or len(sets[name]) == 0:
                 raise ConfigError(f"--data={cfg.data}: the {name} split has no clip")
         for name in CLIP_SPLITS:
-            sets[name].save(wd.path("data", f"{name}.npz"))
-        write_json(wd.path("data", "split.json"), dict(
+            sets[name].save(wd.split_file(name))
+        write_json(wd.split_index(), dict(
             source=cfg.data, generated=cfg.data == self.default_data,
             class_names=list(sets["train"].class_names),
             **{name: dict(clips=len(v), groups=sorted(set(v.groups.tolist())),
@@ -217,7 +217,7 @@ class ActionTask(Task):
         """``{split: ClipSet}`` of the experts' split and the pipeline's three."""
         from experiments.action.clips import ClipSet
 
-        sets = {s: load_artefact(wd.path("data", f"{s}.npz"), ClipSet.load,
+        sets = {s: load_artefact(wd.split_file(s), ClipSet.load,
                                  rebuild=wd.path("data")) for s in CLIP_SPLITS}
         classes = {v.class_names for v in sets.values()}
         if len(classes) != 1:
@@ -227,7 +227,7 @@ class ActionTask(Task):
         for name, v in sets.items():
             if (v.mv_frames, v.rgb_frames, v.frame_size) != (s.mv_frames, s.rgb_frames,
                                                              s.frame_size):
-                raise ArtefactError(f"{wd.path('data', name + '.npz')} holds clips of F_t="
+                raise ArtefactError(f"{wd.split_file(name)} holds clips of F_t="
                                     f"{v.mv_frames}, F_s={v.rgb_frames}, S={v.frame_size}, not "
                                     "the run's; delete it and run again")
         return sets

@@ -63,7 +63,7 @@ def figure_examples(wd, data, detections, report, results_test, *, per_expert=4,
                  f"expert; white = ground truth; dashed = its detections (score >= {DRAW_SCORE})",
                  fontsize=8)
     fig.tight_layout()
-    path = wd.path("reports", "examples.png")
+    path = wd.figure("examples.png")
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

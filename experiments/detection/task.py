@@ -157,8 +157,8 @@ class DetectionNaturalOrder(NaturalOrder):
 
 def _files(wd, split):
     """The detections and per-image scores cache files of ``split``."""
-    return (wd.path("cache", f"{split}_detections.npz"),
-            wd.path("cache", f"{split}_scores.npz"))
+    return (wd.cache_file(split, "detections"),
+            wd.cache_file(split, "scores"))
 
 
 class DetectionTask(Task):
@@ -199,8 +199,8 @@ class DetectionTask(Task):
         for name in SPLITS:
             if len(sets[name]) == 0:
                 raise ConfigError(f"--data={cfg.data}: the {name} split has no image")
-            sets[name].save(wd.path("data", f"{name}.npz"))
-        write_json(wd.path("data", "split.json"), dict(
+            sets[name].save(wd.split_file(name))
+        write_json(wd.split_index(), dict(
             source=cfg.data, generated=cfg.data == self.default_data,
             class_names=list(sets["train"].class_names),
             **{name: dict(images=len(sets[name]), boxes=int(len(sets[name].boxes)))
@@ -209,7 +209,7 @@ class DetectionTask(Task):
     def load_data(self, cfg, wd):
         from experiments.detection import data as det_data
 
-        sets = {s: load_artefact(wd.path("data", f"{s}.npz"), det_data.DetectionSet.load,
+        sets = {s: load_artefact(wd.split_file(s), det_data.DetectionSet.load,
                                  rebuild=wd.path("data")) for s in SPLITS}
         classes = {tuple(v.class_names) for v in sets.values()}
         if len(classes) != 1:
@@ -227,7 +227,7 @@ class DetectionTask(Task):
         experts = []
         for resolution, epochs in zip(s.resolutions, s.expert_epochs):
             name = f"ssd{resolution}"
-            path = wd.path("experts", name)
+            path = wd.expert_dir(name)
 
             def build(resolution=resolution, epochs=epochs, path=path):
                 keras.utils.set_random_seed(cfg.seed + resolution)
@@ -296,8 +296,8 @@ class DetectionTask(Task):
             from experiments.detection.report import ablation_lines
 
             report.update(run_ablations(self, run, report))
-            write_json(wd.path("report.json"), report)
-            with open(wd.path("report.md"), "a") as f:
+            write_json(wd.report_json(), report)
+            with open(wd.report_md(), "a") as f:
                 f.write("\n".join(ablation_lines(report)) + "\n")
 
     # ---- export ------------------------------------------------------------------------

@@ -36,7 +36,7 @@ def figure_assignments(wd, cfg, test, part_set, points):
     b = ", ".join(f"{v:.2f}" for v in subsets[index].bias)
     ax.set_title(f"Fig. 7 layout: parts framed by the chosen expert (b = [{b}])", fontsize=9)
     ax.axis("off")
-    path = wd.path("reports", "fig7_assignments.png")
+    path = wd.figure("fig7_assignments.png")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -111,7 +111,7 @@ class SREvalImages(EvalData):
         if not extra:
             raise ConfigError(f"--eval_image_dir={cfg.eval_data}: no image of at least "
                               f"{PART}x{PART} px")
-        sr_data.make_part_set(extra).save(wd.path("data", "eval.npz"))
+        sr_data.make_part_set(extra).save(wd.split_file("eval"))
 
     def cache_files(self, cfg, wd):
         return [_outputs_file(wd, "eval")]
@@ -130,7 +130,7 @@ class SREvalImages(EvalData):
 
 
 def _outputs_file(wd, split):
-    return wd.path("cache", f"{split}_outputs.npz")
+    return wd.cache_file(split, "outputs")
 
 
 def _training_parts(cfg, data):
@@ -179,12 +179,12 @@ class SuperResolutionTask(Task):
         by_name = dict(images)
         for name in SPLITS:
             sr_data.make_part_set([(n, by_name[n]) for n in split[name]]).save(
-                wd.path("data", f"{name}.npz"))
-        write_json(wd.path("data", "split.json"), split)
+                wd.split_file(name))
+        write_json(wd.split_index(), split)
 
     def load_data(self, cfg, wd):
         names = list(SPLITS) + (["eval"] if cfg.eval_data else [])
-        return {s: load_artefact(wd.path("data", f"{s}.npz"), sr_data.PartSet.load,
+        return {s: load_artefact(wd.split_file(s), sr_data.PartSet.load,
                                  rebuild=wd.path("data")) for s in names}
 
     def check_data(self, cfg, data):
@@ -200,7 +200,7 @@ class SuperResolutionTask(Task):
         experts = []
         for scale in s.scales:
             name = f"{s.experts}_x{scale}"
-            path = wd.path("experts", name)
+            path = wd.expert_dir(name)
 
             def build(scale=scale, path=path):
                 keras.utils.set_random_seed(cfg.seed + scale)
@@ -222,14 +222,14 @@ class SuperResolutionTask(Task):
                 num_shards=num_shards, shard_index=shard_index))
 
         train = _training_parts(cfg, data)
-        jobs = [job("train", wd.path("cache", "train_mse.npz"), train, train, "mse")]
+        jobs = [job("train", wd.cache_file("train", "mse"), train, train, "mse")]
         for split in [s for s in ("validation", "test", "eval") if s in data]:
             jobs.append(job(split, _outputs_file(wd, split), data[split].parts, None, "outputs"))
         return jobs
 
     def training_set(self, cfg, wd, data):
         return TrainingSet(_training_parts(cfg, data),
-                           load_artefact(wd.path("cache", "train_mse.npz"), load_cache))
+                           load_artefact(wd.cache_file("train", "mse"), load_cache))
 
     def split(self, cfg, wd, data, name):
         part_set = data[name]
