@@ -6,17 +6,20 @@ STAMP := $(VENV)/.installed
 .PHONY: install test test-slow demo demo-detection demo-action bench firmware firmware-detection \
 	firmware-action clean
 
+# --no-compile: pip does not byte-compile every installed module (about half the install
+# time); Python compiles the modules a run imports, once, on first import.
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet --no-compile -e ".[test]"
 	touch $(STAMP)
 
 install: $(STAMP)
 
-# pytest exits 5 when it collected no test: that is a failure for us too.
+# pytest exits 5 when it collected no test: that is a failure for us too. Two pytest-xdist
+# workers: each smoke workdir is built once and shared (tests/conftest.py, SmokeRuns).
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadgroup tests
 
 # The end-to-end set `make test` leaves out (pytest -m slow): each task's quick-preset
 # quality bar, the multi-worker and mirrored trainings, the longer resume checks

@@ -41,6 +41,6 @@ setup(
         ],
     },
     extras_require={
-        "test": ["pytest>=8", "hypothesis>=6.100"],
+        "test": ["pytest>=8", "pytest-xdist>=3.6,<4", "hypothesis>=6.100"],
     },
 )

@@ -10,11 +10,16 @@ import sys
 
 from experiments import config as config_lib
 from experiments import multi_worker, pipeline
+from experiments.distribute import ClusterError
 from experiments.exits import EXIT_INTERRUPTED, EXIT_USAGE, INTERRUPTED_MESSAGE
 from experiments.stages import ArtefactError, StageMismatch, WorkdirBusy
 
-__all__ = ["main", "cli", "parse_flags", "check_workdir", "supports_eval_data", "command_line",
+__all__ = ["main", "cli", "USER_ERRORS", "parse_flags", "check_workdir", "supports_eval_data", "command_line",
            "EXIT_USAGE", "EXIT_INTERRUPTED", "INTERRUPTED_MESSAGE"]
+
+#: What a run raises for an error its user can fix: one ``error:`` line and exit 2.
+USER_ERRORS = (WorkdirBusy, StageMismatch, ArtefactError, ValueError, ClusterError,
+               config_lib.ConfigError)
 
 _HELP_FLAGS = ("-h", "--help", "-help", "--helpshort", "--helpfull", "--helpxml", "-?")
 
@@ -113,7 +118,6 @@ def main(task, argv):
 
     tf.get_logger().setLevel("ERROR")
     from experiments import distribute
-    from experiments.distribute import ClusterError
 
     if cfg.strategy == "multi_worker" and distribute.STARTED_FD_ENV not in os.environ:
         # this process supervises the worker: cluster start-up timeout, signals
@@ -130,8 +134,7 @@ def main(task, argv):
     except KeyboardInterrupt:
         print(INTERRUPTED_MESSAGE, file=sys.stderr, flush=True)
         sys.exit(EXIT_INTERRUPTED)
-    except (WorkdirBusy, StageMismatch, ArtefactError, ValueError, ClusterError,
-            config_lib.ConfigError) as err:
+    except USER_ERRORS as err:
         _fail(err)
     except (PermissionError, FileExistsError, NotADirectoryError, IsADirectoryError) as err:
         _fail(_error_text(err))  # the workdir changed under the run (or a file in it)

@@ -37,7 +37,8 @@ from experiments.results import (BiasPoint, CurvePoint, ExpertRow, GateRouting,
 from experiments.stages import StageKey, StageMismatch, WorkdirLock, read_json, write_json
 from experiments.task import SPLITS, CacheJob, Split, Task, TrainingSet
 
-__all__ = ["Task", "TrainingSet", "Split", "CacheJob", "run", "gate_assignment",
+__all__ = ["Task", "TrainingSet", "Split", "CacheJob", "run", "gate_assignment", "stage_curves",
+           "curve_keys",
            "evaluate_split", "scene_shift_point", "rows_cache_job", "RANDOM_SEEDS", "SPLITS",
            "Run"]
 
@@ -182,17 +183,6 @@ def stage_keys(task, cfg, wd):
                        artefacts=["experts"], protected=True)
     cache = StageKey(wd, "cache", dict(s.get("cache", {})), parent=experts,
                      artefacts=["cache", wd.rel(wd.expert_table())], protected=True)
-    bias = StageKey(wd, "bias", dict(targets=cfg.targets.as_flag(),
-                                     bias=None if cfg.bias is None else list(cfg.bias)),
-                    parent=cache, artefacts=[wd.rel(wd.bias())])
-    gates = StageKey(wd, "gates", dict(batch_size=cfg.batch_size, epochs=cfg.epochs,
-                                       soft_epochs=cfg.soft_epochs,
-                                       learning_rate=cfg.learning_rate, gate=cfg.gate,
-                                       training_loss=cfg.training_loss, combine=cfg.combine,
-                                       bias_weights=list(cfg.bias_weights), seed=cfg.seed,
-                                       eval_batch_seed=cfg.eval_batch_seed,
-                                       **s.get("gates", {})),
-                     parent=bias, artefacts=["gates"])
     eval_files = task.eval_data.files(cfg, wd) if task.eval_data is not None else []
     eval_caches = [job.path for job in _eval_cache_jobs(task, cfg, wd)]
     eval_data = StageKey(wd, "eval_data", dict(eval_data=cfg.eval_data, **s.get("eval_data", {})),
@@ -201,12 +191,32 @@ def stage_keys(task, cfg, wd):
                          + [wd.rel(p) for p in eval_caches]
                          + [wd.rel(p) for p in eval_caches for p in distribute.shard_files(p)]
                          + [wd.rel(wd.expert_table("eval"))])
+    curves = curve_keys(wd, cfg, cache, gate_settings=s.get("gates", {}),
+                        eval_fingerprint=eval_data.fingerprint)
+    return dict(data=data, experts=experts, cache=cache, bias=curves["bias"],
+                gates=curves["gates"], eval_data=eval_data, evaluation=curves["evaluation"])
+
+
+def curve_keys(wd, cfg, parent, *, gate_settings=None, eval_fingerprint=None):
+    """The keys of the stages after the caches (bias, gates, evaluation), chained to
+    ``parent``: the main run's cache key, or an ablation point's own key
+    (``eval_fingerprint``: the key of the extra held-out set, when there is one)."""
+    bias = StageKey(wd, "bias", dict(targets=cfg.targets.as_flag(),
+                                     bias=None if cfg.bias is None else list(cfg.bias)),
+                    parent=parent, artefacts=[wd.rel(wd.bias())])
+    gates = StageKey(wd, "gates", dict(batch_size=cfg.batch_size, epochs=cfg.epochs,
+                                       soft_epochs=cfg.soft_epochs,
+                                       learning_rate=cfg.learning_rate, gate=cfg.gate,
+                                       training_loss=cfg.training_loss, combine=cfg.combine,
+                                       bias_weights=list(cfg.bias_weights), seed=cfg.seed,
+                                       eval_batch_seed=cfg.eval_batch_seed,
+                                       **(gate_settings or {})),
+                     parent=bias, artefacts=["gates"])
     evaluation = StageKey(wd, "evaluation", dict(methods=list(cfg.methods),
                                                  eval_batch_seed=cfg.eval_batch_seed,
-                                                 eval=eval_data.fingerprint),
+                                                 eval=eval_fingerprint),
                           parent=gates, artefacts=[wd.rel(wd.evaluation())])
-    return dict(data=data, experts=experts, cache=cache, bias=bias, gates=gates,
-                eval_data=eval_data, evaluation=evaluation)
+    return dict(bias=bias, gates=gates, evaluation=evaluation)
 
 
 def _eval_cache_jobs(task, cfg, wd):
@@ -462,6 +472,20 @@ def stage_evaluation(run, keys, table, points, gates) -> dict:
     return {s: SplitEvaluation.from_json(r) for s, r in read_json(path).items()}
 
 
+def stage_curves(run, keys, *, strategy=None):
+    """The stages after the caches, in one process: the expert table, b
+    (:func:`stage_bias`), the gates, the evaluation; returns ``(table, points, gates,
+    results)``. ``keys`` holds at least ``bias``, ``gates`` and ``evaluation``
+    (:func:`curve_keys`). The main run and every ablation point run through it."""
+    table = expert_table(run)
+    keys["bias"].claim()
+    points = stage_bias(run, table)
+    keys["gates"].claim()
+    gates = stage_gates(run, points, strategy=strategy)
+    results = stage_evaluation(run, keys, table, points, gates)
+    return table, points, gates, results
+
+
 def _natural_order(run, m):
     task, cfg = run.task, run.cfg
     order = task.natural_order.order(cfg, run.data)
@@ -601,10 +625,5 @@ def run(task, cfg, workdir, *, command=None):
         build_experts(r, keys)
         keys["cache"].claim()
         build_caches(r)
-        table = expert_table(r)
-        keys["bias"].claim()
-        points = stage_bias(r, table)
-        keys["gates"].claim()
-        gates = stage_gates(r, points, strategy=strategy)
-        results = stage_evaluation(r, keys, table, points, gates)
+        table, points, gates, results = stage_curves(r, keys, strategy=strategy)
         return stage_report(r, keys, table, points, gates, results, command)

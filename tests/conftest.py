@@ -103,14 +103,54 @@ def _sr_chain(root, depth):
     yield before, sr_cli(workdir, f"--eval_image_dir={extra}").stdout
 
 
+def _encode(value):
+    """A smoke value as JSON (paths, CompletedProcess, JSON values; tuples of those)."""
+    import pathlib
+    import subprocess
+
+    if isinstance(value, tuple):
+        return {"tuple": [_encode(v) for v in value]}
+    if isinstance(value, pathlib.Path):
+        return {"path": str(value)}
+    if isinstance(value, subprocess.CompletedProcess):
+        return {"proc": [list(map(str, value.args)), value.returncode, value.stdout,
+                         value.stderr]}
+    return {"json": value}
+
+
+def _decode(obj):
+    import pathlib
+    import subprocess
+
+    if "tuple" in obj:
+        return tuple(_decode(v) for v in obj["tuple"])
+    if "path" in obj:
+        return pathlib.Path(obj["path"])
+    if "proc" in obj:
+        return subprocess.CompletedProcess(*obj["proc"])
+    return obj["json"]
+
+
+def shared_tmp(tmp_path_factory):
+    """The session's temporary root that every pytest-xdist worker of the session shares
+    (without xdist: the session's own)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
 class SmokeRuns:
     """The smoke runs of one session: started in one background thread, in the order
-    the tests need them; :meth:`result` waits for one (and starts it if it was not)."""
+    the tests need them; :meth:`result` waits for one (and starts it if it was not).
+
+    Under pytest-xdist (``make test`` runs two workers) every worker's thread asks for the
+    same chains in the same order; a chain is built once, by the worker that takes its
+    file lock first, in the temporary root the workers share (:func:`shared_tmp`), and the
+    others read its values (``values.json``) when it is done."""
 
     def __init__(self, tmp_path_factory):
         import concurrent.futures
 
-        self._tmp = tmp_path_factory
+        self._root = shared_tmp(tmp_path_factory)
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="smoke")
         self._futures = {}
 
@@ -130,20 +170,43 @@ class SmokeRuns:
                 continue
             futures = {SMOKE_FIXTURES[n][1]: concurrent.futures.Future() for n in fixtures}
             self._futures.update({n: futures[SMOKE_FIXTURES[n][1]] for n in fixtures})
-            root = self._tmp.mktemp(chain)
-            self._pool.submit(self._run, chain, root, depth[chain], futures)
+            self._pool.submit(self._run, chain, self._root, depth[chain], futures)
 
-    @staticmethod
-    def _run(chain, root, depth, futures):
-        """Runs one chain; ``futures``: place in the chain -> the Future of its value."""
+    def _run(self, chain, shared, depth, futures):
+        """Runs one chain, or reads the values another worker's run of it left, or (its
+        lock taken by another worker) queues itself again behind the other chains;
+        ``futures``: place in the chain -> the Future of its value."""
+        import fcntl
+        import json
+        import time
+
+        root = shared / f"smoke-{chain}-{depth}"
+        done = shared / f"smoke-{chain}-{depth}.json"
         try:
-            if chain == "sr":
-                values = _sr_chain(root, depth)
-            else:
-                module = {"act": "action", "det": "detection"}[chain]
-                values = iter([_task_cli(module, root / "smoke")])
+            with open(shared / f"smoke-{chain}-{depth}.lock", "w") as lock:
+                try:  # released when the file closes
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:  # another worker builds it: build another first
+                    time.sleep(0.5)
+                    self._pool.submit(self._run, chain, shared, depth, futures)
+                    return
+                if done.exists():
+                    values = [_decode(v) for v in json.loads(done.read_text())]
+                else:
+                    root.mkdir(exist_ok=True)
+                    if chain == "sr":
+                        made = _sr_chain(root, depth)
+                    else:
+                        module = {"act": "action", "det": "detection"}[chain]
+                        made = iter([_task_cli(module, root / "smoke")])
+                    values = []
+                    for place, value in enumerate(made):
+                        values.append(value)
+                        if place in futures:
+                            futures[place].set_result(value)
+                    done.write_text(json.dumps([_encode(v) for v in values]))
             for place, value in enumerate(values):
-                if place in futures:
+                if place in futures and not futures[place].done():
                     futures[place].set_result(value)
         except BaseException as err:  # the fixtures that wait re-raise it
             for future in futures.values():
@@ -172,22 +235,38 @@ def _smoke_fixtures(item):
     return [n for n in getattr(item, "fixturenames", ()) if n in SMOKE_FIXTURES]
 
 
-#: modules whose tests start several TensorFlow processes under timeouts: they run after
-#: the background smoke runs have finished (after the tests that need a smoke workdir)
-AFTER_THE_SMOKE_RUNS = ("test_distribute.py",)
+#: modules whose tests start several TensorFlow processes that wait on each other: they
+#: run one after the other (one pytest-xdist group), first (their waits overlap the rest)
+ONE_AT_A_TIME = ("test_distribute.py",)
+
+
+def _group(item):
+    """The pytest-xdist group of a test (``--dist loadgroup``: a group runs on one worker,
+    in order), or None: :data:`ONE_AT_A_TIME` modules; the tests that use a smoke chain's
+    workdirs (they may lock them in place, so one worker runs them all)."""
+    if item.path.name in ONE_AT_A_TIME:
+        return item.path.stem
+    chains = sorted({SMOKE_FIXTURES[n][0] for n in _smoke_fixtures(item)})
+    return "smoke-" + "-".join(chains) if chains else None
 
 
 def _order(item):
-    if item.path.name in AFTER_THE_SMOKE_RUNS:
-        return 2
-    return 1 if _smoke_fixtures(item) else 0
+    if item.path.name in ONE_AT_A_TIME:
+        return 0
+    return 2 if _smoke_fixtures(item) else 1
 
 
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(session, config, items):
-    """The tests that need a smoke workdir run after the others (which run beside the
-    smoke runs), then :data:`AFTER_THE_SMOKE_RUNS`; each group in its order."""
+    """:data:`ONE_AT_A_TIME` first, then the tests that need no smoke workdir (they run
+    beside the background smoke runs), then the tests that need one; each in its order.
+    Under pytest-xdist (``make test``: two workers, ``--dist loadgroup``) each
+    :func:`_group` runs on one worker."""
     items[:] = sorted(items, key=_order)  # stable
+    for item in items:
+        group = _group(item)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -10,25 +10,24 @@ the intermediate resolutions evenly spaced (rounded to whole pixels). Experts th
 main run does not have are trained once (``ablations/experts/``) and their
 detections cached once (``ablations/cache/``); every point reuses them.
 
-Every point is a gate trained exactly as the main run's enforce gate (same loss,
-learning rate, epochs, seed) on the same per-image score cache restricted to its
-experts, with b from the same LP on validation mAP, evaluated on the test split
-with :func:`experiments.pipeline.evaluate_split`. Results are written under
-``ablations/<settings fingerprint>/`` and skipped when there; the quick and smoke
-presets use fewer points (see :data:`GRIDS`).
+Every point runs the pipeline's own stages after the caches
+(:func:`experiments.pipeline.stage_curves`: expert table, b from the LP on validation mAP,
+the enforce gate, the test evaluation) for the main run's config restricted to its experts
+and its gate, in its own layout ``ablations/<settings fingerprint>/<point>/`` (each stage
+keyed and skipped when done, as in the main run); the quick and smoke presets use fewer
+points (see :data:`GRIDS`).
 """
 import dataclasses
 import os
 
 import numpy as np
 
-from bmoe_tf.bias import select_bias
 from bmoe_tf.cache import score_cache
 from bmoe_tf.gating import build_gate, compact_gate
-from experiments import gates as gates_lib
 from experiments import pipeline
-from experiments.results import BiasPoint, ExpertRow
-from experiments.stages import fingerprint, load_artefact, read_json, write_json
+from experiments.layout import Layout
+from experiments.stages import StageKey, fingerprint, load_artefact, read_json, write_json
+from experiments.task import Split, Task, TrainingSet
 
 __all__ = ["run_ablations", "GRIDS", "RANGES", "complexity_gates", "spaced_resolutions"]
 
@@ -115,14 +114,17 @@ class _ExpertPool:
                 self.scores[resolution][split] = f["scores"]
 
 
-class _SubsetTask:
-    """The task restricted to the experts at ``resolutions`` (what evaluate_split reads)."""
+class _SubsetTask(Task):
+    """The detection task restricted to the experts at ``resolutions``, over the main
+    run's data and the pool's caches, with the point's gate: what the pipeline's stages
+    after the caches (:func:`experiments.pipeline.stage_curves`) read."""
 
-    def __init__(self, run, pool, resolutions):
+    def __init__(self, task, run, pool, resolutions, build_gate):
         from bmoe_tf.coco_map import RoutingEvaluator
-        from experiments.task import Split
 
-        self.resolutions = tuple(resolutions)
+        for attr in ("name", "title", "metric_name", "cost_unit", "example_name"):
+            setattr(self, attr, getattr(task, attr))
+        self.resolutions, self._build_gate = tuple(resolutions), build_gate
         self._views = {}
         for split in pipeline.SPLITS:
             scores = np.stack([pool.scores[r][split] for r in resolutions], axis=1)
@@ -136,53 +138,53 @@ class _SubsetTask:
             self._views[split] = Split(gate_inputs=run.view(split).gate_inputs, scores=scores,
                                        metric=metric)
 
-    def costs(self):
+    def data_costs(self, cfg):
         return np.array([3 * r * r * 4 for r in self.resolutions], np.float64)
 
-    def view(self, split):
-        return self._views[split]
+    def experts(self, cfg):
+        """Stand-in experts: a gate trained on a scores cache needs only their count and
+        data costs (no expert runs)."""
+        from bmoe_tf import Expert
+        from bmoe_tf.backend import keras
+
+        return [Expert(keras.layers.Lambda(lambda x: x), data_cost=c, name=f"ssd{r}")
+                for c, r in zip(self.data_costs(cfg), self.resolutions)]
+
+    def split(self, cfg, wd, data, name):
+        return self._views[name]
+
+    def training_set(self, cfg, wd, data):
+        train = self._views["train"]
+        return TrainingSet(train.gate_inputs, score_cache(train.scores))
+
+    def build_gate(self, cfg, num_experts):
+        return self._build_gate()
+
+    def prepare_data(self, cfg, wd):  # the main run's stages made everything before
+        raise NotImplementedError
+
+    load_data = build_experts = caches = prepare_data
 
 
-def _rho_point(sub, cfg, wd, directory, build, batch_size, name):
-    """Trains one enforce gate for ``sub`` and returns ``{"rho", "points"}`` on test."""
-    d = sub.costs()
-    val, test = sub.view("validation"), sub.view("test")
-    table = [ExpertRow(f"ssd{r}", float(c), dict(validation=val.metric(np.full(len(val), n)),
-                                                 test=test.metric(np.full(len(test), n))))
-             for n, (r, c) in enumerate(zip(sub.resolutions, d))]
-    p = np.array([row.metric("validation") for row in table])
-    points = [BiasPoint(float(t), tuple(select_bias(d, p, target_cost=t).tolist()))
-              for t in cfg.targets.resolve(d)]
-    train = pipeline.TrainingSet(sub.view("train").gate_inputs,
-                                 score_cache(sub.view("train").scores))
-    gate = None
-    gates = {"enforce": {}}
-    for index, point in enumerate(points):
-        if np.isclose(max(point.bias), 1.0):
-            continue
-        if gate is None:  # the enforce loss never looks at b: one gate for every target
-            gate = gates_lib.train_gate(
-                directory, build_gate=build, experts=_cost_experts(d, sub.resolutions),
-                bias=list(point.bias), method="enforce", train=train, batch_size=batch_size,
-                epochs=cfg.epochs, learning_rate=cfg.learning_rate, combine=cfg.combine,
-                training_loss=cfg.training_loss, seed=cfg.seed, name=name,
-                verbose=0)[0]
-        gates["enforce"][index] = gate
-    run_cfg = dataclasses.replace(cfg, methods=("enforce",), batch_size=batch_size)
-    result = pipeline.evaluate_split(run_cfg, test, "test", table, points, gates)
-    return dict(rho=result.rho.get("enforce"),
-                points=[pt.to_json() for pt in result.points["enforce"]],
+def _rho_point(task, run, pool, resolutions, build, batch_size, directory):
+    """One ablation point: the main run's config (enforce only, batch ``batch_size``) on
+    the experts at ``resolutions`` with the gate ``build()``, through the pipeline's own
+    stages in ``directory`` (expert table, b from the LP, the enforce gate, the test
+    evaluation; each skipped when done). Returns ``{"rho", "points", "experts"}``."""
+    sub_task = _SubsetTask(task, run, pool, resolutions, build)
+    cfg = dataclasses.replace(run.cfg, methods=("enforce",), batch_size=batch_size, bias=None,
+                              verbose=0)
+    wd = Layout(directory)
+    sub = pipeline.Run(sub_task, cfg, wd)
+    sub.data, sub.experts = run.data, sub_task.experts(cfg)
+    point = StageKey(wd, "experts", dict(resolutions=list(resolutions)))
+    keys = pipeline.curve_keys(wd, cfg, point)
+    point.claim()
+    table, _, _, results = pipeline.stage_curves(sub, keys)
+    test = results["test"]
+    return dict(rho=test.rho.get("enforce"),
+                points=[pt.to_json() for pt in test.points["enforce"]],
                 experts=[row.to_json() for row in table])
-
-
-def _cost_experts(costs, resolutions):
-    """Stand-in experts for a scores-cache gate: the mixture needs only their count and
-    data costs (no expert runs while a gate trains on a scores cache)."""
-    from bmoe_tf import Expert
-    from bmoe_tf.backend import keras
-
-    return [Expert(keras.layers.Lambda(lambda x: x), data_cost=c, name=f"ssd{r}")
-            for c, r in zip(costs, resolutions)]
 
 
 def run_ablations(task, run, report):
@@ -214,13 +216,11 @@ def run_ablations(task, run, report):
                     row = dict(gate=label, batch_size=m,
                                macs=int(count_macs(build())), rho={})
                     for n, res in sets.items():
-                        sub = _SubsetTask(run, pool, res)
                         build_n = dict(complexity_gates(cfg.gate, view, n))[label]
                         name = f"complexity/{label}/M{m}/N{n}"
                         print(f"[ablation {name}]", flush=True)
                         row["rho"][str(n)] = _rho_point(
-                            sub, cfg, wd, os.path.join(root, "gates", name), build_n, m,
-                            name)["rho"]
+                            task, run, pool, res, build_n, m, os.path.join(root, name))["rho"]
                     rows.append(row)
             write_json(path, dict(experts={str(n): list(r) for n, r in sets.items()},
                                   rows=rows))
@@ -238,12 +238,10 @@ def run_ablations(task, run, report):
                     res = spaced_resolutions(r_min, r_max, n)
                     for r in res:
                         pool.need(r)
-                    sub = _SubsetTask(run, pool, res)
                     name = f"experts/{r_min}-{r_max}/N{n}"
                     print(f"[ablation {name}] resolutions {list(res)}", flush=True)
-                    point = _rho_point(sub, cfg, wd, os.path.join(root, "gates", name),
-                                       lambda n=n: task.build_gate(cfg, n), cfg.batch_size,
-                                       name)
+                    point = _rho_point(task, run, pool, res, lambda n=n: task.build_gate(cfg, n),
+                                       cfg.batch_size, os.path.join(root, name))
                     rows.append(dict(range=[r_min, r_max], n=n, resolutions=list(res),
                                      rho=point["rho"], experts=point["experts"]))
             write_json(path, dict(rows=rows))

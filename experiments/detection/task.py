@@ -33,106 +33,20 @@ import numpy as np
 
 from bmoe_tf.cache import load_cache, score_cache
 from bmoe_tf.gating import compact_gate, paper_gate
-from experiments.config import ConfigError, Preset, Schedule, Targets
-from experiments.detection.data import COMPACT_VIEW, GATE_CROP, gate_view, view_resolution
+from experiments.config import ConfigError
+from experiments.detection.data import gate_view, view_resolution
 from experiments.detection.report import GENERATED, PAPER_TABLE_I, DetectionReport
-from experiments.detection.ssd import interpolate_epochs
-from experiments.settings import setting
+from experiments.detection.settings import ABLATIONS, PRESETS, DetectionSettings
+from experiments.detection.ssd import interpolate_epochs  # noqa: F401 (re-exported)
 from experiments.stages import ArtefactError, load_artefact, write_json
 from experiments.task import SPLITS, CacheJob, NaturalOrder, Split, Task, TrainingSet
 
 __all__ = ["DetectionTask", "DetectionSettings", "DetectionSplit", "PRESETS", "PAPER_TABLE_I",
            "ABLATIONS", "gate_view", "view_resolution", "interpolate_epochs", "run"]
 
-ABLATIONS = ("complexity", "experts")
 #: Images per SSD call when caching detections; also the unit a multi-worker run shards
 #: the cache by (the same batches on one or many workers: the same bytes).
 EXPERT_BATCH = 16
-
-
-def _check_resolutions(r):
-    if len(r) < 2 or min(r) < 32 or max(r) > 300:
-        return f"takes at least two resolutions in [32, 300] px, got {list(r)}"
-    if list(r) != sorted(set(r)):
-        return f"must be strictly increasing (cheapest expert first), got {list(r)}"
-    return None
-
-
-@dataclasses.dataclass(frozen=True)
-class DetectionSettings:
-    """The detection task's own settings (flags of the same names).
-
-    ``expert_epochs``: one per resolution (the 300 px expert gets the largest share).
-    ``gate_resolution``: side of the gate's view (the 224 centre crop, resized); 0
-    means 224 for the paper gate and :data:`COMPACT_VIEW` for the compact gate.
-    """
-
-    resolutions: tuple = setting((100, 150, 300), "Expert input resolutions R_n in px, "
-                                 "cheapest first (at most 300). Default from --preset: "
-                                 "100,150,300.", stage="experts", check=_check_resolutions)
-    expert_epochs: tuple = setting((24, 20, 18), "SSD training epochs, one per resolution (or "
-                                   "one for all). Default from --preset.", stage="experts")
-    train_images: int = setting(1200, "Training images (generated: made; tfds/folder: a cap, "
-                                "0 = all). Default from --preset.", stage="data")
-    validation_images: int = setting(300, "Validation images (as --train_images). Default "
-                                     "from --preset.", stage="data")
-    test_images: int = setting(300, "Test images (as --train_images). Default from --preset.",
-                               stage="data")
-    gate_resolution: int = setting(0, "Side of the gate's view of the 224x224 centre crop; 0: "
-                                   f"224 for --gate=paper, {COMPACT_VIEW} for --gate=compact.",
-                                   stage="gates", key=lambda s, cfg: view_resolution(cfg),
-                                   check=lambda v: None if v == 0 or 16 <= v <= GATE_CROP else
-                                   f"must be 0 (auto) or in [16, {GATE_CROP}], got {v}")
-    allow_small_images: bool = setting(False, "Upsample tfds/folder images whose shorter side "
-                                       "is below 300 px instead of refusing them.", stage="data")
-    ablation: tuple = setting((), f"Ablations after the main run: any of {','.join(ABLATIONS)} "
-                              "(Table II, Fig. 5).", choices=ABLATIONS)
-
-    def resolve(self, given, preset):
-        """One ``--expert_epochs`` value: every expert; new ``--resolutions`` without
-        ``--expert_epochs``: the preset's epochs interpolated in R."""
-        if "expert_epochs" in given and len(self.expert_epochs) == 1:
-            return dataclasses.replace(self, expert_epochs=self.expert_epochs
-                                       * len(self.resolutions))
-        if "expert_epochs" not in given and tuple(self.resolutions) != tuple(preset.resolutions):
-            return dataclasses.replace(self, expert_epochs=interpolate_epochs(
-                preset, self.resolutions))
-        return self
-
-    def check(self, cfg):
-        r = list(self.resolutions)
-        if len(self.expert_epochs) != len(r):
-            raise ConfigError(f"--expert_epochs gives {len(self.expert_epochs)} values for "
-                              f"{len(r)} resolutions {r}; give one per resolution or one for all")
-        if min(self.expert_epochs) < 1:
-            raise ConfigError(f"--expert_epochs must be >= 1, got {list(self.expert_epochs)}")
-        generated = cfg.data == DetectionTask.default_data
-        for name in ("train_images", "validation_images", "test_images"):
-            value = getattr(self, name)
-            if value < (1 if generated else 0):
-                raise ConfigError(f"--{name} must be >= {1 if generated else 0}"
-                                  f"{'' if generated else ' (0: all)'}, got {value}")
-        if self.train_images and self.train_images < cfg.batch_size:
-            raise ConfigError(f"--train_images {self.train_images} is smaller than --batch_size "
-                              f"{cfg.batch_size}")
-
-
-PRESETS = {
-    "full": Preset(Schedule(targets=Targets(count=6, experts=True), batch_size=128,
-                            learning_rate=1e-3, epochs=60, soft_epochs=30,
-                            bias_weights=(0.1, 0.3, 1.0, 3.0)),
-                   DetectionSettings(expert_epochs=(40, 40, 40), train_images=3000,
-                                     validation_images=500, test_images=500)),
-    # quick: the compact gate (the paper gate's 29 M-weight FC layer trains at ~20 s per
-    # epoch on 1200 images on 2 cores; WORKSPACE.md, "Detection task").
-    "quick": Preset(Schedule(targets=Targets(count=3, experts=True), batch_size=64,
-                             learning_rate=3e-3, epochs=60, soft_epochs=30, gate="compact"),
-                    DetectionSettings()),
-    "smoke": Preset(Schedule(targets=Targets(count=3, experts=True), batch_size=16,
-                             learning_rate=1e-3, epochs=1),
-                    DetectionSettings(expert_epochs=(1, 1, 1), train_images=48,
-                                      validation_images=24, test_images=24)),
-}
 
 
 @dataclasses.dataclass(frozen=True)

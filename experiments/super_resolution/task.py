@@ -8,7 +8,6 @@ cache the gates train on, minus the per-part Y squared error as the score matrix
 and the mean per-image Y-PSNR of the stitched images as the metric. The pipeline
 does the rest (stages, resuming, curves, report). See WORKSPACE.md.
 """
-import dataclasses
 import os
 
 import numpy as np
@@ -17,68 +16,20 @@ from bmoe_tf import evaluation as bmoe_eval
 from bmoe_tf.backend import keras, tf
 from bmoe_tf.cache import build_expert_cache, load_cache
 from bmoe_tf.gating import compact_gate, paper_gate
-from experiments.config import ConfigError, Preset, Schedule, Targets
-from experiments.settings import setting
+from experiments.config import ConfigError
+from experiments.stages import ArtefactError, load_artefact, write_json
 from experiments.super_resolution import data as sr_data
 from experiments.super_resolution import models as sr_models
 from experiments.super_resolution.data import test_frames
 from experiments.super_resolution.evaluate import assignment_psnr, part_scores
 from experiments.super_resolution.report import PAPER_TABLE_IV, SRReport
-from experiments.stages import ArtefactError, load_artefact, write_json
+from experiments.super_resolution.settings import PRESETS, SRSettings
 from experiments.task import SPLITS, CacheJob, EvalData, NaturalOrder, Split, Task, TrainingSet
 
 __all__ = ["SuperResolutionTask", "SRSettings", "PRESETS", "PAPER_TABLE_IV", "run",
            "test_frames", "psnr_oracle"]
 
 PART = sr_data.PART_SIZE
-
-def _check_scales(scales):
-    if len(scales) < 2 or set(scales) - set(sr_models.SCALES):
-        return f"takes at least two of {sr_models.SCALES}, got {list(scales)}"
-    if len(set(scales)) != len(scales):
-        return f"lists a scale twice: {list(scales)}; each expert needs its own scale"
-    return None
-
-
-@dataclasses.dataclass(frozen=True)
-class SRSettings:
-    """The SR task's own settings (flags of the same names)."""
-
-    experts: str = setting("espcn", "Expert family.", stage="experts",
-                           choices=sr_models.FAMILIES)
-    scales: tuple = setting((4, 3, 2), "Upscale factors of the experts, cheapest first.",
-                            stage="experts", check=_check_scales)
-    expert_epochs: int = setting(8, "Expert training epochs. Default from --preset.",
-                                 stage="experts", low=1)
-    image_scale: float = setting(1.0, "Resize factor applied to every image before cutting "
-                                 "parts (smoke runs use small images). Default from --preset.",
-                                 stage=("data", "eval_data"),
-                                 check=lambda v: None if 0 < v <= 4 else f"must be in (0, 4], got {v}")
-    max_train_parts: int = setting(0, "Cap on training parts (random subset; 0: all). Default "
-                                   "from --preset.", stage="experts", low=0)
-
-    def check(self, cfg):
-        if self.max_train_parts and self.max_train_parts < cfg.batch_size:
-            raise ConfigError(f"--max_train_parts {self.max_train_parts} is smaller than "
-                              f"--batch_size {cfg.batch_size}")
-        if cfg.eval_data and not os.path.isdir(cfg.eval_data):
-            raise ConfigError(f"--eval_image_dir/--eval_data: {cfg.eval_data!r} is not a "
-                              "directory")
-
-
-#: Presets; an explicit flag always wins. WORKSPACE.md ("Presets") says why.
-PRESETS = {
-    "full": Preset(Schedule(targets=Targets(count=6), batch_size=128, learning_rate=1e-2,
-                            epochs=200, soft_epochs=100, bias_weights=(0.1, 0.3, 1.0, 3.0)),
-                   SRSettings(expert_epochs=60)),
-    "quick": Preset(Schedule(targets=Targets(count=4), batch_size=128, learning_rate=1e-2,
-                             epochs=200, soft_epochs=100),
-                    SRSettings(expert_epochs=8)),
-    "smoke": Preset(Schedule(targets=Targets(count=3), batch_size=16, learning_rate=1e-3,
-                             epochs=1),
-                    SRSettings(expert_epochs=1, image_scale=0.5, max_train_parts=96)),
-}
-
 
 def _resize(images, scale):
     if scale == 1.0:

@@ -269,11 +269,21 @@ def test_a_worker_whose_peer_never_starts_stops_after_the_timeout(tmp_path):
 
 
 def test_a_worker_waiting_for_its_peer_stops_on_sigterm_and_on_sigint(tmp_path):
-    """Two lonely workers at once (one per signal: the 15 s wait is shared)."""
+    """Two lonely workers at once (one per signal), each signalled once its supervisor
+    runs the worker (its handlers are set by then; the worker itself starts, or waits for
+    its peer: either stops)."""
     import signal
 
     procs = {signum: _lonely_worker(tmp_path / signum, 600)[0] for signum in ("SIGTERM", "SIGINT")}
-    time.sleep(15)  # the workers wait for their peers by now (or still start: either stops)
+    deadline = time.time() + 180
+    for proc in procs.values():
+        children = f"/proc/{proc.pid}/task/{proc.pid}/children"
+        while proc.poll() is None and time.time() < deadline:
+            with open(children) as f:
+                if f.read().split():
+                    break
+            time.sleep(0.1)
+    time.sleep(2)
     sent = time.time()
     for signum, proc in procs.items():
         proc.send_signal(getattr(signal, signum))

@@ -18,13 +18,12 @@ import time
 import numpy as np
 import pytest
 
+from experiments.cli import USER_ERRORS  # what the CLI prints as one error line, exit 2
 from experiments.config import ConfigError
-from experiments.stages import ArtefactError, StageMismatch, WorkdirBusy, WorkdirLock
+from experiments.stages import WorkdirBusy, WorkdirLock
 from tests.smoke_runs import ROOT, SR_SMOKE_FLAGS, sr_cli, sr_config, sr_run
 
 SMOKE = list(SR_SMOKE_FLAGS)
-#: what experiments.cli.main prints as one ``error:`` line and exits 2 on
-USER_ERRORS = (WorkdirBusy, StageMismatch, ArtefactError, ValueError, ConfigError)
 
 
 def _cmd(workdir, *extra):

@@ -14,6 +14,7 @@ from gating_tflite.calibration import EXPORT_FILE, ExportData
 pytest_plugins = ["tests.gating_tflite.tflite_fixtures"]
 pytest.register_assert_rewrite("tests.gating_tflite.tflite_fixtures")
 from tests.gating_tflite.tflite_fixtures import NEAR_TIE_BIAS, near_tie_data  # noqa: E402
+from tests.gating_tflite.tflite_fixtures import export_cli as run_cli  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -37,18 +38,6 @@ def near_tie_task(tmp_path):
     data = near_tie_data()
     data.task = "near_tie"
     data.save(str(tmp_path / EXPORT_FILE))
-
-
-def run_cli(capsys, *argv):
-    """``(exit code, stdout, stderr lines)`` of one in-process run of the CLI."""
-    with flagsaver.flagsaver():
-        try:
-            cli.main(cli.parse_flags(["bmoe-export-gate", *argv]))
-            code = 0
-        except SystemExit as stop:
-            code = stop.code
-    out, err = capsys.readouterr()
-    return code, out, err.splitlines()
 
 
 def test_a_logits_gate_that_misses_b_warns_and_exits_0(files, near_tie_task, tmp_path, capsys):

@@ -98,3 +98,20 @@ def saved_near_tie_gate(tmp_path_factory):
 def tflite_bytes(exported):
     with open(exported[0], "rb") as f:
         return f.read()
+
+
+def export_cli(capsys, *argv):
+    """``(exit code, stdout, stderr lines)`` of one in-process run of the export CLI
+    (``python -m gating_tflite.export``: its flags parsed afresh, restored afterwards)."""
+    from absl.testing import flagsaver
+
+    from gating_tflite import cli
+
+    with flagsaver.flagsaver():
+        try:
+            cli.main(cli.parse_flags(["bmoe-export-gate", *argv]))
+            code = 0
+        except SystemExit as stop:
+            code = stop.code
+    out, err = capsys.readouterr()
+    return code, out, err.splitlines()

@@ -61,6 +61,20 @@ def test_ablation_smoke_run(det_smoke, tmp_path):
     md = (copy / "report.md").read_text()
     assert "Table II layout" in md and "Fig. 5 layout" in md
     assert (copy / "reports" / "fig5_rho_vs_experts.png").exists()
+    # every point runs the pipeline's own stages: the point with the main run's gate,
+    # batch and experts is the main run, bit for bit (gate weights, b, test curve)
+    from experiments.gates import load_gate
+
+    (root,) = [p for p in (copy / "ablations").iterdir() if p.name not in ("experts", "cache")]
+    point = root / "complexity" / "compact(16, 32, 32)" / "M16" / "N3"
+    for a, b in zip(load_gate(str(copy / "gates" / "enforce" / "shared"))[0].get_weights(),
+                    load_gate(str(point / "gates" / "enforce" / "shared"))[0].get_weights()):
+        assert np.array_equal(a, b)
+    assert json.loads((point / "bias.json").read_text()) == json.loads(
+        (copy / "bias.json").read_text())
+    main_test = json.loads((copy / "evaluation.json").read_text())["test"]
+    point_test = json.loads((point / "evaluation.json").read_text())["test"]
+    assert point_test["curves"]["enforce"] == main_test["curves"]["enforce"]
     # resumed: nothing is redone
     again = subprocess.run(args, capture_output=True, text=True, timeout=600,
                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))

@@ -95,16 +95,22 @@ def test_a_workdir_made_with_other_settings_is_refused(smoke):
     assert "seed: 0 -> 7" in proc.stdout + proc.stderr
 
 
-def test_export_cli_on_the_smoke_gate(smoke, tmp_path):
-    """The paper SR gate (3.3 M weights) is exported, checked, and refused by the budget."""
+def test_export_cli_on_the_smoke_gate(smoke, tmp_path, capsys):
+    """The paper SR gate (3.3 M weights) is exported, checked, and refused by the budget
+    (the export CLI in this process: tests/gating_tflite/tflite_fixtures.export_cli)."""
+    from tests.gating_tflite.tflite_fixtures import export_cli
+
     workdir, _ = smoke
     out = tmp_path / "paper" / "gate.tflite"
-    cmd = [sys.executable, "-m", "gating_tflite.export",
-           f"--gate={workdir}/gates/enforce/shared", f"--calibration={workdir}",
-           f"--out={out}", "--target=stm32h743", "--emit_c"]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "does not fit the target" in proc.stderr and "flash" in proc.stderr
+    argv = [f"--gate={workdir}/gates/enforce/shared", f"--calibration={workdir}",
+            f"--out={out}", "--target=stm32h743", "--emit_c"]
+    # bad flags fail clearly before any work
+    code, _, stderr = export_cli(capsys, *argv[:-2], "--target=esp32")
+    assert code == 2 and "known targets" in "\n".join(stderr) and not out.parent.exists()
+    code, stdout, stderr = export_cli(capsys, *argv)
+    err = "\n".join(stderr)
+    assert code == 1, err[-3000:]
+    assert "does not fit the target" in err and "flash" in err
     with open(tmp_path / "paper" / "export_report.json") as f:
         report = json.load(f)
     assert report["flash_bytes"] > 2048 * 1024 and report["target"]["fits"] is False
@@ -112,17 +118,13 @@ def test_export_cli_on_the_smoke_gate(smoke, tmp_path):
     assert report["agreement"]["inputs"] > 0 and 0 <= report["agreement"]["tflm"] <= 1
     assert len(report["frequencies"]) == 3 and report["metric"]["name"].startswith("test PSNR")
     assert os.path.exists(tmp_path / "paper" / "gate_model.cc")
-    assert "flash" in proc.stdout and "agreement" in proc.stdout
+    assert "flash" in stdout and "agreement" in stdout
     # the index head has no logits for gate_router.c; the scene shift is in the report
     assert not os.path.exists(tmp_path / "paper" / "gate_router.c")
     assert set(report["scene_shift"]) == {"static", "controller", "controller_hard",
                                           "per_batch", "per_frame"}
     assert report["router"]["logits"] == "float gate"
     # (a model that fits exits 0: tests/gating_tflite/test_cli.py, on a small gate)
-    # bad flags fail clearly before any work
-    bad = subprocess.run(cmd[:-2] + ["--target=esp32"], cwd=ROOT, capture_output=True,
-                         text=True, timeout=600)
-    assert bad.returncode == 2 and "known targets" in bad.stderr
 
 
 def test_the_sr_oracle_maximises_the_mean_psnr_better_than_the_summed_error(smoke):
