@@ -42,7 +42,7 @@ def _start(out, *args, die_at=None, fail_data=False, learning_rate=None):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def _finish(procs, timeout=100):
+def _finish(procs, timeout=300):
     try:
         for p in procs:
             out, _ = p.communicate(timeout=timeout)
@@ -64,7 +64,7 @@ def test_two_workers_train_the_two_device_gate_also_when_one_is_killed(tmp_path)
     mirrored = _start(tmp_path / "one", "mirrored")
     chief = _start(tmp_path / "mw", "multi_worker", "0", ports)
     dying = _start(tmp_path / "mw", "multi_worker", "1", ports, die_at=1)
-    out, _ = dying.communicate(timeout=100)
+    out, _ = dying.communicate(timeout=300)
     assert dying.returncode == 3, out[-3000:]
     time.sleep(1.0)  # the chief is stuck in the step's collective (it would stop by
     chief.kill()     # itself after ~9 s of missed heartbeats); a cluster restarts it
@@ -181,7 +181,7 @@ def test_a_failed_chief_stage_stops_the_other_worker_with_a_message(tmp_path, fa
                    for i in range(2)]
         try:
             for p in workers:
-                p.communicate(timeout=100)
+                p.communicate(timeout=300)
         finally:
             for p in workers:
                 if p.poll() is None:

@@ -1,0 +1,119 @@
+"""bmoe_tf.payload: codecs round-trip (lossless ones exactly, JPEG within a stated error),
+shared-table JPEG payloads rebuild the full file, sizes are per input, bad settings and
+bad payloads are refused in one message."""
+import numpy as np
+import pytest
+from skimage import data as skdata
+from skimage import transform
+
+from bmoe_tf import payload
+
+
+def _photo(side, seed=0):
+    """A real photo (scikit-image's astronaut), a crop resized to ``side`` px, uint8 RGB."""
+    rng = np.random.default_rng(seed)
+    y, x = rng.integers(0, 200, size=2)
+    crop = skdata.astronaut()[y:y + 300, x:x + 300]
+    return payload.to_uint8(transform.resize(crop, (side, side), anti_aliasing=True))
+
+
+@pytest.mark.parametrize("spec", ["raw", "png", "zlib"])
+def test_lossless_codecs_round_trip_exactly(spec):
+    x = _photo(32)
+    codec = payload.make_codec(spec)
+    assert codec.lossless
+    back = codec.decode(codec.encode(x), x.shape)
+    assert back.dtype == np.uint8 and np.array_equal(back, x)
+    grey = x[..., :1]
+    assert np.array_equal(codec.decode(codec.encode(grey), grey.shape), grey)
+
+
+def test_zlib_carries_int8_motion_vectors_exactly():
+    mv = np.random.default_rng(1).integers(-20, 20, size=(4, 24, 24, 2)).astype(np.int8)
+    mv[:, 8:] = 0  # flat areas compress
+    codec = payload.make_codec("zlib", dtype=np.int8)
+    blob = codec.encode(mv)
+    assert len(blob) < mv.size
+    assert np.array_equal(codec.decode(blob, mv.shape), mv)
+
+
+@pytest.mark.parametrize("quality, max_mean_error", [(90, 2.5), (50, 5.0)])
+def test_jpeg_round_trip_is_close(quality, max_mean_error):
+    x = _photo(100)
+    codec = payload.Jpeg(quality)
+    back = codec.decode(codec.encode(x), x.shape)
+    err = np.abs(back.astype(np.float64) - x).mean()
+    assert back.shape == x.shape and 0 < err < max_mean_error
+
+
+@pytest.mark.parametrize("shape", [(16, 16), (21, 21, 1), (32, 32, 3), (100, 100, 3)])
+def test_shared_tables_payload_plus_header_is_the_jpeg_file(shape):
+    x = _photo(shape[0])
+    x = x if len(shape) == 3 and shape[2] == 3 else x[..., 0].reshape(shape)
+    full, shared = payload.Jpeg(90), payload.Jpeg(90, shared_tables=True)
+    file, scan = full.encode(x), shared.encode(x)
+    assert file == shared.header(shape) + scan + b"\xff\xd9"
+    assert np.array_equal(shared.decode(scan, shape), full.decode(file, shape))
+    assert len(file) - len(scan) > 150  # the tables are most of a small part's file
+
+
+def test_the_shared_header_is_the_same_for_every_input_of_a_shape():
+    codec = payload.Jpeg(75, shared_tables=True)
+    heads = {payload.Jpeg._split(codec._file(_photo(24, seed)))[0] for seed in range(5)}
+    assert heads == {codec.header((24, 24, 3))}
+
+
+def test_payload_sizes_are_per_input_and_depend_on_content():
+    flat = np.full((3, 64, 64, 3), 128, np.uint8)
+    busy = np.stack([_photo(64, s) for s in range(3)])
+    for spec in ("png", "jpeg:90", "jpeg:90:tables"):
+        small, big = payload.payload_sizes(spec, flat), payload.payload_sizes(spec, busy)
+        assert small.dtype == np.int64 and small.shape == (3,)
+        assert small.max() < big.min(), spec
+    assert payload.payload_sizes("raw", busy).tolist() == [64 * 64 * 3] * 3
+    decoded, sizes = payload.round_trip("png", busy)
+    assert np.array_equal(decoded, busy) and sizes.tolist() == payload.payload_sizes(
+        "png", busy).tolist()
+
+
+def test_to_uint8_rounds_and_clips():
+    assert payload.to_uint8(np.array([-0.1, 0.0, 0.5, 1.0, 1.2])).tolist() == [0, 0, 128, 255, 255]
+    x = np.arange(5, dtype=np.uint8)
+    assert payload.to_uint8(x) is x
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("jpeg:0", "quality must be an integer in [1, 100], got 0"),
+    ("jpeg:101", "quality must be an integer in [1, 100], got 101"),
+    ("jpeg:high", "'high' is not an integer"),
+    ("webp", "unknown codec 'webp'; known: raw | png | zlib | jpeg:Q"),
+    ("jpeg:90:huffman", "unknown codec"),
+])
+def test_bad_codec_settings_are_named(spec, message):
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")
+                       .replace("|", r"\|")):
+        payload.make_codec(spec)
+
+
+def test_a_payload_that_does_not_decode_is_named():
+    x = _photo(16)
+    for spec in ("png", "jpeg:90"):
+        blob = payload.make_codec(spec).encode(x)
+        with pytest.raises(ValueError, match="payload of .* B does not decode"):
+            payload.make_codec(spec).decode(blob[: len(blob) // 3] + b"junk", x.shape)
+    with pytest.raises(ValueError, match="does not decode"):
+        payload.make_codec("zlib").decode(b"not zlib", (4,))
+    with pytest.raises(ValueError, match="does not hold"):
+        payload.make_codec("raw").decode(b"abc", (2, 2))
+    with pytest.raises(ValueError, match="decodes to"):
+        payload.Png().decode(payload.Png().encode(x), (8, 8, 3))
+    with pytest.raises(ValueError, match="take uint8"):
+        payload.Png().encode(x.astype(np.float32))
+
+
+def test_codecs_compare_by_settings():
+    assert payload.make_codec("jpeg:90") == payload.Jpeg(90)
+    assert payload.make_codec("jpeg:90") != payload.make_codec("jpeg:90:tables")
+    assert payload.make_codec("jpeg:80:tables").spec() == "jpeg:80:tables"
+    assert payload.Jpeg(80).get_config() == {"codec": "jpeg", "quality": 80,
+                                            "shared_tables": False}
