@@ -37,13 +37,18 @@ def test_zlib_carries_int8_motion_vectors_exactly():
     assert np.array_equal(codec.decode(blob, mv.shape), mv)
 
 
-@pytest.mark.parametrize("quality, max_mean_error", [(90, 2.5), (50, 5.0)])
-def test_jpeg_round_trip_is_close(quality, max_mean_error):
+def test_jpeg_round_trip_is_close():
+    """The stated error: on a detailed 100 px photo, PSNR above 30 dB at quality 90 and
+    above 25 dB at 50 (measured 32.0 and 26.9 dB), and rising with the quality."""
     x = _photo(100)
-    codec = payload.Jpeg(quality)
-    back = codec.decode(codec.encode(x), x.shape)
-    err = np.abs(back.astype(np.float64) - x).mean()
-    assert back.shape == x.shape and 0 < err < max_mean_error
+    psnr = {}
+    for quality in (50, 90):
+        codec = payload.Jpeg(quality)
+        back = codec.decode(codec.encode(x), x.shape)
+        assert back.shape == x.shape and back.dtype == np.uint8
+        mse = ((back.astype(np.float64) - x) ** 2).mean()
+        psnr[quality] = 10 * np.log10(255 ** 2 / mse)
+    assert psnr[90] > 30 and psnr[50] > 25 and psnr[90] > psnr[50] + 3
 
 
 @pytest.mark.parametrize("shape", [(16, 16), (21, 21, 1), (32, 32, 3), (100, 100, 3)])
