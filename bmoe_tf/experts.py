@@ -12,6 +12,11 @@ An :class:`Expert` wraps one of:
 ``expert(x)`` computes ``E_n(P_n(x))`` for a batch ``x`` of ``[M, ...]`` raw inputs.
 The data cost ``d_n`` is what the sensor must send for one example: by default
 the float32 bytes of ``P_n(x)`` (elements x K with K = 4, as the paper counts).
+
+With a payload codec (``codec=``, :mod:`bmoe_tf.payload`) the expert sees what the
+server decodes: ``P_n(x) = decode(encode(to_payload(preprocess(x))))``, brought back to
+the model's input by ``from_payload``; :meth:`Expert.payload_sizes` gives the bytes of
+each input's payload (its per-input cost ``c[i, n]``).
 """
 import os
 
@@ -72,13 +77,27 @@ class Expert:
       name: a short name (used in metric names and reports).
       input_shape: the raw per-example input shape; when given the expert is
         resolved at once (output spec and data cost known).
+      codec: a :class:`bmoe_tf.payload.Codec` (or its name): the expert's input travels
+        as that payload and the model sees its decoded value; None: the input as is.
+      to_payload: ``numpy [M, ...] -> [M, ...]`` the preprocessed input as the sensor
+        holds it (default: float ``[0, 1]`` images to ``uint8``, :func:`payload.to_uint8`).
+      from_payload: ``numpy [M, ...] -> float32 [M, ...]`` a decoded payload as the model's
+        input (default: ``uint8 / 255``).
     """
 
-    def __init__(self, model, *, preprocess=None, data_cost=None, name=None, input_shape=None):
+    def __init__(self, model, *, preprocess=None, data_cost=None, name=None, input_shape=None,
+                 codec=None, to_payload=None, from_payload=None):
         self.model = _load(model)
         if preprocess is not None and not callable(preprocess):
             raise ValueError(f"preprocess must be callable, got {type(preprocess).__name__}")
         self.preprocess = preprocess
+        self.codec = None
+        if codec is not None:
+            from bmoe_tf import payload
+
+            self.codec = payload.make_codec(codec)
+        self._to_payload = to_payload
+        self._from_payload = from_payload
         if data_cost is not None:
             data_cost = float(data_cost)
             if not np.isfinite(data_cost) or data_cost <= 0:
@@ -117,8 +136,42 @@ class Expert:
         return cls(layer, preprocess=preprocess, data_cost=data_cost, name=name,
                    input_shape=input_shape)
 
-    def _prepare(self, x):
+    def _preprocessed(self, x):
         return x if self.preprocess is None else self.preprocess(x)
+
+    def _sensor_side(self, y):
+        from bmoe_tf import payload
+
+        y = np.asarray(y)
+        return self._to_payload(y) if self._to_payload is not None else payload.to_uint8(y)
+
+    def _received(self, y):
+        """numpy: the model's input from the preprocessed batch ``y`` after the payload's
+        round trip."""
+        from bmoe_tf import payload
+
+        decoded, _ = payload.round_trip(self.codec, self._sensor_side(y))
+        if self._from_payload is not None:
+            return np.asarray(self._from_payload(decoded), np.float32)
+        return (decoded.astype(np.float32) / 255.0).reshape(np.shape(y))
+
+    def _prepare(self, x):
+        y = self._preprocessed(x)
+        if self.codec is None:
+            return y
+        out = tf.numpy_function(self._received, [y], tf.float32, stateful=False)
+        out.set_shape(y.shape)
+        return out
+
+    def payload_sizes(self, x):
+        """``int64[M]``: the bytes of each input's payload (``x``: raw inputs ``[M, ...]``);
+        without a codec, the data cost of every input."""
+        from bmoe_tf import payload
+
+        if self.codec is None:
+            return np.full(len(x), int(round(self.data_cost)), np.int64)
+        y = self._preprocessed(tf.convert_to_tensor(x))
+        return payload.payload_sizes(self.codec, self._sensor_side(y.numpy()))
 
     def __call__(self, x):
         """``E_n(P_n(x))`` for a batch ``x`` of raw inputs ``[M, ...]``."""

@@ -26,6 +26,8 @@ PRESET_NAMES = ("smoke", "quick", "full")
 EVAL_METHODS = ("random", "benchmark", "oracle")
 #: Curves with a trained gate.
 GATE_METHODS = ("enforce", "soft")
+#: ``--data_cost``: the paper's d_n = 3 R^2 K per expert, or each input's encoded payload.
+DATA_COSTS = ("paper", "encoded")
 GATE_KINDS = ("paper", "compact")
 #: Test-time batches are a seeded permutation of a split (a shuffled loader).
 DEFAULT_EVAL_BATCH_SEED = 1234
@@ -116,6 +118,12 @@ class Config:
     eval_batch_seed: int
     strategy: str
     task: Any
+    #: "paper" (d_n per expert) or "encoded" (the bytes of each input's payload).
+    data_cost: str = "paper"
+
+    @property
+    def encoded(self) -> bool:
+        return self.data_cost == "encoded"
 
     @property
     def gate_methods(self) -> tuple[str, ...]:
@@ -169,7 +177,7 @@ def parse_targets(values: Sequence[str]) -> Targets:
 SHARED_FLAGS = ("workdir", "preset", "methods", "targets", "bias", "batch_size", "learning_rate",
                 "epochs", "soft_epochs", "gate",
                 "training_loss", "combine", "bias_weights", "seed", "verbose",
-                "data", "tfds_data_dir", "eval_data", "eval_batch_seed", "strategy")
+                "data", "tfds_data_dir", "eval_data", "eval_batch_seed", "strategy", "data_cost")
 
 #: ``--strategy`` values the pipeline runs (:mod:`experiments.distribute`).
 PIPELINE_STRATEGIES = ("default", "mirrored", "multi_worker")
@@ -227,6 +235,11 @@ def define_shared_flags(flag_values=None, *, data_help="bundled | folder:PATH | 
     flags.DEFINE_string("tfds_data_dir", None, "data_dir of prepared TFDS datasets.", **d)
     flags.DEFINE_string("eval_data", None, "Extra held-out data (a folder, in the task's own "
                         "format), evaluated and reported separately.", **d)
+    flags.DEFINE_enum("data_cost", "paper", list(DATA_COSTS),
+                      "What an input costs: 'paper' the paper's d_n = 3 x R_n^2 x 4 bytes per "
+                      "expert (float32 of its input, the same for every input); 'encoded' the "
+                      "bytes of each input's payload through the expert's codec (the task's "
+                      "--codec), for the LP, the targets, the oracle and every curve.", **d)
     flags.DEFINE_integer("eval_batch_seed", DEFAULT_EVAL_BATCH_SEED,
                          "Seed of the shuffled test-time batches (batch routing).", **d)
     flags.DEFINE_string("strategy", "default", "tf.distribute strategy: default (one device) | "
@@ -300,7 +313,7 @@ def from_flags(task, flag_values=None) -> Config:
                         eval_data=((task.eval_data.from_flags(fv) if task.eval_data else None)
                                    or values["eval_data"]),
                         eval_batch_seed=values["eval_batch_seed"],
-                        strategy=values["strategy"],
+                        strategy=values["strategy"], data_cost=values["data_cost"],
                         task_settings=settings_lib.from_flags(task.Settings, fv, preset.task))
 
 
@@ -317,7 +330,7 @@ def build_config(task, *, preset_name, preset, task_settings=None, **overrides) 
                   gate=s.gate, combine="gate", seed=0, verbose=1,
                   data=getattr(task, "default_data", "bundled"),
                   tfds_data_dir=None, eval_data=None, eval_batch_seed=DEFAULT_EVAL_BATCH_SEED,
-                  strategy="default")
+                  strategy="default", data_cost="paper")
     fields.update(overrides)
     if fields.get("soft_epochs") is None:
         fields["soft_epochs"] = s.soft_epochs if "epochs" not in overrides else None
@@ -384,6 +397,11 @@ def check(cfg: Config, task) -> None:
     if cfg.eval_data and task.eval_data is None:
         raise ConfigError(f"--eval_data is not supported by the {task.name} task; evaluate "
                           "other data with --data=folder:PATH")
+    if cfg.data_cost not in DATA_COSTS:
+        raise ConfigError(f"--data_cost takes {list(DATA_COSTS)}, got {cfg.data_cost!r}")
+    if cfg.encoded and task.codecs(cfg) is None:
+        raise ConfigError(f"--data_cost=encoded: the {task.name} task declares no payload "
+                          "codecs yet; --data_cost takes paper for it")
     settings_lib.check_settings(cfg.task, cfg)
     costs = task.data_costs(cfg)
     n = len(costs)
@@ -395,4 +413,5 @@ def check(cfg: Config, task) -> None:
             validate_bias(cfg.bias, n, name="--bias")
         except ValueError as err:
             raise ConfigError(str(err)) from None
-    cfg.targets.resolve(costs)
+    if not cfg.encoded:  # encoded bytes are known once the payloads are: checked at the LP
+        cfg.targets.resolve(costs)

@@ -81,6 +81,20 @@ def gate_assignment(logits, bias, batch_size, *, seed=config_lib.DEFAULT_EVAL_BA
     return picks
 
 
+def byte_assignment(logits, costs, target, batch_size, *,
+                    seed=config_lib.DEFAULT_EVAL_BATCH_SEED):
+    """The byte-aware routing (:func:`bmoe_tf.byte_budget.byte_aware_assignment`) of
+    precomputed logits ``[M, N]`` over the same shuffled batches as :func:`gate_assignment`:
+    each batch's bytes within ``len(batch) x target``."""
+    from bmoe_tf.byte_budget import byte_aware_assignment
+
+    order = np.random.default_rng(seed).permutation(len(logits))
+    picks = np.empty(len(logits), np.int64)
+    picks[order] = byte_aware_assignment(np.asarray(logits)[order], np.asarray(costs)[order],
+                                         target, batch_size).assignment
+    return picks
+
+
 def _point(target, cost, metric):
     cost = float(cost)
     return CurvePoint(target=float(target), cost=cost, metric=float(metric),
@@ -96,7 +110,21 @@ def evaluate_split(cfg, view, split, table, points, gates) -> SplitEvaluation:
     names = [r.name for r in table]
     scores = view.scores
     m = len(scores)
+    costs = view.costs
+    d_hull = d  # the benchmark experts' points: their d_n (encoded: mean bytes on this split)
+    if costs is not None:  # encoded: each input's own bytes (the targets stay the table's)
+        costs = np.asarray(costs, np.float64)
+        d_hull = costs.mean(axis=0)
+
+    def spent(a):
+        """Mean bytes per input of the routing ``a``."""
+        a = np.asarray(a, np.int64)
+        return d[a].mean() if costs is None else costs[np.arange(m), a].mean()
+
     detail = {meth: [] for meth in cfg.methods if meth != "benchmark"}
+    if costs is not None and "enforce" in detail:
+        detail["enforce_bytes"] = []
+    oracle_bounds = []
     subsets, logits_of = {}, {}
     for index, point in enumerate(points):
         b = np.asarray(point.bias)
@@ -104,27 +132,41 @@ def evaluate_split(cfg, view, split, table, points, gates) -> SplitEvaluation:
         if "random" in detail:
             picks = [bmoe_eval.random_selection(m, b, seed=s, batch_size=cfg.batch_size)
                      for s in RANDOM_SEEDS]
-            detail["random"].append(_point(target, np.mean([d[a].mean() for a in picks]),
+            detail["random"].append(_point(target, np.mean([spent(a) for a in picks]),
                                            np.mean([view.metric(a) for a in picks])))
         if "oracle" in detail:
-            a = view.oracle_assignment(b)
-            detail["oracle"].append(_point(target, d[a].mean(), view.metric(a)))
+            if costs is None:
+                a = view.oracle_assignment(b)
+            else:  # the best routing within the target's bytes (a knapsack, with its bound)
+                from bmoe_tf.byte_budget import budget_oracle
+
+                best = budget_oracle(scores, costs, m * max(target, costs.min(1).mean()))
+                a = best.assignment
+                oracle_bounds.append(dict(target=float(target), value=best.value,
+                                          bound=best.bound, gap=best.gap))
+            detail["oracle"].append(_point(target, spent(a), view.metric(a)))
         for method in cfg.gate_methods:
             if np.isclose(max(b), 1.0):  # one expert: no gate
                 n = int(np.argmax(b))
                 a = np.full(m, n, np.int64)
-                detail[method].append(_point(target, d[a].mean(), p[n]))
+                detail[method].append(_point(target, spent(a), p[n]))
+                if method == "enforce" and "enforce_bytes" in detail:
+                    detail["enforce_bytes"].append(_point(target, spent(a), p[n]))
                 continue
             gate = gates[method][index]
             if id(gate) not in logits_of:  # a shared gate runs once
                 logits_of[id(gate)] = gate.predict(view.gate_inputs, batch_size=256, verbose=0)
             a = gate_assignment(logits_of[id(gate)], b, cfg.batch_size, seed=cfg.eval_batch_seed)
-            detail[method].append(_point(target, d[a].mean(), view.metric(a)))
+            detail[method].append(_point(target, spent(a), view.metric(a)))
+            if method == "enforce" and "enforce_bytes" in detail:
+                nb = byte_assignment(logits_of[id(gate)], costs, target, cfg.batch_size,
+                                     seed=cfg.eval_batch_seed)
+                detail["enforce_bytes"].append(_point(target, spent(nb), view.metric(nb)))
             subsets.setdefault(method, {})[str(index)] = GateRouting(
                 target=float(target), bias=tuple(point.bias), picks=tuple(a.tolist()),
                 table=bmoe_eval.assigned_subset_performance(scores, a, expert_names=names))
     curves = {meth: [[pt.cost, pt.metric] for pt in pts] for meth, pts in detail.items()}
-    hull_d, hull_p = upper_hull(d, p)
+    hull_d, hull_p = upper_hull(d_hull, p)
     if "benchmark" in cfg.methods:
         curves["benchmark"] = [[float(x), float(y)] for x, y in zip(hull_d, hull_p)]
     rho = {}
@@ -145,7 +187,7 @@ def evaluate_split(cfg, view, split, table, points, gates) -> SplitEvaluation:
                 at[label][meth] = match[0].metric
     share = {}
     if "oracle" in rho and "random" in rho and rho["oracle"] > rho["random"]:
-        for meth in ("enforce", "soft", "benchmark"):
+        for meth in ("enforce", "enforce_bytes", "soft", "benchmark"):
             if meth in rho:
                 share[meth] = bmoe_eval.oracle_gain_share(rho[meth], rho["random"], rho["oracle"])
     exceeded = []
@@ -157,7 +199,8 @@ def evaluate_split(cfg, view, split, table, points, gates) -> SplitEvaluation:
                                          cost=pt.cost, oracle=orc.metric,
                                          oracle_cost=orc.cost))
     return SplitEvaluation(curves=curves, points=detail, rho=rho, at=at,
-                           oracle_gain_share=share, subsets=subsets, oracle_exceeded=exceeded)
+                           oracle_gain_share=share, subsets=subsets, oracle_exceeded=exceeded,
+                           oracle_bounds=oracle_bounds)
 
 
 def scene_shift_point(points, gates, methods):
@@ -181,7 +224,11 @@ def stage_keys(task, cfg, wd):
                     artefacts=[wd.rel(p) for p in task.data_files(cfg, wd)], protected=True)
     experts = StageKey(wd, "experts", dict(seed=cfg.seed, **s["experts"]), parent=data,
                        artefacts=["experts"], protected=True)
-    cache = StageKey(wd, "cache", dict(s.get("cache", {})), parent=experts,
+    cache_settings = dict(s.get("cache", {}))
+    if cfg.encoded:  # a paper run's key is unchanged (its workdirs stay valid)
+        cache_settings.update(data_cost="encoded",
+                              codecs=[c.get_config() for c in task.codecs(cfg)])
+    cache = StageKey(wd, "cache", cache_settings, parent=experts,
                      artefacts=["cache", wd.rel(wd.expert_table())], protected=True)
     eval_files = task.eval_data.files(cfg, wd) if task.eval_data is not None else []
     eval_caches = [job.path for job in _eval_cache_jobs(task, cfg, wd)]
@@ -337,13 +384,24 @@ def _expert_rows(run, names, path):
 
     def measure():
         rows = []
+        paper = np.asarray(task.data_costs(cfg), np.float64)
         for n, e in enumerate(run.experts):
             metrics, fields = {}, dict(task.report.expert_row(cfg, run.data, n, e))
+            cost = float(e.data_cost)
             for split in names:
                 view = run.view(split)
                 metrics[split] = float(view.metric(np.full(len(view), n, np.int64)))
                 fields.update(task.report.expert_split_row(cfg, run.data, split, n, view))
-            rows.append(ExpertRow(e.name, float(e.data_cost), metrics, fields).to_json())
+                if view.costs is not None:  # encoded: the payloads' bytes on this split
+                    c = np.asarray(view.costs, np.float64)[:, n]
+                    fields.setdefault("bytes", {})[split] = dict(
+                        mean=float(c.mean()), p5=float(np.percentile(c, 5)),
+                        p95=float(np.percentile(c, 95)))
+            if "bytes" in fields:  # d_n of the LP and the targets: the mean on validation
+                cost = fields["bytes"].get("validation", next(iter(fields["bytes"].values())))[
+                    "mean"]
+                fields["paper_data_cost"] = float(paper[n])
+            rows.append(ExpertRow(e.name, cost, metrics, fields).to_json())
         write_json(path, rows)
 
     run.wd.run(f"expert table{' eval' if names == ['eval'] else ''}", path, measure)
@@ -525,6 +583,8 @@ def stage_scene_shift(run, parent, points, gates):
     key.claim()
     path = wd.scene_shift()
     d = np.asarray(task.data_costs(cfg), np.float64)
+    if test.costs is not None:  # encoded: the controller prices each expert at its mean bytes
+        d = np.asarray(test.costs, np.float64).mean(axis=0)
 
     def compute():
         stored = np.arange(m) if order is None else order

@@ -13,8 +13,9 @@ __all__ = ["write_report", "format_table", "warnings", "rho_note", "pick_routing
            "assigned_tables_markdown", "METHOD_ORDER", "LABELS", "COLOURS"]
 
 AT = ("d_max", "d_max/2", "d_max/3")
-METHOD_ORDER = ("benchmark", "enforce", "soft", "random", "oracle")
+METHOD_ORDER = ("benchmark", "enforce", "enforce_bytes", "soft", "random", "oracle")
 LABELS = {"benchmark": "Benchmark experts", "enforce": "Proposed b enforcement",
+          "enforce_bytes": "Enforce gate, byte budget",
           "soft": "Soft regularization", "random": "Random selection",
           "oracle": "Oracle (upper bound)"}
 COLOURS = ("#d62728", "#ff7f0e", "#1f77b4", "#2ca02c", "#9467bd", "#8c564b")

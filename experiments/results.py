@@ -122,6 +122,9 @@ class SplitEvaluation:
       oracle_gain_share: ``{method: share of the oracle's rho gain over random}``.
       subsets: ``{gate method: {target index: GateRouting}}``.
       oracle_exceeded: points above the oracle at the same target (dicts).
+      oracle_bounds: encoded runs: per target, the byte-budget oracle's summed score, the
+        Lagrangian bound on it and their gap (:func:`bmoe_tf.byte_budget.budget_oracle`);
+        empty (and not written) in paper runs.
     """
 
     curves: Mapping[str, list]
@@ -131,14 +134,18 @@ class SplitEvaluation:
     oracle_gain_share: Mapping[str, float]
     subsets: Mapping[str, Mapping[str, GateRouting]]
     oracle_exceeded: list
+    oracle_bounds: list = dataclasses.field(default_factory=list)
 
     def to_json(self) -> dict:
-        return dict(curves=self.curves,
-                    points={m: [p.to_json() for p in pts] for m, pts in self.points.items()},
-                    rho=self.rho, at=self.at, oracle_gain_share=self.oracle_gain_share,
-                    subsets={m: {k: r.to_json() for k, r in by.items()}
-                             for m, by in self.subsets.items()},
-                    oracle_exceeded=self.oracle_exceeded)
+        out = dict(curves=self.curves,
+                   points={m: [p.to_json() for p in pts] for m, pts in self.points.items()},
+                   rho=self.rho, at=self.at, oracle_gain_share=self.oracle_gain_share,
+                   subsets={m: {k: r.to_json() for k, r in by.items()}
+                            for m, by in self.subsets.items()},
+                   oracle_exceeded=self.oracle_exceeded)
+        if self.oracle_bounds:
+            out["oracle_bounds"] = self.oracle_bounds
+        return out
 
     def summary(self) -> dict:
         """The report.json keys of this split (everything but the gates' picks)."""
@@ -155,4 +162,5 @@ class SplitEvaluation:
                    oracle_gain_share=result["oracle_gain_share"],
                    subsets={m: {k: GateRouting.from_json(r) for k, r in by.items()}
                             for m, by in (result.get("subsets") or {}).items()},
-                   oracle_exceeded=result["oracle_exceeded"])
+                   oracle_exceeded=result["oracle_exceeded"],
+                   oracle_bounds=result.get("oracle_bounds") or [])

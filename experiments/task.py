@@ -66,6 +66,9 @@ class Split:
     scores: np.ndarray
     metric: Callable[[np.ndarray], float]
     oracle: Callable[[np.ndarray], np.ndarray] | None = None
+    #: ``float[M, N]`` the bytes of each example's payload per expert
+    #: (``--data_cost=encoded``); None: the paper's d_n for every example.
+    costs: np.ndarray | None = None
 
     def __len__(self):
         return len(self.scores)
@@ -270,6 +273,12 @@ class Task(abc.ABC):
 
     def check_data(self, cfg, data) -> None:
         """Checks the config against the loaded data (before any expensive stage)."""
+
+    def codecs(self, cfg):
+        """The payload codec of each expert (:mod:`bmoe_tf.payload`) for
+        ``--data_cost=encoded``, or None: the task has none and the flag is refused. A task
+        with codecs gives its :class:`Split` views their ``costs`` in encoded runs."""
+        return None
 
     def gate_view(self, cfg):
         """``(raw input shape, P_g)`` when the gate sees only part of the experts' raw input

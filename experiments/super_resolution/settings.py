@@ -18,6 +18,17 @@ def _check_scales(scales):
     return None
 
 
+def _check_codec(spec):
+    from bmoe_tf.payload import make_codec
+
+    try:
+        codec = make_codec(spec)
+    except ValueError as err:
+        return str(err)
+    return None if codec.name in ("raw", "png", "jpeg") else (
+        f"takes an image codec (raw | png | jpeg:Q | jpeg:Q:tables), got {spec!r}")
+
+
 @dataclasses.dataclass(frozen=True)
 class SRSettings:
     """The SR task's own settings (flags of the same names)."""
@@ -32,6 +43,10 @@ class SRSettings:
                                  "parts (smoke runs use small images). Default from --preset.",
                                  stage=("data", "eval_data"),
                                  check=lambda v: None if 0 < v <= 4 else f"must be in (0, 4], got {v}")
+    codec: str = setting("jpeg:90:tables", "Payload codec of every expert's input (its "
+                         "low-resolution part as uint8) for --data_cost=encoded: "
+                         "raw | png | jpeg:Q | jpeg:Q:tables (JPEG without the header the "
+                         "server rebuilds; WORKSPACE.md).", check=_check_codec)
     max_train_parts: int = setting(0, "Cap on training parts (random subset; 0: all). Default "
                                    "from --preset.", stage="experts", low=0)
 

@@ -65,7 +65,8 @@ class SREvalImages(EvalData):
         sr_data.make_part_set(extra).save(wd.split_file("eval"))
 
     def cache_files(self, cfg, wd):
-        return [_outputs_file(wd, "eval")]
+        return [_outputs_file(wd, "eval")] + ([wd.cache_file("eval", "bytes")] if cfg.encoded
+                                              else [])
 
     def define_flags(self, fv):
         from absl import flags
@@ -113,6 +114,11 @@ class SuperResolutionTask(Task):
     report = SRReport()
     natural_order = SRNaturalOrder()
     eval_data = SREvalImages()
+
+    def codecs(self, cfg):
+        from bmoe_tf.payload import make_codec
+
+        return [make_codec(cfg.task.codec) for _ in cfg.task.scales]
 
     def data_costs(self, cfg):
         return np.array([3 * sr_models.low_resolution_size(s) ** 2 * 4 for s in cfg.task.scales],
@@ -164,6 +170,9 @@ class SuperResolutionTask(Task):
             wd.run(f"expert {name}", path, build)
             experts.append(load_artefact(path, lambda p, scale=scale: sr_models.load_expert(
                 p, scale, s.experts).resolve((PART, PART, 3))))
+        if cfg.encoded:  # the experts see the decoded payloads (trained on the parts as before)
+            for e, codec in zip(experts, self.codecs(cfg)):
+                e.codec = codec
         return experts
 
     def caches(self, cfg, wd, data, experts):
@@ -176,6 +185,8 @@ class SuperResolutionTask(Task):
         jobs = [job("train", wd.cache_file("train", "mse"), train, train, "mse")]
         for split in [s for s in ("validation", "test", "eval") if s in data]:
             jobs.append(job(split, _outputs_file(wd, split), data[split].parts, None, "outputs"))
+            if cfg.encoded:
+                jobs.append(_bytes_job(wd, split, data[split].parts, experts))
         return jobs
 
     def training_set(self, cfg, wd, data):
@@ -194,8 +205,9 @@ class SuperResolutionTask(Task):
         def metric(assignment):
             return assignment_psnr(part_set, outputs, np.asarray(assignment, np.int64))
 
+        costs = load_bytes(wd, name, len(part_set), len(cfg.task.scales)) if cfg.encoded else None
         return Split(gate_inputs=part_set.parts, scores=scores, metric=metric,
-                     oracle=lambda b: psnr_oracle(scores, part_set, metric, b))
+                     oracle=lambda b: psnr_oracle(scores, part_set, metric, b), costs=costs)
 
     def build_gate(self, cfg, num_experts):
         if cfg.gate == "compact":
@@ -207,6 +219,34 @@ class SuperResolutionTask(Task):
         from experiments.super_resolution.export_data import export_data
 
         return export_data(workdir)
+
+
+def _bytes_job(wd, split, parts, experts):
+    """The cache of each part's payload bytes per expert (``int64[P, N]``, encoded runs)."""
+    def build(num_shards, shard_index):
+        return {"bytes": np.stack([e.payload_sizes(parts) for e in experts], axis=1)}
+
+    def save(path, cache):
+        np.savez(path + ".tmp.npz", bytes=cache["bytes"])
+        os.replace(path + ".tmp.npz", path)
+
+    return CacheJob(f"{split} bytes", wd.cache_file(split, "bytes"), build, shards=False,
+                    save=save)
+
+
+def load_bytes(wd, split, num_parts, num_experts):
+    """``float64[P, N]``: the payload bytes of ``split``'s parts (its cache), checked."""
+    path = wd.cache_file(split, "bytes")
+
+    def read(p):
+        with np.load(p) as f:
+            return np.asarray(f["bytes"], np.float64)
+
+    out = load_artefact(path, read)
+    if out.shape != (num_parts, num_experts):
+        raise ArtefactError(f"{path} holds bytes {out.shape}, {split} has {num_parts} parts "
+                            f"and {num_experts} experts; delete it and run again")
+    return out
 
 
 def psnr_oracle(scores, part_set, metric, bias, *, steps=20):

@@ -143,3 +143,31 @@ def test_routed_inference_with_experts_that_get_no_rows(sr_experts, bias, combin
         np.testing.assert_allclose(y[i], weight * own, rtol=1e-4, atol=1e-5)
     # eager call too (one batch of 10: capacities 0/9/1 or 10/0/0)
     np.testing.assert_allclose(mix(tf.constant(x[:10])).numpy(), y[:10], rtol=1e-4, atol=1e-5)
+
+
+def test_an_expert_with_a_codec_sees_the_decoded_payload_and_counts_its_bytes():
+    """P_n(x) = decode(encode(to_uint8(preprocess(x)))): lossless PNG gives the uint8
+    rounding of the preprocessed input exactly; JPEG is close; the sizes are the payloads'."""
+    from bmoe_tf import payload
+    from skimage import data as skdata
+
+    x = (skdata.astronaut()[:128, :128].astype(np.float32) / 255.0)[None].repeat(2, axis=0)
+    x[1] = x[1, ::-1]  # another picture, another size
+    down = lambda t: tf.image.resize(t, (32, 32), antialias=True)  # noqa: E731
+    ident = keras.layers.Lambda(lambda t: t)
+    png = Expert(ident, preprocess=down, codec="png", name="png")
+    seen = png(tf.constant(x)).numpy()
+    expected = payload.to_uint8(down(tf.constant(x)).numpy()).astype(np.float32) / 255.0
+    np.testing.assert_array_equal(seen, expected)
+    sizes = png.payload_sizes(x)
+    assert sizes.tolist() == payload.payload_sizes("png", payload.to_uint8(
+        down(tf.constant(x)).numpy())).tolist()
+    assert sizes[0] != sizes[1] and sizes.max() < 32 * 32 * 3
+    jpeg = Expert(ident, preprocess=down, codec=payload.Jpeg(90, shared_tables=True))
+    close = jpeg(tf.constant(x)).numpy()
+    assert close.shape == expected.shape and 0 < np.abs(close - expected).mean() < 0.03
+    assert (jpeg.payload_sizes(x) < sizes).all()
+    plain = Expert(ident, preprocess=down, data_cost=123)
+    assert plain.payload_sizes(x).tolist() == [123, 123]
+    with pytest.raises(ValueError, match="unknown codec 'gif'"):
+        Expert(ident, codec="gif")

@@ -1,0 +1,129 @@
+"""--data_cost=encoded through experiments.pipeline, on the toy task with a payload per
+input (in-process): the expert table in bytes, b from the LP on the mean bytes, every
+curve point at the realised mean bytes of its routing, the byte-budget oracle with its
+bound, the byte-aware curve within its target on every batch; paper mode unchanged."""
+import dataclasses
+import json
+import os
+
+import numpy as np
+import pytest
+
+from bmoe_tf.payload import Raw
+from experiments import config, pipeline
+from experiments.task import Split
+from tests.experiments.test_pipeline_toy_task import ToyTask, f1
+
+
+class EncodedToyTask(ToyTask):
+    """The toy task whose experts' payloads cost each input its own bytes: expert n's
+    d_n (4, 8, 16) times 1 + |x_0| (a content-dependent size, as a codec gives)."""
+
+    def codecs(self, cfg):
+        return [Raw() for _ in range(3)]
+
+    def split(self, cfg, wd, data, name):
+        d = data[name]
+        costs = None
+        if cfg.encoded:
+            costs = np.outer(1.0 + np.abs(d["x"][:, 0]), self.data_costs(cfg))
+        return Split(gate_inputs=d["x"], scores=d["hits"] - d["false"] / 2,
+                     metric=lambda a: f1(d, np.asarray(a)), costs=costs)
+
+
+def _cfg(task, **kw):
+    return config.build_config(task, preset_name="smoke", preset=task.presets()["smoke"],
+                               verbose=0, bias_weights=(1.0,), **kw)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("encoded")
+    task = EncodedToyTask()
+    out = {}
+    for mode in ("paper", "encoded"):
+        wd = str(root / mode)
+        out[mode] = (wd, pipeline.run(task, _cfg(task, data_cost=mode), wd, command="toy"))
+    plain = str(root / "plain")
+    out["plain"] = (plain, pipeline.run(ToyTask(), _cfg(ToyTask()), plain, command="toy"))
+    return task, out
+
+
+def _json(wd, name):
+    with open(os.path.join(wd, name)) as f:
+        return json.load(f)
+
+
+def test_paper_mode_is_the_task_without_payloads(runs):
+    _, out = runs
+    paper, plain = out["paper"][1], out["plain"][1]
+    assert paper["curves"] == plain["curves"] and paper["rho"] == plain["rho"]
+    assert "oracle_bounds" not in _json(out["paper"][0], "evaluation.json")["test"]
+    assert "enforce_bytes" not in paper["curves"]
+
+
+def test_the_expert_table_and_b_are_in_encoded_bytes(runs):
+    task, out = runs
+    wd = out["encoded"][0]
+    rows = _json(wd, "experts.json")
+    with np.load(os.path.join(wd, "data", "validation.npz")) as f:
+        scale = 1.0 + np.abs(f["x"][:, 0])
+    for row, d in zip(rows, (4.0, 8.0, 16.0)):
+        assert row["paper_data_cost"] == d
+        assert row["data_cost"] == pytest.approx(d * scale.mean())
+        v = row["bytes"]["validation"]
+        assert v["p5"] < v["mean"] < v["p95"]
+        assert v["p5"] == pytest.approx(d * np.percentile(scale, 5))
+    means = np.array([r["data_cost"] for r in rows])
+    for point in _json(wd, "bias.json"):
+        b = np.array(point["bias"])
+        assert b @ means == pytest.approx(point["target"], rel=1e-6)
+        assert means.min() - 1e-9 <= point["target"] <= means.max() + 1e-9
+
+
+def test_every_curve_point_is_at_its_routings_mean_bytes(runs):
+    task, out = runs
+    wd = out["encoded"][0]
+    with np.load(os.path.join(wd, "data", "test.npz")) as f:
+        x = f["x"]
+    costs = np.outer(1.0 + np.abs(x[:, 0]), [4.0, 8.0, 16.0])
+    test = _json(wd, "evaluation.json")["test"]
+    for method in ("enforce", "soft"):
+        for index, routing in test["subsets"][method].items():
+            picks = np.array(routing["picks"])
+            realised = costs[np.arange(len(picks)), picks].mean()
+            point = [p for p in test["points"][method] if p["target"] == routing["target"]][0]
+            assert point["cost"] == pytest.approx(realised)
+    # the byte-budget oracle: a bound above its value at every target
+    bounds = test["oracle_bounds"]
+    assert len(bounds) == len(test["points"]["oracle"])
+    assert all(b["bound"] >= b["value"] - 1e-9 and b["gap"] >= 0 for b in bounds)
+    for p in test["points"]["oracle"]:  # within its target wherever the target is affordable
+        if p["target"] >= costs.min(axis=1).mean():
+            assert p["cost"] <= p["target"] * (1 + 1e-9)
+
+
+def test_the_byte_aware_curve_keeps_every_batch_within_its_target(runs):
+    task, out = runs
+    wd, report = out["encoded"]
+    assert "enforce_bytes" in report["curves"]
+    test = _json(wd, "evaluation.json")["test"]
+    cheapest = None
+    with np.load(os.path.join(wd, "data", "test.npz")) as f:
+        cheapest = (4.0 * (1.0 + np.abs(f["x"][:, 0]))).mean()
+    means = [r["data_cost"] for r in _json(wd, "experts.json")]
+    checked = 0
+    for p in test["points"]["enforce_bytes"]:
+        single = np.isclose(p["target"], min(means)) or np.isclose(p["target"], max(means))
+        if not single and p["target"] >= cheapest * 1.3:  # batches of 16: room to spare
+            assert p["cost"] <= p["target"] * (1 + 1e-9), p
+            checked += 1
+    assert checked >= 2
+
+
+def test_encoded_is_refused_for_a_task_without_codecs():
+    with pytest.raises(config.ConfigError, match="--data_cost=encoded: the toy task declares no"):
+        _cfg(ToyTask(), data_cost="encoded")
+    with pytest.raises(config.ConfigError, match="--data_cost takes"):
+        _cfg(ToyTask(), data_cost="bytes")
+    assert dataclasses.replace(_cfg(ToyTask()), data_cost="encoded").encoded
