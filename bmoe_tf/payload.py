@@ -34,7 +34,7 @@ import zlib
 
 import numpy as np
 
-__all__ = ["Codec", "Raw", "Png", "Zlib", "Jpeg", "make_codec", "codec_names",
+__all__ = ["Codec", "Raw", "Png", "Zlib", "Jpeg", "make_codec", "codec_names", "image_codec_error",
            "payload_sizes", "round_trip", "to_uint8"]
 
 _SOS = b"\xff\xda"
@@ -275,6 +275,18 @@ def make_codec(spec, *, dtype=np.uint8) -> Codec:
                              "integer in [1, 100]") from None
         return Jpeg(quality, shared_tables=len(parts) == 3)
     raise ValueError(f"unknown codec {spec!r}; known: {codec_names()}")
+
+
+def image_codec_error(spec):
+    """None if ``spec`` names an image codec (raw, png, jpeg:Q, jpeg:Q:tables), else why not
+    (a settings check: ``experiments.settings.setting(check=...)``)."""
+    try:
+        codec = make_codec(spec)
+    except ValueError as err:
+        return str(err)
+    if codec.name not in ("raw", "png", "jpeg"):
+        return f"takes an image codec (raw | png | jpeg:Q | jpeg:Q:tables), got {spec!r}"
+    return None
 
 
 def payload_sizes(codec, inputs) -> np.ndarray:

@@ -38,7 +38,7 @@ from experiments.stages import StageKey, StageMismatch, WorkdirLock, read_json, 
 from experiments.task import SPLITS, CacheJob, Split, Task, TrainingSet
 
 __all__ = ["Task", "TrainingSet", "Split", "CacheJob", "run", "gate_assignment", "stage_curves",
-           "curve_keys",
+           "curve_keys", "byte_assignment", "bytes_cache_job", "load_bytes",
            "evaluate_split", "scene_shift_point", "rows_cache_job", "RANDOM_SEEDS", "SPLITS",
            "Run"]
 
@@ -377,6 +377,40 @@ def rows_cache_job(label, path, num_examples, batch_size, outputs, *, save=None)
                               num_shards=num_shards, shard_index=shard_index)
 
     return CacheJob(label, path, build, save=save)
+
+
+def bytes_cache_job(wd, split, inputs, experts, *, batch_size=256):
+    """A :class:`CacheJob` of each input's payload bytes per expert (``--data_cost=encoded``):
+    ``cache/<split>_bytes.npz``, ``int64[M, N]`` from :meth:`bmoe_tf.Expert.payload_sizes`
+    (each expert with its codec), read back by :func:`load_bytes`."""
+    def build(num_shards, shard_index):
+        out = [np.stack([e.payload_sizes(inputs[i:i + batch_size]) for e in experts], axis=1)
+               for i in range(0, len(inputs), batch_size)]
+        return {"bytes": np.concatenate(out) if out else np.zeros((0, len(experts)), np.int64)}
+
+    def save(path, cache):
+        np.savez(path + ".tmp.npz", bytes=cache["bytes"])
+        os.replace(path + ".tmp.npz", path)
+
+    return CacheJob(f"{split} bytes", wd.cache_file(split, "bytes"), build, shards=False,
+                    save=save)
+
+
+def load_bytes(wd, split, num_examples, num_experts) -> np.ndarray:
+    """``float64[M, N]``: the payload bytes of ``split`` (:func:`bytes_cache_job`), checked."""
+    from experiments.stages import ArtefactError, load_artefact
+
+    path = wd.cache_file(split, "bytes")
+
+    def read(p):
+        with np.load(p) as f:
+            return np.asarray(f["bytes"], np.float64)
+
+    out = load_artefact(path, read)
+    if out.shape != (num_examples, num_experts):
+        raise ArtefactError(f"{path} holds bytes {out.shape}, {split} has {num_examples} "
+                            f"examples and {num_experts} experts; delete it and run again")
+    return out
 
 
 def _expert_rows(run, names, path):

@@ -2,6 +2,7 @@
 its presets: one :func:`experiments.settings.setting` line per flag."""
 import dataclasses
 
+from bmoe_tf.payload import image_codec_error
 from experiments.config import ConfigError, Preset, Schedule, Targets
 from experiments.detection.data import COMPACT_VIEW, GATE_CROP, view_resolution
 from experiments.detection.report import GENERATED
@@ -48,6 +49,10 @@ class DetectionSettings:
                                    f"must be 0 (auto) or in [16, {GATE_CROP}], got {v}")
     allow_small_images: bool = setting(False, "Upsample tfds/folder images whose shorter side "
                                        "is below 300 px instead of refusing them.", stage="data")
+    codec: str = setting("jpeg:90:tables", "Payload codec of every expert's input (the "
+                         "image at R_n px, uint8) for --data_cost=encoded: raw | png | jpeg:Q | "
+                         "jpeg:Q:tables (JPEG without the header the server rebuilds).",
+                         check=image_codec_error)
     ablation: tuple = setting((), f"Ablations after the main run: any of {','.join(ABLATIONS)} "
                               "(Table II, Fig. 5).", choices=ABLATIONS)
 

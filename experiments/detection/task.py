@@ -98,6 +98,11 @@ class DetectionTask(Task):
         """Side of the gate's view (:func:`view_resolution`)."""
         return view_resolution(cfg)
 
+    def codecs(self, cfg):
+        from bmoe_tf.payload import make_codec
+
+        return [make_codec(cfg.task.codec) for _ in cfg.task.resolutions]
+
     def data_costs(self, cfg):
         return np.array([3 * r * r * 4 for r in cfg.task.resolutions], np.float64)
 
@@ -155,11 +160,14 @@ class DetectionTask(Task):
             wd.run(f"expert {name} ({epochs} epochs)", path, build)
             experts.append(load_artefact(
                 path, lambda p, r=resolution, n=name: ssd.load_expert(p, r, name=n)))
+        if cfg.encoded:  # the experts see the decoded payloads (trained as before)
+            for e, codec in zip(experts, self.codecs(cfg)):
+                e.codec = codec
         return experts
 
     def caches(self, cfg, wd, data, experts):
         from experiments.detection import ssd
-        from experiments.pipeline import rows_cache_job
+        from experiments.pipeline import bytes_cache_job, rows_cache_job
 
         jobs = []
         for split in SPLITS:
@@ -179,6 +187,8 @@ class DetectionTask(Task):
                 return score_cache(evaluator.per_image_scores())
 
             jobs.append(CacheJob(f"{split} scores", score_path, scores, shards=False))
+            if cfg.encoded and split != "train":
+                jobs.append(bytes_cache_job(wd, split, images, experts, batch_size=EXPERT_BATCH))
         return jobs
 
     def training_set(self, cfg, wd, data):
@@ -190,7 +200,13 @@ class DetectionTask(Task):
         num_experts = len(cfg.task.resolutions)
         detections = _detections(wd, name, data, num_experts)
         evaluator = _evaluator(data[name], detections)
+        costs = None
+        if cfg.encoded and name != "train":
+            from experiments.pipeline import load_bytes
+
+            costs = load_bytes(wd, name, len(data[name]), num_experts)
         return DetectionSplit(
+            costs=costs,
             gate_inputs=gate_view(data[name].images, view_resolution(cfg)),
             scores=load_artefact(_files(wd, name)[1], load_cache)["scores"],
             metric=lambda a: 100.0 * evaluator.map(np.asarray(a, np.int64)),

@@ -3,6 +3,7 @@ presets: one :func:`experiments.settings.setting` line per flag."""
 import dataclasses
 import os
 
+from bmoe_tf.payload import image_codec_error
 from experiments.config import ConfigError, Preset, Schedule, Targets
 from experiments.settings import setting
 from experiments.super_resolution import models as sr_models
@@ -16,17 +17,6 @@ def _check_scales(scales):
     if len(set(scales)) != len(scales):
         return f"lists a scale twice: {list(scales)}; each expert needs its own scale"
     return None
-
-
-def _check_codec(spec):
-    from bmoe_tf.payload import make_codec
-
-    try:
-        codec = make_codec(spec)
-    except ValueError as err:
-        return str(err)
-    return None if codec.name in ("raw", "png", "jpeg") else (
-        f"takes an image codec (raw | png | jpeg:Q | jpeg:Q:tables), got {spec!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +36,7 @@ class SRSettings:
     codec: str = setting("jpeg:90:tables", "Payload codec of every expert's input (its "
                          "low-resolution part as uint8) for --data_cost=encoded: "
                          "raw | png | jpeg:Q | jpeg:Q:tables (JPEG without the header the "
-                         "server rebuilds; WORKSPACE.md).", check=_check_codec)
+                         "server rebuilds; WORKSPACE.md).", check=image_codec_error)
     max_train_parts: int = setting(0, "Cap on training parts (random subset; 0: all). Default "
                                    "from --preset.", stage="experts", low=0)
 

@@ -17,6 +17,7 @@ from bmoe_tf.backend import keras, tf
 from bmoe_tf.cache import build_expert_cache, load_cache
 from bmoe_tf.gating import compact_gate, paper_gate
 from experiments.config import ConfigError
+from experiments.pipeline import bytes_cache_job, load_bytes
 from experiments.stages import ArtefactError, load_artefact, write_json
 from experiments.super_resolution import data as sr_data
 from experiments.super_resolution import models as sr_models
@@ -186,7 +187,7 @@ class SuperResolutionTask(Task):
         for split in [s for s in ("validation", "test", "eval") if s in data]:
             jobs.append(job(split, _outputs_file(wd, split), data[split].parts, None, "outputs"))
             if cfg.encoded:
-                jobs.append(_bytes_job(wd, split, data[split].parts, experts))
+                jobs.append(bytes_cache_job(wd, split, data[split].parts, experts))
         return jobs
 
     def training_set(self, cfg, wd, data):
@@ -219,34 +220,6 @@ class SuperResolutionTask(Task):
         from experiments.super_resolution.export_data import export_data
 
         return export_data(workdir)
-
-
-def _bytes_job(wd, split, parts, experts):
-    """The cache of each part's payload bytes per expert (``int64[P, N]``, encoded runs)."""
-    def build(num_shards, shard_index):
-        return {"bytes": np.stack([e.payload_sizes(parts) for e in experts], axis=1)}
-
-    def save(path, cache):
-        np.savez(path + ".tmp.npz", bytes=cache["bytes"])
-        os.replace(path + ".tmp.npz", path)
-
-    return CacheJob(f"{split} bytes", wd.cache_file(split, "bytes"), build, shards=False,
-                    save=save)
-
-
-def load_bytes(wd, split, num_parts, num_experts):
-    """``float64[P, N]``: the payload bytes of ``split``'s parts (its cache), checked."""
-    path = wd.cache_file(split, "bytes")
-
-    def read(p):
-        with np.load(p) as f:
-            return np.asarray(f["bytes"], np.float64)
-
-    out = load_artefact(path, read)
-    if out.shape != (num_parts, num_experts):
-        raise ArtefactError(f"{path} holds bytes {out.shape}, {split} has {num_parts} parts "
-                            f"and {num_experts} experts; delete it and run again")
-    return out
 
 
 def psnr_oracle(scores, part_set, metric, bias, *, steps=20):
