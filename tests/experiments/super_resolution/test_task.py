@@ -164,3 +164,39 @@ def test_the_cache_built_in_three_shards_is_the_single_process_cache(smoke,
     cfg = config.build_config(task, preset_name="smoke", preset=PRESETS["smoke"], verbose=0)
     made = sharded_cache_matches(task, cfg, smoke[0], 3)
     assert made == ["test_outputs.npz", "train_mse.npz", "validation_outputs.npz"]
+
+
+def test_encoded_experts_see_decoded_payloads_and_the_bytes_are_theirs(smoke, tmp_path):
+    """--data_cost=encoded on the smoke workdir's data and experts: the bytes cache of the
+    test parts is each part's shared-table JPEG payload at the expert's scale, and the
+    experts' outputs are made from the decoded payloads (not the float parts)."""
+    import numpy as np
+
+    from bmoe_tf import payload
+    from bmoe_tf.backend import tf
+    from experiments import config, pipeline
+    from experiments.layout import Layout
+    from experiments.super_resolution import PRESETS, SuperResolutionTask
+    from experiments.super_resolution import models as sr_models
+
+    workdir, _ = smoke
+    task = SuperResolutionTask()
+    cfg = config.build_config(task, preset_name="smoke", preset=PRESETS["smoke"], verbose=0,
+                              data_cost="encoded")
+    src = Layout(workdir)
+    data = task.load_data(cfg, src)
+    experts = task.build_experts(cfg, src, data)  # loaded (trained already), with codecs
+    assert [e.codec for e in experts] == [payload.Jpeg(90, shared_tables=True)] * 3
+    parts = data["test"].parts[:8]
+    wd = Layout(str(tmp_path / "enc"))
+    job = pipeline.bytes_cache_job(wd, "test", parts, experts)
+    job.save(job.path, job.build(1, 0))
+    costs = pipeline.load_bytes(wd, "test", 8, 3)
+    for n, scale in enumerate((4, 3, 2)):  # P_n's low-resolution part, as uint8
+        low = payload.to_uint8(experts[n].preprocess(tf.constant(parts)).numpy())
+        assert low.shape[1] == sr_models.low_resolution_size(scale)
+        assert costs[:, n].tolist() == payload.payload_sizes(experts[n].codec, low).tolist()
+    assert (costs[:, 0] < costs[:, 2]).all() and costs.max() < 3 * 32 * 32
+    seen = experts[2](tf.constant(parts)).numpy()
+    plain = sr_models.load_expert(src.expert_dir("espcn_x2"), 2, "espcn")(tf.constant(parts))
+    assert seen.shape == plain.shape and 0 < np.abs(seen - plain.numpy()).mean() < 0.05
