@@ -20,6 +20,9 @@ setup(
         "matplotlib>=3.8,<4",
         "scikit-image>=0.22,<1",
         "scikit-learn>=1.5,<2",  # t-SNE of the action task's Fig. 9 layout
+        # The payload codecs (bmoe_tf.payload): libjpeg(-turbo) JPEG and zlib PNG; already
+        # installed through matplotlib, pinned here because the byte counts depend on it.
+        "pillow>=10.1,<14",
         # int8 gate export (gating_tflite): LiteRT and the TFLite Micro Python interpreter.
         # tflite-micro is published only as dated dev builds: pinned exactly.
         "ai-edge-litert>=2.3,<2.4",

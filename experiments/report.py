@@ -74,6 +74,8 @@ def write_report(task, cfg, wd, data, table, points, results, splits, command, *
     _add(report, hooks.evaluation_extras(cfg, data, results, views or {}),
          f"{task.name}'s report.evaluation_extras")
     _add(report, hooks.extras(cfg, data, report), f"{task.name}'s report.extras")
+    if cfg.encoded:
+        report["bytes_saved"] = bytes_saved(report)
     write_json(wd.report_json(), report)
     figures = {"curves": _figure_curves(task, wd, report)}
     figures.update(hooks.figures(cfg, wd, data, report, results, views or {}))
@@ -83,6 +85,35 @@ def write_report(task, cfg, wd, data, table, points, results, splits, command, *
         if extra:
             f.write("\n".join(extra) + "\n")
     return report
+
+
+def bytes_saved(report):
+    """Bytes saved at equal quality (encoded runs): the best mixture point at the d_max/3
+    target (enforce, enforce_bytes or soft; its realised mean bytes), the bytes the single
+    experts' line (the benchmark hull, linear between experts) needs for the same metric,
+    and the saving ``1 - mixture / experts``; ``experts_bytes`` None when no single expert
+    reaches that metric (the mixture is above the line there)."""
+    d_third = max(p["target"] for p in report.get("bias", [])) / 3 if report.get("bias") else None
+    best = None
+    for method in ("enforce", "enforce_bytes", "soft"):
+        for pt in report.get("points", {}).get(method, []):
+            if d_third is not None and np.isclose(pt["target"], d_third):
+                if best is None or pt["metric"] > best[1]["metric"]:
+                    best = (method, pt)
+    hull = sorted(report.get("curves", {}).get("benchmark", []))
+    if best is None or len(hull) < 2:
+        return None
+    method, pt = best
+    xs, ys = np.array([h[0] for h in hull]), np.array([h[1] for h in hull])
+    need = None
+    if ys.min() <= pt["metric"] <= ys.max():
+        k = int(np.searchsorted(np.maximum.accumulate(ys), pt["metric"]))
+        k = min(max(k, 1), len(xs) - 1)
+        x0, x1, y0, y1 = xs[k - 1], xs[k], ys[k - 1], ys[k]
+        need = float(x0 if y1 == y0 else x0 + (pt["metric"] - y0) * (x1 - x0) / (y1 - y0))
+    return dict(method=method, target=pt["target"], metric=pt["metric"], bytes=pt["cost"],
+                experts_bytes=need,
+                saving=None if need is None or need <= 0 else float(1 - pt["cost"] / need))
 
 
 def format_table(report):
@@ -228,6 +259,15 @@ def _markdown(task, report, test, figures, wd):
         for pt in pts:
             out.append(f"| {method} | {pt['target']:.0f} | {pt['cost']:.0f} | {pt['metric']:.3f} "
                        f"| {'**yes**' if pt['over_target'] else 'no'} |")
+    saved = report.get("bytes_saved")
+    if saved:
+        need = saved["experts_bytes"]
+        out += ["", "## Bytes saved at equal quality (encoded payloads)", "",
+                f"At d_max/3 the best mixture ({saved['method']}) reaches {saved['metric']:.3f} "
+                f"with {saved['bytes']:,.0f} B per {task.example_name}; "
+                + (f"the single experts' line needs {need:,.0f} B for that metric: "
+                   f"{100 * saved['saving']:.1f}% saved." if need is not None else
+                   "no single expert reaches that metric.")]
     notes = warnings(report)
     if notes:
         out += [""] + [f"- {line}" for line in notes]

@@ -1,4 +1,6 @@
 """experiments.report: the console table, the notes under it."""
+import pytest
+
 from experiments import report as report_lib
 
 
@@ -30,3 +32,19 @@ def test_no_note_when_every_curve_has_rho():
     curves = {"enforce": [[100.0, 0.5], [200.0, 0.7]]}
     assert report_lib.warnings(_report(curves, {"enforce": 3.0})) == []
     assert report_lib.rho_note(_report(curves, {"enforce": 3.0})) is None
+
+
+def test_bytes_saved_reads_the_experts_line_at_the_mixtures_metric():
+    from experiments.report import bytes_saved
+
+    report = {"bias": [{"target": 100.0}, {"target": 300.0}, {"target": 900.0}],
+              "curves": {"benchmark": [[100.0, 20.0], [500.0, 30.0], [900.0, 32.0]]},
+              "points": {"enforce": [{"target": 300.0, "cost": 290.0, "metric": 28.0}],
+                         "soft": [{"target": 300.0, "cost": 300.0, "metric": 27.0}]}}
+    out = bytes_saved(report)
+    # the line reaches 28.0 at 100 + (28 - 20) / (30 - 20) * 400 = 420 B
+    assert out["method"] == "enforce" and out["experts_bytes"] == pytest.approx(420.0)
+    assert out["saving"] == pytest.approx(1 - 290.0 / 420.0)
+    report["points"]["enforce"][0]["metric"] = 33.0  # above every single expert
+    assert bytes_saved(report)["experts_bytes"] is None and bytes_saved(report)["saving"] is None
+    assert bytes_saved({"bias": [], "curves": {}, "points": {}}) is None
