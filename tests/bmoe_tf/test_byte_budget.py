@@ -63,7 +63,7 @@ def test_an_unconstrained_budget_takes_every_best_expert_and_a_tight_one_the_che
         byte_budget.budget_oracle(values, costs, 1.5)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(seed=st.integers(0, 10_000), batch=st.integers(1, 40), frac=st.floats(0.0, 1.0))
 def test_byte_aware_assignment_meets_every_batch_budget(seed, batch, frac):
     rng = np.random.default_rng(seed)

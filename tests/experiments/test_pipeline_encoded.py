@@ -14,6 +14,9 @@ from experiments import config, pipeline
 from experiments.task import Split
 from tests.experiments.test_pipeline_toy_task import ToyTask, f1
 
+#: one worker builds the module's runs (pytest-xdist, make test)
+pytestmark = pytest.mark.xdist_group("pipeline_encoded")
+
 
 class EncodedToyTask(ToyTask):
     """The toy task whose experts' payloads cost each input its own bytes: expert n's
@@ -44,8 +47,6 @@ def runs(tmp_path_factory):
     for mode in ("paper", "encoded"):
         wd = str(root / mode)
         out[mode] = (wd, pipeline.run(task, _cfg(task, data_cost=mode), wd, command="toy"))
-    plain = str(root / "plain")
-    out["plain"] = (plain, pipeline.run(ToyTask(), _cfg(ToyTask()), plain, command="toy"))
     return task, out
 
 
@@ -54,12 +55,18 @@ def _json(wd, name):
         return json.load(f)
 
 
-def test_paper_mode_is_the_task_without_payloads(runs):
+def test_paper_mode_keeps_its_cache_key_and_its_curves(runs):
+    """A paper run's cache key has no data_cost (workdirs made before the flag stay
+    valid), its curves no byte-budget ones; an encoded run's key records the codecs."""
     _, out = runs
-    paper, plain = out["paper"][1], out["plain"][1]
-    assert paper["curves"] == plain["curves"] and paper["rho"] == plain["rho"]
-    assert "oracle_bounds" not in _json(out["paper"][0], "evaluation.json")["test"]
-    assert "enforce_bytes" not in paper["curves"]
+    paper, encoded = out["paper"], out["encoded"]
+    assert "data_cost" not in _json(paper[0], "stages/cache.json")["settings"]
+    assert _json(encoded[0], "stages/cache.json")["settings"]["codecs"] == [
+        {"codec": "raw", "dtype": "uint8"}] * 3
+    assert "oracle_bounds" not in _json(paper[0], "evaluation.json")["test"]
+    assert "enforce_bytes" not in paper[1]["curves"] and "bytes_saved" not in paper[1]
+    assert paper[1]["experts"][0]["data_cost"] == 4.0
+    assert set(encoded[1]["bytes_saved"]) >= {"method", "bytes", "experts_bytes", "saving"}
 
 
 def test_the_expert_table_and_b_are_in_encoded_bytes(runs):
