@@ -1,7 +1,7 @@
 """--data_cost=encoded through experiments.pipeline, on the toy task with a payload per
 input (in-process): the expert table in bytes, b from the LP on the mean bytes, every
 curve point at the realised mean bytes of its routing, the byte-budget oracle with its
-bound, the byte-aware curve within its target on every batch; paper mode unchanged."""
+bound, the byte-aware curve within its target on every batch."""
 import dataclasses
 import json
 import os
@@ -43,11 +43,9 @@ def _cfg(task, **kw):
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("encoded")
     task = EncodedToyTask()
-    out = {}
-    for mode in ("paper", "encoded"):
-        wd = str(root / mode)
-        out[mode] = (wd, pipeline.run(task, _cfg(task, data_cost=mode), wd, command="toy"))
-    return task, out
+    wd = str(root / "encoded")
+    return task, {"encoded": (wd, pipeline.run(task, _cfg(task, data_cost="encoded"), wd,
+                                               command="toy"))}
 
 
 def _json(wd, name):
@@ -55,18 +53,15 @@ def _json(wd, name):
         return json.load(f)
 
 
-def test_paper_mode_keeps_its_cache_key_and_its_curves(runs):
-    """A paper run's cache key has no data_cost (workdirs made before the flag stay
-    valid), its curves no byte-budget ones; an encoded run's key records the codecs."""
+def test_an_encoded_runs_cache_key_records_the_codecs(runs):
+    """(A paper run's key has no data_cost: tests/experiments/test_pipeline_toy_task.py.)"""
     _, out = runs
-    paper, encoded = out["paper"], out["encoded"]
-    assert "data_cost" not in _json(paper[0], "stages/cache.json")["settings"]
-    assert _json(encoded[0], "stages/cache.json")["settings"]["codecs"] == [
+    wd, report = out["encoded"]
+    assert _json(wd, "stages/cache.json")["settings"]["data_cost"] == "encoded"
+    assert _json(wd, "stages/cache.json")["settings"]["codecs"] == [
         {"codec": "raw", "dtype": "uint8"}] * 3
-    assert "oracle_bounds" not in _json(paper[0], "evaluation.json")["test"]
-    assert "enforce_bytes" not in paper[1]["curves"] and "bytes_saved" not in paper[1]
-    assert paper[1]["experts"][0]["data_cost"] == 4.0
-    assert set(encoded[1]["bytes_saved"]) >= {"method", "bytes", "experts_bytes", "saving"}
+    assert report["experts"][0]["paper_data_cost"] == 4.0
+    assert set(report["bytes_saved"]) >= {"method", "bytes", "experts_bytes", "saving"}
 
 
 def test_the_expert_table_and_b_are_in_encoded_bytes(runs):

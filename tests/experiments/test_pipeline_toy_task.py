@@ -2,6 +2,7 @@
 mean over examples (an F1-like ratio of totals), a "scores" cache, raw-array experts.
 Nothing in the pipeline knows about it: the interface is enough."""
 import dataclasses
+import json
 import os
 
 import numpy as np
@@ -127,6 +128,11 @@ def test_a_task_with_a_non_mean_metric_runs_through_the_pipeline(toy_run):
     assert report["task"] == "toy" and report["metric"] == "F1-like"
     assert set(report["curves"]) == {"enforce", "soft", "random", "benchmark", "oracle"}
     assert set(report["rho"]) == {"enforce", "soft", "random", "benchmark", "oracle"}
+    # a paper-cost run (the default): no byte accounting, a cache key without data_cost
+    # (workdirs made before --data_cost stay valid; encoded runs: test_pipeline_encoded.py)
+    with open(os.path.join(workdir, "stages", "cache.json")) as f:
+        assert "data_cost" not in json.load(f)["settings"]
+    assert "bytes_saved" not in report and "oracle_bounds" not in report
     # every curve point is the task's own metric of the routing the pipeline chose
     for method in ("enforce", "soft"):
         for index, entry in report_subsets(workdir, method).items():
