@@ -44,8 +44,9 @@ class Targets:
     costs: tuple[float, ...] = ()
     experts: bool = False
 
-    def resolve(self, data_costs) -> list[float]:
-        """Sorted target costs for experts with ``data_costs`` ``[N]``.
+    def resolve(self, data_costs, *, what="the experts' data costs d_n") -> list[float]:
+        """Sorted target costs for experts with ``data_costs`` ``[N]`` (``what``: what they
+        are, for the error message).
 
         Raises:
           ConfigError: an explicit cost outside ``[d_min, d_max]``.
@@ -60,7 +61,7 @@ class Targets:
         for t in self.costs:
             if not d_min <= t <= d_max:
                 raise ConfigError(f"--targets: {t:g} is outside [{d_min:g}, {d_max:g}], the "
-                                  "range of the experts' data costs d_n")
+                                  f"range of {what}")
         return sorted(set(self.costs) | extra)
 
     def as_flag(self) -> list[str]:

@@ -468,7 +468,10 @@ def stage_bias(run, table) -> list:
             points = [BiasPoint(float(b @ d), tuple(b.tolist()))]
         else:
             points = [BiasPoint(float(t), tuple(select_bias(d, p, target_cost=t).tolist()))
-                      for t in cfg.targets.resolve(d)]
+                      for t in cfg.targets.resolve(d, what=(
+                          "the experts' mean encoded bytes on the validation split "
+                          "(--data_cost=encoded)" if cfg.encoded else
+                          "the experts' data costs d_n"))]
         write_json(path, [point.to_json() for point in points])
 
     run.wd.run("bias", path, choose)

@@ -129,3 +129,17 @@ def test_encoded_is_refused_for_a_task_without_codecs():
     with pytest.raises(config.ConfigError, match="--data_cost takes"):
         _cfg(ToyTask(), data_cost="bytes")
     assert dataclasses.replace(_cfg(ToyTask()), data_cost="encoded").encoded
+
+
+def test_a_target_outside_the_encoded_range_is_named_and_the_caches_are_kept(runs, tmp_path):
+    import shutil
+
+    task, out = runs
+    wd = str(tmp_path / "copy")
+    shutil.copytree(out["encoded"][0], wd)
+    cfg = _cfg(task, data_cost="encoded", targets=config.Targets(costs=(1e6,)))
+    with pytest.raises(config.ConfigError, match=r"--targets: 1e\+06 is outside \[.*\], the "
+                       r"range of the experts' mean encoded bytes on the validation split"):
+        pipeline.run(task, cfg, wd, command="toy")
+    assert sorted(os.listdir(os.path.join(wd, "cache"))) == sorted(
+        os.listdir(os.path.join(out["encoded"][0], "cache")))
