@@ -14,10 +14,21 @@ import os
 import sys
 
 
+def pipeline_config(task):
+    """The toy task's config of the two-worker pipeline test (both workers and the single
+    process it is compared with): two soft w_bias candidates, 96 examples per split."""
+    from experiments import config
+    from tests.experiments.test_pipeline_toy_task import ToySettings
+
+    return config.build_config(task, preset_name="smoke", preset=task.presets()["smoke"],
+                               verbose=0, bias_weights=(1.0, 4.0),
+                               task_settings=ToySettings(examples=96))
+
+
 def pipeline_worker(workdir, index):
     import dataclasses
 
-    from experiments import config, multi_worker
+    from experiments import multi_worker
     from tests.experiments.test_pipeline_toy_task import ToyTask
 
     class Failing(ToyTask):  # BMOE_TEST_FAIL_DATA: the chief's data stage fails
@@ -25,8 +36,7 @@ def pipeline_worker(workdir, index):
             raise ValueError("the data stage failed (test)")
 
     task = Failing() if os.environ.get("BMOE_TEST_FAIL_DATA") else ToyTask()
-    cfg = config.build_config(task, preset_name="smoke", preset=task.presets()["smoke"],
-                              verbose=0, bias_weights=(1.0, 4.0))
+    cfg = pipeline_config(task)
     if os.environ.get("BMOE_TEST_LEARNING_RATE"):  # a worker started with other flags
         cfg = dataclasses.replace(cfg, learning_rate=float(os.environ["BMOE_TEST_LEARNING_RATE"]))
     out = os.path.join(os.path.dirname(workdir), f"worker{index}.json")

@@ -120,15 +120,15 @@ def test_the_pipeline_runs_on_two_workers(tmp_path):
     w_bias chosen, the same routing of every test example), only the chief reports."""
     import json
 
-    from experiments import config, pipeline
+    from experiments import pipeline
     from tests.experiments.test_pipeline_toy_task import ToyTask
 
     ports = ",".join(str(p) for p in _free_ports(2))
     workers = [_start(tmp_path / "wd", "pipeline", str(i), ports) for i in range(2)]
+    from tests.experiments.distributed_worker import pipeline_config
+
     task = ToyTask()
-    cfg = config.build_config(task, preset_name="smoke", preset=task.presets()["smoke"],
-                              verbose=0, bias_weights=(1.0, 4.0))
-    single = pipeline.run(task, cfg, str(tmp_path / "single"), command="toy")
+    single = pipeline.run(task, pipeline_config(task), str(tmp_path / "single"), command="toy")
     _finish(workers)
     with open(tmp_path / "worker0.json") as f:
         report = json.load(f)

@@ -35,8 +35,11 @@ class EncodedToyTask(ToyTask):
 
 
 def _cfg(task, **kw):
+    """The toy smoke config without the soft gates (the byte accounting is the same for
+    every gate method)."""
     return config.build_config(task, preset_name="smoke", preset=task.presets()["smoke"],
-                               verbose=0, bias_weights=(1.0,), **kw)
+                               verbose=0, methods=("enforce", "random", "benchmark", "oracle"),
+                               **kw)
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +93,7 @@ def test_every_curve_point_is_at_its_routings_mean_bytes(runs):
         x = f["x"]
     costs = np.outer(1.0 + np.abs(x[:, 0]), [4.0, 8.0, 16.0])
     test = _json(wd, "evaluation.json")["test"]
-    for method in ("enforce", "soft"):
+    for method in ("enforce",):
         for index, routing in test["subsets"][method].items():
             picks = np.array(routing["picks"])
             realised = costs[np.arange(len(picks)), picks].mean()
