@@ -253,18 +253,15 @@ def _group(item):
 def _order(item):
     if item.path.name in ONE_AT_A_TIME:
         return 0
-    if os.environ.get("PYTEST_XDIST_WORKER"):  # the big groups first, the small tests last
-        return 1 if _smoke_fixtures(item) else 2
     return 2 if _smoke_fixtures(item) else 1
 
 
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(session, config, items):
-    """:data:`ONE_AT_A_TIME` first; in one process, then the tests that need no smoke
-    workdir (they run beside the background smoke runs), then the tests that need one.
-    Under pytest-xdist (``make test``: two workers, ``--dist loadgroup``, each
-    :func:`_group` on one worker) the smoke groups come before the single tests, so that
-    the single tests even out the two workers at the end."""
+    """:data:`ONE_AT_A_TIME` first, then the tests that need no smoke workdir (they run
+    beside the background smoke runs), then the tests that need one; each in its order.
+    Under pytest-xdist (``make test``: two workers, ``--dist loadgroup``) each
+    :func:`_group` runs on one worker."""
     items[:] = sorted(items, key=_order)  # stable
     for item in items:
         group = _group(item)
