@@ -6,14 +6,13 @@ STAMP := $(VENV)/.installed
 .PHONY: install test test-slow demo demo-detection demo-action bench firmware firmware-detection \
 	firmware-action clean
 
-# pip byte-compiles every installed module one after the other (about half the install
-# time); compileall does the same on every core (like pip, it skips the files that do not
-# compile: two Python 2 scripts that scikit-video ships).
+# uv resolves, downloads and byte-compiles on every core: from an empty cache the install
+# takes about 1 min here against 1 min 47 s with pip alone (same versions). uv is only the
+# installer; nothing imports it.
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet --no-compile -e ".[test]"
-	$(PY) -m compileall -q -j 0 $$($(PY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])") > /dev/null || true
+	$(PY) -m pip install --quiet "uv>=0.9,<1"
+	$(PY) -m uv pip install --quiet --python $(PY) --compile-bytecode -e ".[test]"
 	touch $(STAMP)
 
 install: $(STAMP)
