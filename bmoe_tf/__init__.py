@@ -18,6 +18,9 @@ Where each part of the paper lives:
 * Eq. 2 and training the gate -- :mod:`bmoe_tf.mixture`
 * the resumable training loop of gates and experts -- :mod:`bmoe_tf.training`
 * the expert cache (outputs, mse statistics, scores) -- :mod:`bmoe_tf.cache`
+* encoded payloads (codecs, bytes per input) -- :mod:`bmoe_tf.payload`; budgets in bytes
+  with per-input costs: the knapsack oracle and the byte-aware batch assignment --
+  :mod:`bmoe_tf.byte_budget`, the online byte controller -- :mod:`bmoe_tf.byte_controller`
 * shared argument checks -- :mod:`bmoe_tf.checks`
 """
 from bmoe_tf import backend  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)

@@ -92,7 +92,14 @@ class BudgetController:
       bucket_bytes: hard mode: the leaky bucket's size B in bytes (at least the largest
         d_n of a used expert); None: soft mode only (frequencies and windows as above).
       step: eta, the offsets' step per input in score units (larger: faster reaction to a
-        scene change, wider windows); positive.
+        scene change, a looser stated bound); positive, or None (the default): the score
+        range divided by :data:`DEFAULT_CROSSING` (0.5 at the default ``logit_range``).
+        At the defaults, with b = (0.5, 0.3, 0.2) and d = (3072, 5292, 12288) B,
+        ``window_slack`` is 583,236 B (a 256-input window's budget is 1,428,782 B); after
+        a scene shift (3000 inputs favouring the dearest expert by +4, then 3000 the
+        cheapest) the worst 256-input window carried 1.035x its budget and the worst
+        64-input window 1.14x (``tests/bmoe_tf/test_budget.py``; a step of 0.2: 1,406,628 B,
+        1.09x / 1.35x; 0.05, the earlier default: 5,523,588 B, 1.35x / 2.01x).
       logit_range: R, gaps to the row's best used expert are clipped to R (bounds the
         worst case; a gate whose logits differ by more than R is as decided as it can be).
       gap_scale: tau of the logarithmic score (module docstring), or None (linear).
@@ -117,13 +124,16 @@ class BudgetController:
       target_cost: d_t, bytes per input the budget allows (``b' . d``).
     """
 
-    def __init__(self, bias, data_costs, *, bucket_bytes=None, step=0.05, logit_range=8.0,
+    def __init__(self, bias, data_costs, *, bucket_bytes=None, step=None, logit_range=8.0,
                  gap_scale=None, offsets=None, int8_scale=None):
         self.bias = validate_bias(bias, name="bias")
         n = len(self.bias)
         self.data_costs = check_vector(data_costs, "data_costs", size=n)
         if np.any(self.data_costs <= 0):
             raise ValueError(f"data_costs must be positive bytes, got {self.data_costs.tolist()}")
+        if step is None:
+            step = float(-_warp(np.float64(logit_range), gap_scale)) / DEFAULT_CROSSING \
+                if np.isfinite(float(logit_range)) and float(logit_range) > 0 else logit_range
         for name, value in (("step", step), ("logit_range", logit_range)):
             if not (np.isfinite(float(value)) and float(value) > 0):
                 raise ValueError(f"{name} must be a positive number, got {value}")

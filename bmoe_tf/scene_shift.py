@@ -25,6 +25,13 @@ rows with :func:`bmoe_tf.budget.sequence_cost`):
   inputs, :func:`bmoe_tf.routing.route_in_batches`, mapped back): the batch routing the
   paper evaluates, the reference.
 
+With per-input payload bytes (``costs``, encoded mode) the budget is in bytes: the
+controllers are :class:`bmoe_tf.byte_controller.ByteController` (the same scores and
+initial offsets, a price on bytes instead of the frequency feedback; the hard one's
+bucket at least the stream's largest cheapest payload, so that every input can be sent),
+and every row counts each input's own bytes. ``data_costs`` are then the calibration
+split's mean bytes per expert, so ``d_t = b . d`` is the point's target.
+
 Per method: the mean data cost per input against the budget ``d_t = b . d`` (in %), the
 worst window of W consecutive inputs in natural order (its mean cost against d_t, in %;
 the whole sequence when it is shorter than W), the largest excess of a W-window's bytes
@@ -38,6 +45,7 @@ import numpy as np
 
 from bmoe_tf.bias import validate_bias
 from bmoe_tf.budget import DEFAULT_CROSSING, BudgetController, route_frames
+from bmoe_tf.byte_controller import ByteController
 from bmoe_tf.checks import as_float_array, check_finite
 from bmoe_tf.routing import calibrate_offsets, route, route_in_batches
 
@@ -127,7 +135,9 @@ class NaturalOrderRouting:
       bucket_bytes: hard mode's bucket B (the controller's, whole bytes).
       bucket_overrun_bytes: the largest overrun of ANY window (any length) of the hard
         routing beyond ``W' d_t + B`` in the controller's own accounting (whole bytes,
-        refilled by its d_t); 0: never over the bucket.
+        refilled by its d_t; with per-input costs a wait is a slot that sends nothing);
+        0: never over the bucket.
+      waits: idle refills of the hard byte controller (per-input costs), else 0.
     """
 
     choices: dict
@@ -135,6 +145,7 @@ class NaturalOrderRouting:
     hard: BudgetController
     bucket_bytes: float
     bucket_overrun_bytes: float
+    waits: int = 0
 
 
 def _check_inputs(z, v, bias, data_costs, frames, window, batch_size, seed, crossing, *,
@@ -169,7 +180,7 @@ def _check_inputs(z, v, bias, data_costs, frames, window, batch_size, seed, cros
 def route_natural_order(test_logits, frames, calibration_logits, bias, data_costs, *,
                         window=WINDOW, batch_size=BATCH_SIZE, seed=0, crossing=CROSSING,
                         bucket_bytes=None, bucket_fraction=BUCKET_FRACTION, static=None,
-                        batch_logits=None, int8_scale=None):
+                        batch_logits=None, int8_scale=None, costs=None):
     """Every routing of :data:`METHODS` of a gate's test logits in their natural order
     (see the module docstring): a :class:`NaturalOrderRouting`.
 
@@ -193,6 +204,9 @@ def route_natural_order(test_logits, frames, calibration_logits, bias, data_cost
         None: ``test_logits`` (the int8 export passes the dequantized int8 logits).
       int8_scale: the int8 logits' scale: the controllers and ``per_frame`` then run the
         integer path (:class:`bmoe_tf.budget.BudgetController`), as ``gate_router.c``.
+      costs: ``float[M, N]`` each test input's payload bytes per expert, in natural order
+        (encoded mode): the controllers hold a budget in bytes
+        (:class:`bmoe_tf.byte_controller.ByteController`); None: the fixed ``data_costs``.
 
     Raises:
       ValueError: naming the bad argument.
@@ -215,13 +229,28 @@ def route_natural_order(test_logits, frames, calibration_logits, bias, data_cost
     if len(choices["static"]) != m:
         raise ValueError(f"static must give one expert per test input ({m}), got "
                          f"{len(choices['static'])}")
-    soft = BudgetController.from_calibration(v, b, d, **kwargs)
-    choices["controller"] = soft.route_sequence(z)
-    hard = BudgetController.from_calibration(v, b, d, bucket_bytes=bucket_bytes, **kwargs)
-    picks = hard.route_sequence(z)
+    c = _check_costs(costs, z.shape, b)
+    waits = 0
+    if c is None:
+        soft = BudgetController.from_calibration(v, b, d, **kwargs)
+        choices["controller"] = soft.route_sequence(z)
+        hard = BudgetController.from_calibration(v, b, d, bucket_bytes=bucket_bytes, **kwargs)
+        picks = hard.route_sequence(z)
+        # the guarantee's own accounting: whole bytes, refilled by the controller's d_t
+        sent = hard.cost_bytes[picks]
+    else:
+        soft = ByteController.from_calibration(v, b, d, **kwargs)
+        choices["controller"] = soft.route_sequence(z, c)
+        cheapest = float(np.ceil(np.where(b > 0, c, np.inf).min(axis=1)).max())
+        hard = ByteController.from_calibration(v, b, d, bucket_bytes=max(bucket_bytes, cheapest),
+                                               **kwargs)
+        picks = hard.route_sequence(z, c)
+        waits = hard.waits
+        paid = np.ceil(c[np.arange(m), picks])
+        sent = np.concatenate([np.r_[np.zeros(idle), [cost]]
+                               for idle, cost in zip(hard.idle_before, paid)])
     choices["controller_hard"] = picks
-    # the guarantee's own accounting: whole bytes, refilled by the controller's d_t
-    overrun = _any_window_excess(hard.cost_bytes[picks], hard.target_cost) - hard.bucket_bytes
+    overrun = _any_window_excess(sent, hard.target_cost) - hard.bucket_bytes
     if f is not None:
         frame_kwargs = {} if int8_scale is None else {"int8_scale": int8_scale}
         choices["per_frame"] = route_frames(z, f, b, d, **frame_kwargs)
@@ -233,12 +262,25 @@ def route_natural_order(test_logits, frames, calibration_logits, bias, data_cost
     per_batch = np.empty(m, np.int64)
     per_batch[order] = route_in_batches(ranked[order], b, batch_size)
     choices["per_batch"] = per_batch
-    return NaturalOrderRouting(choices, soft, hard, float(hard.bucket_bytes), max(0.0, overrun))
+    return NaturalOrderRouting(choices, soft, hard, float(hard.bucket_bytes), max(0.0, overrun),
+                               int(waits))
+
+
+def _check_costs(costs, shape, b):
+    if costs is None:
+        return None
+    c = as_float_array(costs, "costs", rank=2, layout="[M, N]")
+    if c.shape != shape:
+        raise ValueError(f"costs must give each test input's bytes per expert, shape {shape}, "
+                         f"got {c.shape}")
+    if not np.all(np.isfinite(c[:, b > 0])) or np.any(c[:, b > 0] < 0):
+        raise ValueError("costs must be finite bytes >= 0 for every used expert")
+    return c
 
 
 def scene_shift_rows(test_logits, frames, validation_logits, bias, data_costs, metric, *,
                      window=WINDOW, batch_size=BATCH_SIZE, seed=0, crossing=CROSSING,
-                     bucket_fraction=BUCKET_FRACTION):
+                     bucket_fraction=BUCKET_FRACTION, costs=None):
     """One JSON-able row per routing method (:data:`METHODS`) of a gate's test logits in
     their natural order (:func:`route_natural_order`, calibrated on the validation split;
     see the module docstring).
@@ -255,13 +297,16 @@ def scene_shift_rows(test_logits, frames, validation_logits, bias, data_costs, m
       window: W, inputs per window; batch_size: rows per shuffled batch (>= N); seed:
         the shuffle's seed; crossing: the controller's ``crossing``; bucket_fraction:
         the hard-mode bucket as a share of ``W d_t`` (:func:`default_bucket_bytes`).
+      costs: ``float[M, N]`` each test input's payload bytes per expert in natural order
+        (encoded mode; ``data_costs`` then the validation split's mean bytes), or None.
 
     Returns:
       ``[{"method", "label", "skipped", "budget", "mean_cost", "mean_vs_budget_pct",
       "window", "worst_window_cost", "worst_window_vs_budget_pct",
-      "max_window_excess_bytes", "bucket_bytes", "bucket_overrun_bytes", "frequencies",
-      "metric"}]`` (hard mode only fills the bucket fields; a skipped row has None values
-      and ``skipped`` says why).
+      "max_window_excess_bytes", "bucket_bytes", "bucket_overrun_bytes", "waits",
+      "window_slack_bytes", "frequencies", "metric"}]`` (hard mode only fills the bucket
+      fields and ``waits``, the soft controller with fixed costs ``window_slack_bytes``, its
+      stated bound; a skipped row has None values and ``skipped`` says why).
 
     Raises:
       ValueError: naming the bad argument.
@@ -278,7 +323,9 @@ def scene_shift_rows(test_logits, frames, validation_logits, bias, data_costs, m
     m, n = z.shape
     budget = float(b @ d)
     routing = route_natural_order(z, f, v, b, d, window=window, batch_size=batch_size,
-                                  seed=seed, crossing=crossing, bucket_fraction=bucket_fraction)
+                                  seed=seed, crossing=crossing, bucket_fraction=bucket_fraction,
+                                  costs=costs)
+    per_input = None if costs is None else np.asarray(costs, np.float64)
 
     def row(method, picks, **extra):
         if picks is None:
@@ -286,26 +333,31 @@ def scene_shift_rows(test_logits, frames, validation_logits, bias, data_costs, m
                        budget=budget, window=min(window, m))
             for key in ("mean_cost", "mean_vs_budget_pct", "worst_window_cost",
                         "worst_window_vs_budget_pct", "max_window_excess_bytes", "bucket_bytes",
-                        "bucket_overrun_bytes", "frequencies", "metric"):
+                        "bucket_overrun_bytes", "waits", "window_slack_bytes", "frequencies",
+                        "metric"):
                 out[key] = None
             return out
         picks = np.asarray(picks, np.int64)
-        costs = d[picks]
-        mean = float(costs.mean())
-        worst, excess = window_excess(costs, budget, window)
+        sent = d[picks] if per_input is None else per_input[np.arange(m), picks]
+        mean = float(sent.mean())
+        worst, excess = window_excess(sent, budget, window)
         return dict(method=method, label=LABELS[method], skipped=None, budget=budget,
                     mean_cost=mean, mean_vs_budget_pct=100.0 * (mean / budget - 1.0),
                     window=min(window, m), worst_window_cost=worst,
                     worst_window_vs_budget_pct=100.0 * (worst / budget - 1.0),
                     max_window_excess_bytes=excess, bucket_bytes=extra.get("bucket_bytes"),
                     bucket_overrun_bytes=extra.get("bucket_overrun_bytes"),
+                    waits=extra.get("waits"),
+                    window_slack_bytes=extra.get("window_slack_bytes"),
                     frequencies=(np.bincount(picks, minlength=n) / m).tolist(),
                     metric=None if metric is None else float(metric(picks)))
 
     c = routing.choices
-    rows = [row("static", c["static"]), row("controller", c["controller"]),
+    slack = None if costs is not None else routing.soft.window_slack
+    rows = [row("static", c["static"]),
+            row("controller", c["controller"], window_slack_bytes=slack),
             row("controller_hard", c["controller_hard"], bucket_bytes=routing.bucket_bytes,
-                bucket_overrun_bytes=routing.bucket_overrun_bytes)]
+                bucket_overrun_bytes=routing.bucket_overrun_bytes, waits=routing.waits)]
     if f is None:
         rows.append(row("per_frame", None, skipped=ONE_INPUT_PER_FRAME))
     else:

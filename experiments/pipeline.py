@@ -616,12 +616,15 @@ def stage_scene_shift(run, parent, points, gates):
                     calibration="validation",
                     order=None if order is None else fingerprint(order.tolist()),
                     frames=None if frames is None else fingerprint(frames.tolist()))
+    d = np.asarray(task.data_costs(cfg), np.float64)
+    costs = None
+    if test.costs is not None:  # encoded: a budget in bytes, each input's own (ByteController)
+        d = np.asarray(validation.costs, np.float64).mean(axis=0)  # b . d = the point's target
+        costs = np.asarray(test.costs, np.float64)[np.arange(m) if order is None else order]
+        settings["controller"] = "bytes"
     key = StageKey(wd, "scene_shift", settings, parent=parent, artefacts=[wd.rel(wd.scene_shift())])
     key.claim()
     path = wd.scene_shift()
-    d = np.asarray(task.data_costs(cfg), np.float64)
-    if test.costs is not None:  # encoded: the controller prices each expert at its mean bytes
-        d = np.asarray(test.costs, np.float64).mean(axis=0)
 
     def compute():
         stored = np.arange(m) if order is None else order
@@ -641,7 +644,7 @@ def stage_scene_shift(run, parent, points, gates):
 
             b = list(points[index].bias)
             rows = ss.scene_shift_rows(test_logits, frames, val_logits, b, d, metric,
-                                       seed=cfg.eval_batch_seed)
+                                       seed=cfg.eval_batch_seed, costs=costs)
             out.append(dict(index=int(index), target=float(points[index].target),
                             bias=b, rows=rows))
         write_json(path, dict(settings, main=int(main), inputs=m,

@@ -347,6 +347,17 @@ def scene_shift_section(report, *, example_name="input"):
            f"{ss['seed']}). Costs against the budget d_t = b . d; worst window: the "
            f"{ss['window']} consecutive {example_name}s (in natural order) of the highest "
            "mean cost.", ""]
+    if ss.get("controller") == "bytes":
+        out += ["Encoded bytes: each input costs its own payload's bytes; the controllers hold "
+                "the point's target in bytes (a price on bytes, bmoe_tf.byte_controller), the "
+                "hard one's bucket at least the largest cheapest payload of the stream; waits: "
+                "input slots the hard controller let pass to refill its bucket.", ""]
+    slack = [r.get("window_slack_bytes") for p in ss["points"] for r in p["rows"]
+             if r["method"] == "controller" and r.get("window_slack_bytes") is not None]
+    if slack:
+        out += [f"The soft controller's stated guarantee: no window sends more than its "
+                f"budget plus {min(slack):,.0f} to {max(slack):,.0f} B (window_slack, by "
+                "point); the rows are what it did.", ""]
     for point in ss["points"]:
         out += [f"**{_scene_point_label(point, ss['main'])}**", "",
                 scene_shift_markdown(point["rows"], metric_name=report["metric"],

@@ -265,3 +265,26 @@ def test_workspace_budget_example_runs_as_written_and_prints_what_it_says(capsys
     out = capsys.readouterr().out
     for quoted in ("+18.3%", "+23.4%", "+0.4%", "+3.0%", "-0.0%", "+3.9%"):
         assert quoted in out and quoted in section, quoted
+
+
+def _scene_shift_windows(controller, seed=0):
+    """The worst 64- and 256-input windows (their bytes / budget) after 3000 inputs whose
+    logits favour the dearest expert by +4, then 3000 that favour the cheapest."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(size=(6000, 3))
+    logits[:3000, 2] += 4.0
+    logits[3000:, 0] += 4.0
+    cost = np.concatenate([[0.0], np.cumsum(COSTS[controller.route_sequence(logits)])])
+    return [np.max(cost[w:] - cost[:-w]) / (w * controller.target_cost) for w in (64, 256)]
+
+
+def test_the_defaults_keep_256_input_windows_within_10_percent_after_a_scene_shift():
+    """The stated slack at the defaults (docstring: 583,236 B) and what a shift does."""
+    b = [0.5, 0.3, 0.2]
+    c = BudgetController(b, COSTS)
+    assert c.step == 0.5
+    assert c.window_slack == pytest.approx(3 * (8.0 / 0.5 + 1) * (2220 + 9216))
+    w64, w256 = _scene_shift_windows(c)
+    assert w256 < 1.10
+    slow64, slow256 = _scene_shift_windows(BudgetController(b, COSTS, step=0.05))
+    assert slow256 > 1.2 and slow64 > w64  # the old default step: a shift overran

@@ -158,7 +158,10 @@ def test_an_interrupted_run_prints_one_line_and_exits_130(tmp_path, signum):
     workdir = tmp_path / "wd"
     proc = subprocess.Popen([sys.executable, "-u", "-m", "experiments.super_resolution",
                              f"--workdir={workdir}", "--preset=smoke", "--verbose=0"],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # a shell's background job ignores SIGINT and its children
+                            # inherit that: the run must see the signal as a user's Ctrl-C
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.time() + 240
         for line in proc.stdout:  # interrupt once a stage runs

@@ -197,3 +197,46 @@ def test_the_stage_is_skipped_on_a_finished_workdir_and_one_input_per_frame(det_
     assert ss["frame_count"] == ss["inputs"] == report["examples"]["test"]
     for point in ss["points"]:
         assert _by(point["rows"])["per_frame"]["skipped"] == "one input per frame"
+
+
+def test_per_input_bytes_hold_the_target_in_bytes_where_held_frequencies_miss_it():
+    """Encoded mode: the scene's payloads shrink by 30% after a third of the stream (a
+    plain scene): the frequency routings (static, per_batch) keep b and send less than the
+    target; the byte controllers spend the target; the hard one is never over its bucket,
+    recomputed here from its choices and waits."""
+    v, b = _calibration(), np.array([0.5, 0.3, 0.2])
+    z = _calibration(900, seed=5)
+    rng = np.random.default_rng(6)
+    costs = D * rng.uniform(0.8, 1.2, size=(900, 3))
+    costs[300:] *= 0.7
+    costs[rng.integers(0, 900, 30)] *= 4.0  # dear spikes
+    rows = _by(scene_shift_rows(z, None, v, b, D, None, window=64, costs=costs))
+    budget = float(b @ D)
+    assert rows["controller"]["budget"] == budget and rows["controller"]["waits"] is None
+    assert rows["per_batch"]["mean_cost"] < 0.9 * budget
+    assert abs(rows["controller"]["mean_vs_budget_pct"]) < 1.0
+    assert abs(rows["controller_hard"]["mean_vs_budget_pct"]) < 2.0
+    hard = rows["controller_hard"]
+    assert hard["bucket_overrun_bytes"] == 0.0
+    assert hard["window_slack_bytes"] is None and rows["controller"]["window_slack_bytes"] is None
+    routing = route_natural_order(z, None, v, b, D, costs=costs)
+    picks = routing.choices["controller_hard"]
+    paid = np.ceil(costs[np.arange(900), picks])
+    slots = np.concatenate([np.r_[np.zeros(i), [c]] for i, c in
+                            zip(routing.hard.idle_before, paid)])
+    assert len(slots) == 900 + routing.waits and routing.waits == hard["waits"]
+    p = np.concatenate([[0.0], np.cumsum(slots)])
+    for w in range(1, len(slots) + 1, 7):
+        assert (p[w:] - p[:-w]).max() <= w * routing.hard.target_cost + routing.bucket_bytes + 1e-6
+    # each row counts each input's own bytes
+    static = route_natural_order(z, None, v, b, D, costs=costs).choices["static"]
+    assert rows["static"]["mean_cost"] == pytest.approx(costs[np.arange(900), static].mean())
+
+
+def test_fixed_costs_report_the_soft_controllers_stated_slack():
+    rows = _by(scene_shift_rows(_scene_change(), None, _calibration(), B, D, None))
+    from bmoe_tf.budget import BudgetController
+
+    c = BudgetController.from_calibration(_calibration(), B, D, crossing=16)
+    assert rows["controller"]["window_slack_bytes"] == pytest.approx(c.window_slack)
+    assert rows["static"]["window_slack_bytes"] is None

@@ -124,3 +124,74 @@ def test_router_files_are_the_stated_ones_and_hard_mode_refuses_frames(tmp_path)
     assert subprocess.run([str(exe)], input=data, capture_output=True).returncode == 3
     text = (tmp_path / "gate_router.c").read_text()
     assert "float" not in text and "double" not in text and "malloc" not in text
+
+
+BYTE_DRIVER = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include "gate_router.h"
+/* stdin: int32 M, int8 logits[M*N], uint32 costs[M*N];
+   stdout: uint8 choices[M], then uint32 waits, uint64 bytes_sent */
+int main(void) {
+  int32_t m, i;
+  int8_t *logits; uint32_t *costs; uint8_t *out;
+  gate_router_state state;
+  if (fread(&m, 4, 1, stdin) != 1) return 2;
+  logits = malloc((size_t)m * GATE_ROUTER_NUM_EXPERTS + 1);
+  costs = malloc(4 * (size_t)m * GATE_ROUTER_NUM_EXPERTS + 4);
+  out = malloc((size_t)m + 1);
+  if (fread(logits, 1, (size_t)m * GATE_ROUTER_NUM_EXPERTS, stdin)
+      != (size_t)m * GATE_ROUTER_NUM_EXPERTS) return 2;
+  if (fread(costs, 4, (size_t)m * GATE_ROUTER_NUM_EXPERTS, stdin)
+      != (size_t)m * GATE_ROUTER_NUM_EXPERTS) return 2;
+  gate_router_reset(&state);
+  for (i = 0; i < m; ++i) {
+    int a = gate_router_choose_bytes(&state, logits + i * GATE_ROUTER_NUM_EXPERTS,
+                                     costs + i * GATE_ROUTER_NUM_EXPERTS);
+    if (a < 0) return 3;
+    out[i] = (uint8_t)a;
+  }
+  fwrite(out, 1, (size_t)m, stdout);
+  fwrite(&state.waits, 4, 1, stdout);
+  fwrite(&state.bytes_sent, 8, 1, stdout);
+  return 0;
+}
+"""
+
+
+@pytest.mark.parametrize("case", range(len(CASES)))
+@pytest.mark.parametrize("bucket", [None, 1.5])
+def test_c_byte_router_chooses_like_the_python_byte_controller(tmp_path, case, bucket):
+    """Per-input payload sizes (a scene whose bytes swing 8x; spikes over the target):
+    the same choices, waits and bytes as ByteController."""
+    from bmoe_tf.byte_controller import ByteController
+
+    kw = dict(CASES[case])
+    bias = kw.pop("bias")
+    q = _sequence(20 + case, m=2000)
+    rng = np.random.default_rng(case)
+    scale = np.exp(np.sin(np.arange(len(q)) / 150.0) * 1.0)[:, None]
+    costs = np.ceil(COSTS / 30.0 * scale * rng.uniform(0.7, 1.3, size=q.shape))
+    costs[rng.integers(0, len(q), 50)] *= 5
+    if bucket is not None:
+        kw["bucket_bytes"] = bucket * costs.max()
+    python = ByteController(bias, COSTS / 30.0, **kw)
+    write_router_files(str(tmp_path), python)
+    (tmp_path / "driver.c").write_text(BYTE_DRIVER)
+    exe = tmp_path / "router"
+    subprocess.run([CC, "-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-pedantic", "-o",
+                    str(exe), str(tmp_path / "gate_router.c"), str(tmp_path / "driver.c")],
+                   check=True, capture_output=True, text=True)
+    data = (struct.pack("<i", len(q)) + q.astype(np.int8).tobytes()
+            + costs.astype("<u4").tobytes())
+    out = subprocess.run([str(exe)], input=data, capture_output=True, check=True,
+                         timeout=60).stdout
+    expected = python.route_sequence(q, costs)
+    np.testing.assert_array_equal(np.frombuffer(out[:len(q)], np.uint8), expected)
+    waits, sent = struct.unpack("<IQ", out[len(q):])
+    assert (waits, sent) == (python.waits, python.bytes_sent)
+    assert len(set(expected.tolist())) > 1
+    if bucket is not None:
+        assert python.waits > 0  # the spikes made it wait: the path is exercised
+    text = (tmp_path / "gate_router.c").read_text()
+    assert "float" not in text and "double" not in text and "malloc" not in text
