@@ -139,6 +139,15 @@ class Expert:
     def _preprocessed(self, x):
         return x if self.preprocess is None else self.preprocess(x)
 
+    def set_payload(self, codec, *, to_payload=None, from_payload=None):
+        """Sends this expert's input as a payload from now on (the constructor's ``codec``,
+        ``to_payload`` and ``from_payload``; ``codec=None``: the input as is). Returns self."""
+        from bmoe_tf import payload
+
+        self.codec = None if codec is None else payload.make_codec(codec)
+        self._to_payload, self._from_payload = to_payload, from_payload
+        return self
+
     def _sensor_side(self, y):
         from bmoe_tf import payload
 

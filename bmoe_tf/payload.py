@@ -14,6 +14,8 @@ Built-ins (:func:`make_codec` names them ``raw``, ``png``, ``zlib``, ``jpeg:Q`` 
 * :class:`Png`: PNG (zlib level 9, Pillow's encoder); lossless, ``uint8`` images.
 * :class:`Zlib`: the array's bytes through zlib (level 9); lossless, any integer dtype
   (the action task's ``int8`` motion vectors).
+* :class:`Sections`: several sections of one input, each with its own codec (motion
+  vectors and RGB frames of one clip), length-prefixed.
 * :class:`Jpeg`: baseline JPEG at a quality in ``[1, 100]`` with Pillow's libjpeg(-turbo)
   and its standard tables (no per-image Huffman optimisation). With
   ``shared_tables=True`` the header (every byte up to and including the start-of-scan
@@ -34,7 +36,7 @@ import zlib
 
 import numpy as np
 
-__all__ = ["Codec", "Raw", "Png", "Zlib", "Jpeg", "make_codec", "codec_names", "image_codec_error",
+__all__ = ["Codec", "Raw", "Png", "Zlib", "Jpeg", "Sections", "make_codec", "codec_names", "image_codec_error",
            "payload_sizes", "round_trip", "to_uint8"]
 
 _SOS = b"\xff\xda"
@@ -247,6 +249,103 @@ class Jpeg(Codec):
         if self.shared_tables:
             payload = self.header(shape) + bytes(payload) + _EOI
         return _read_image(payload, "JPEG", shape)
+
+
+def _varint(n):
+    """LEB128: 7 bits per byte, low bits first (1 B up to 127, 2 B up to 16383)."""
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _read_varint(data, pos):
+    value = shift = 0
+    while True:
+        if pos >= len(data) or shift > 56:
+            raise ValueError("a sections payload is truncated (a length prefix runs past its "
+                             "end)")
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value, pos
+
+
+class Sections(Codec):
+    """An input made of sections that travel together, each with its own codec (the action
+    task: int8 motion vectors through zlib, uint8 RGB frames as JPEG, or both for Fusion).
+
+    The sensor holds the input as one ``uint8`` buffer ``[L]``: the sections' bytes one after
+    the other. Section k is ``(codec, dtype, shape, per_frame)``: its bytes viewed as
+    ``dtype[shape]`` are encoded whole, or frame by frame along the first axis
+    (``per_frame``, e.g. one JPEG per RGB frame). Each encoded chunk is prefixed by its
+    length (LEB128, 1-2 B for chunks under 16 kB) so the receiver can split them; the
+    prefixes are part of the payload and of its size.
+    """
+
+    name = "sections"
+
+    def __init__(self, sections):
+        self.sections = []
+        for section in sections:
+            codec, dtype, shape, per_frame = section
+            dtype = np.dtype(dtype)
+            shape = tuple(int(v) for v in shape)
+            if not shape or min(shape) < 1:
+                raise ValueError(f"a section needs a non-empty shape, got {shape}")
+            self.sections.append((make_codec(codec, dtype=dtype), dtype, shape, bool(per_frame)))
+        if not self.sections:
+            raise ValueError("Sections needs at least one section")
+        self.lossless = all(c.lossless for c, _, _, _ in self.sections)
+        self.length = sum(int(np.prod(sh)) * dt.itemsize for _, dt, sh, _ in self.sections)
+
+    def encode(self, array):
+        buf = np.ascontiguousarray(array).reshape(-1)
+        if buf.dtype != np.uint8 or buf.size != self.length:
+            raise ValueError(f"a sections input is a uint8 buffer of {self.length} bytes, got "
+                             f"{buf.dtype} [{buf.size}]")
+        out, pos = bytearray(), 0
+        for codec, dtype, shape, per_frame in self.sections:
+            size = int(np.prod(shape)) * dtype.itemsize
+            part = buf[pos:pos + size].view(dtype).reshape(shape)
+            pos += size
+            for chunk in (part if per_frame else [part]):
+                data = codec.encode(chunk)
+                out += _varint(len(data)) + data
+        return bytes(out)
+
+    def decode(self, payload, shape=None):
+        pieces, pos = [], 0
+        for codec, dtype, sec_shape, per_frame in self.sections:
+            chunks = []
+            for _ in range(sec_shape[0] if per_frame else 1):
+                size, pos = _read_varint(payload, pos)
+                if pos + size > len(payload):
+                    raise ValueError(f"a sections payload of {len(payload)} B is truncated")
+                chunks.append(codec.decode(payload[pos:pos + size],
+                                           sec_shape[1:] if per_frame else sec_shape))
+                pos += size
+            part = np.stack(chunks) if per_frame else chunks[0]
+            part = np.ascontiguousarray(part, dtype).reshape(sec_shape)
+            pieces.append(part.reshape(-1).view(np.uint8))
+        if pos != len(payload):
+            raise ValueError(f"a sections payload has {len(payload) - pos} B after its last "
+                             "section")
+        out = np.concatenate(pieces)
+        return out if shape is None else out.reshape(shape)
+
+    def get_config(self):
+        return {"codec": self.name, "sections": [
+            dict(c.get_config(), dtype=dt.name, shape=list(sh), per_frame=pf)
+            for c, dt, sh, pf in self.sections]}
+
+    def spec(self):
+        return "sections(" + ", ".join(f"{c.spec()}:{dt.name}{list(sh)}" + ("/frame" if pf else "")
+                                       for c, dt, sh, pf in self.sections) + ")"
 
 
 def codec_names() -> str:

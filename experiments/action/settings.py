@@ -2,6 +2,7 @@
 one :func:`experiments.settings.setting` line per flag."""
 import dataclasses
 
+from bmoe_tf.payload import image_codec_error
 from experiments.action.clips import MODES
 from experiments.action.report import GENERATED
 from experiments.config import ConfigError, Preset, Schedule, Targets
@@ -64,6 +65,10 @@ class ActionSettings:
     unreliable_share: float = setting(0.25, "Generated data: share of clips whose motion "
                                       "vectors are degraded (flat, noise, intra).", stage="data",
                                       low=0.0, high=1.0)
+    codec: str = setting("jpeg:90:tables", "Payload codec of each RGB frame (uint8) for "
+                         "--data_cost=encoded: raw | png | jpeg:Q | jpeg:Q:tables (the motion "
+                         "vectors travel as int8 quarter-pel through zlib; WORKSPACE.md).",
+                         check=image_codec_error)
     gate_target: str = setting("correct", "What the gates train on: each expert's 0/1 "
                                "correctness on a clip, or its log-probability of the true "
                                "class. Default from --preset: correct.", stage="gates",

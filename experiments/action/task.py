@@ -93,6 +93,12 @@ class ActionTask(Task):
         s = cfg.task
         return mode_costs(s.mv_frames, s.rgb_frames, s.frame_size, s.modes)
 
+    def codecs(self, cfg):
+        from experiments.action.payloads import mode_codec
+
+        s = cfg.task
+        return [mode_codec(m, s.codec, **_shapes(s)) for m in s.modes]
+
     # ---- data --------------------------------------------------------------------------
     def prepare_data(self, cfg, wd):
         from experiments.action import data as act_data
@@ -137,13 +143,19 @@ class ActionTask(Task):
 
     # ---- experts and caches ------------------------------------------------------------
     def build_experts(self, cfg, wd, data):
-        from experiments.action import streams
+        from experiments.action import payloads, streams
 
-        return streams.build_mode_experts(data, cfg, wd)
+        experts = streams.build_mode_experts(data, cfg, wd)
+        if cfg.encoded:  # the experts see the decoded payloads (trained as before)
+            shapes = _shapes(cfg.task)
+            for e, mode, codec in zip(experts, cfg.task.modes, self.codecs(cfg)):
+                e.set_payload(codec, to_payload=payloads.to_payload(mode, **shapes),
+                              from_payload=payloads.from_payload(mode, **shapes))
+        return experts
 
     def caches(self, cfg, wd, data, experts):
-        from experiments.action.experts import predict_probabilities
-        from experiments.pipeline import rows_cache_job
+        from experiments.action.experts import pack, predict_probabilities
+        from experiments.pipeline import bytes_cache_job, rows_cache_job
 
         jobs = []
         for split in SPLITS:
@@ -166,6 +178,9 @@ class ActionTask(Task):
                 return score_cache(correctness(probs, data[split].labels))
 
             jobs.append(CacheJob(f"{split} scores", score_path, scores, shards=False))
+            if cfg.encoded and split != "train":
+                jobs.append(bytes_cache_job(wd, split, pack(clips.mv, clips.rgb), experts,
+                                            batch_size=EXPERT_BATCH))
         return jobs
 
     def training_set(self, cfg, wd, data):
@@ -183,7 +198,13 @@ class ActionTask(Task):
             a = np.asarray(assignment, np.int64)
             return 100.0 * float(correct[np.arange(len(a)), a].mean())
 
-        return Split(gate_inputs=gate_input(data[name].mv), scores=correct, metric=metric)
+        costs = None
+        if cfg.encoded:
+            from experiments.pipeline import load_bytes
+
+            costs = load_bytes(wd, name, len(data[name]), len(cfg.task.modes))
+        return Split(gate_inputs=gate_input(data[name].mv), scores=correct, metric=metric,
+                     costs=costs)
 
     def gate_view(self, cfg):
         """The experts take packed clips ``[M, L]`` (:func:`experiments.action.experts.pack`);
@@ -211,6 +232,10 @@ class ActionTask(Task):
         from experiments.action.export_data import export_data
 
         return export_data(workdir)
+
+
+def _shapes(s):
+    return dict(mv_frames=s.mv_frames, rgb_frames=s.rgb_frames, frame_size=s.frame_size)
 
 
 def log_likelihood(probs, labels):

@@ -229,8 +229,9 @@ def compressed_mv_bytes(mv) -> int:
     The maps are quantised to int8 in steps of 0.25 px (clipped to [-128, 127]), then compressed
     with zlib at level 9; returns the compressed length.
     """
-    q = np.clip(np.rint(np.asarray(mv, np.float64) * 4.0), -128, 127).astype(np.int8)
-    return len(zlib.compress(q.tobytes(), 9))
+    from experiments.action.payloads import quantize_mv
+
+    return len(zlib.compress(quantize_mv(mv).tobytes(), 9))
 
 
 def jpeg_bytes(frames, quality=90) -> int:

@@ -122,3 +122,30 @@ def test_codecs_compare_by_settings():
     assert payload.make_codec("jpeg:80:tables").spec() == "jpeg:80:tables"
     assert payload.Jpeg(80).get_config() == {"codec": "jpeg", "quality": 80,
                                             "shared_tables": False}
+
+
+def test_sections_round_trip_and_their_sizes_add_up():
+    """Two sections (int8 through zlib, uint8 frames as PNG one by one): lossless round
+    trip; the payload is each chunk with its length prefix, nothing else."""
+    from bmoe_tf.payload import Png, Sections, Zlib, _varint
+
+    rng = np.random.default_rng(0)
+    mv = rng.integers(-40, 40, size=(3, 4, 4, 2)).astype(np.int8)
+    frames = rng.integers(0, 256, size=(2, 8, 8, 3)).astype(np.uint8)
+    codec = Sections([(Zlib(np.int8), np.int8, mv.shape, False),
+                      (Png(), np.uint8, frames.shape, True)])
+    buf = np.concatenate([mv.reshape(-1).view(np.uint8), frames.reshape(-1)])
+    payload = codec.encode(buf)
+    np.testing.assert_array_equal(codec.decode(payload), buf)
+    chunks = [Zlib(np.int8).encode(mv)] + [Png().encode(f) for f in frames]
+    assert len(payload) == sum(len(c) + len(_varint(len(c))) for c in chunks)
+    assert codec.lossless and codec.length == buf.size
+    assert codec == Sections([(Zlib(np.int8), np.int8, mv.shape, False),
+                              (Png(), np.uint8, frames.shape, True)])
+    with pytest.raises(ValueError, match="truncated"):
+        codec.decode(payload[:-3])
+    with pytest.raises(ValueError, match="after its last section"):
+        codec.decode(payload + b"\x00")
+    with pytest.raises(ValueError, match="uint8 buffer of"):
+        codec.encode(buf[:-1])
+    assert [len(_varint(n)) for n in (0, 127, 128, 16383, 16384)] == [1, 1, 2, 2, 3]

@@ -268,3 +268,41 @@ def test_the_cache_built_in_two_shards_is_the_single_process_cache(act_smoke,
                               verbose=0)
     made = sharded_cache_matches(task, cfg, act_smoke[0], 2)
     assert len(made) == 6 and "train_probabilities.npz" in made
+
+
+def test_encoded_experts_see_decoded_payloads_and_fusion_pays_both(act_smoke, tmp_path):
+    """--data_cost=encoded on the smoke workdir's clips and experts: the bytes cache holds
+    each clip's payload per mode (Fusion = Temporal + Spatial exactly; Temporal = the
+    int8 zlib stream the data records plus its length prefix), and the Spatial expert
+    classifies the decoded JPEG frames."""
+    import numpy as np
+
+    from bmoe_tf.backend import tf
+    from experiments import config, pipeline
+    from experiments.action import ActionTask
+    from experiments.action.experts import pack
+    from experiments.layout import Layout
+
+    workdir, _, _ = act_smoke
+    task = ActionTask()
+    cfg = config.build_config(task, preset_name="smoke", preset=task.presets()["smoke"],
+                              verbose=0, data_cost="encoded")
+    src = Layout(workdir)
+    data = task.load_data(cfg, src)
+    experts = task.build_experts(cfg, src, data)
+    assert [e.codec for e in experts] == task.codecs(cfg)
+    clips = data["test"]
+    wd = Layout(str(tmp_path / "enc"))
+    job = pipeline.bytes_cache_job(wd, "test", pack(clips.mv, clips.rgb), experts, batch_size=8)
+    job.save(job.path, job.build(1, 0))
+    costs = pipeline.load_bytes(wd, "test", len(clips), 3)
+    np.testing.assert_array_equal(costs[:, 2], costs[:, 0] + costs[:, 1])
+    prefix = np.where(clips.mv_bytes < 128, 1, 2)
+    np.testing.assert_array_equal(costs[:, 0], clips.mv_bytes + prefix)
+    assert (costs[:, 1] < clips.rgb.shape[1] * clips.rgb[0, 0].size).all()  # JPEG < raw
+    x = tf.constant(pack(clips.mv[:8], clips.rgb[:8]))
+    plain = task.build_experts(config.build_config(
+        task, preset_name="smoke", preset=task.presets()["smoke"], verbose=0), src, data)
+    seen, raw = experts[1](x).numpy(), plain[1](x).numpy()
+    assert seen.shape == raw.shape and 0 < np.abs(seen - raw).mean() < 0.2
+    np.testing.assert_allclose(experts[0](x).numpy(), plain[0](x).numpy(), atol=1e-5)
