@@ -23,10 +23,11 @@ test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadgroup tests
 
 # The end-to-end set `make test` leaves out (pytest -m slow): each task's quick-preset
-# quality bar, the multi-worker and mirrored trainings, the longer resume checks
-# (about 25 min on 2 cores). .ci/run runs it after `make test`.
+# quality bar, the multi-worker and mirrored trainings, the longer resume checks. .ci/run
+# runs it after `make test`, on the same two xdist workers (the multi-worker tests one at
+# a time, tests/conftest.py).
 test-slow: $(STAMP)
-	$(PY) -m pytest -q -m slow tests
+	$(PY) -m pytest -q -n 2 --dist loadgroup -m slow tests
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.core

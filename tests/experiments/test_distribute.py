@@ -54,6 +54,7 @@ def _finish(procs, timeout=300):
                 p.wait()
 
 
+@pytest.mark.slow  # two worker processes and a mirrored one, twice (~145 s on 2 cores)
 def test_two_workers_train_the_two_device_gate_also_when_one_is_killed(tmp_path):
     """Two workers train a gate with b enforced; worker 1 dies at the start of epoch 1 (of
     2); the chief cannot go on without it and is stopped (as a cluster manager would);
@@ -112,6 +113,7 @@ def test_tf_config_is_checked_with_clear_messages(monkeypatch):
     assert distribute.is_chief(distribute.make_strategy("default"))
 
 
+@pytest.mark.slow  # the toy pipeline on two workers and in one process (~235 s on 2 cores)
 def test_the_pipeline_runs_on_two_workers(tmp_path):
     """--strategy=multi_worker through experiments.multi_worker.run (the toy task): both workers
     build their shard of every cache, the chief merges them into the files one process
@@ -164,7 +166,9 @@ def test_the_pipeline_runs_on_two_workers(tmp_path):
     assert os.path.exists(tmp_path / "wd" / "report.md")
 
 
-@pytest.mark.parametrize("failure", ["data", "busy", "settings"])
+@pytest.mark.parametrize("failure", [  # ~40 s each; make test keeps the data stage's
+    "data", pytest.param("busy", marks=pytest.mark.slow),
+    pytest.param("settings", marks=pytest.mark.slow)])
 def test_a_failed_chief_stage_stops_the_other_worker_with_a_message(tmp_path, failure):
     """The chief's data stage raises, or its workdir is locked by another run, or worker 1
     was started with another learning rate: the failing worker tells the other at the
