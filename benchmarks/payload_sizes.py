@@ -31,6 +31,29 @@ def main():
             p5, p95 = np.percentile(sizes, [5, 95])
             print(f"x{scale:<4} {side:>4} {spec:>16} {3 * side * side * 4:>8} "
                   f"{sizes.mean():>8.1f} {f'{p5:.0f}-{p95:.0f}':>12} {rms:>7.2f}")
+    encode_cost(parts)
+
+
+def encode_cost(parts, spec="jpeg:90:tables", bias=(0.5, 0.3, 0.2), repeats=3):
+    """Per part: seconds to encode every scale's payload vs the expected seconds of the
+    chosen scale alone; prints their ratio."""
+    codec = payload.make_codec(spec)
+    lows = [payload.to_uint8(sr_models.downsample(tf.constant(parts), s).numpy())
+            for s in sr_models.SCALES]
+    per_scale = []
+    for low in lows:
+        best = np.inf
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for x in low:
+                codec.encode(x)
+            best = min(best, (time.perf_counter() - start) / len(low))
+        per_scale.append(best)
+    every, chosen = sum(per_scale), float(np.dot(bias, per_scale))
+    print(f"\nencode time per part ({spec}; x4 / x3 / x2 "
+          + " / ".join(f"{1e6 * t:.0f}" for t in per_scale) + " us): every scale "
+          f"{1e6 * every:.0f} us, the chosen one at b = {list(bias)} {1e6 * chosen:.0f} us, "
+          f"ratio {every / chosen:.2f}")
 
 
 if __name__ == "__main__":

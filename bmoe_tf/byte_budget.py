@@ -14,9 +14,10 @@ choices fit the budget (:func:`fit_budget`).
   Lagrangian dual ``sum_i max_n (v[i, n] - lam c[i, n]) + lam B`` bounds every
   assignment within ``B``: the result carries that bound and its gap.
 * The byte-aware assignment (:func:`byte_aware_assignment`): ``v`` a gate's logits, one
-  budget per batch of ``batch_size`` inputs (``batch bytes <= batch_size x target``),
-  as Algorithm 1 enforces b per batch; a batch whose cheapest choices already exceed its
-  budget takes them (and is flagged).
+  budget per batch of ``batch_size`` inputs (``batch bytes <= batch_size x target``,
+  spent as fully as the choices allow: the price may be negative), as Algorithm 1
+  enforces b per batch; a batch whose cheapest choices already exceed its budget takes
+  them (and is flagged).
 
 Shapes: ``M`` inputs, ``N`` experts; values and costs ``float[M, N]``; choices ``int64[M]``.
 """
@@ -62,19 +63,28 @@ def _spent(costs, choice):
     return float(costs[np.arange(len(choice)), choice].sum())
 
 
-def fit_budget(values, costs, budget):
+def fit_budget(values, costs, budget, *, spend=False):
     """The smallest price whose choices fit ``budget`` bytes (in all).
+
+    Args:
+      spend: the price may be negative (a bonus per byte): the choices then spend as much
+        of the budget as they can, as Algorithm 1 fills every capacity, instead of
+        stopping at the values' own choices (price 0) when those already fit.
 
     Returns:
       ``(price, choice, low_choice)``: the price, its :func:`priced_choice` (within the
       budget whenever the cheapest choice of every input is), and the choice at a price
-      just below it (over the budget; equal to ``choice`` when the price is 0).
+      just below it (over the budget; equal to ``choice`` when no lower price exists).
     """
     v, c = _check(values, costs)
     budget = float(budget)
     free = priced_choice(v, c, 0.0)
-    if _spent(c, free) <= budget or len(v) == 0:
+    if len(v) == 0:
         return 0.0, free, free
+    if _spent(c, free) <= budget:
+        if not spend:
+            return 0.0, free, free
+        return _spend_budget(v, c, budget, free)
     # above ``high`` every input takes (one of) its cheapest expert(s)
     cheap = c.min(axis=1, keepdims=True)
     dearer = c > cheap + 1e-12
@@ -89,6 +99,40 @@ def fit_budget(values, costs, budget):
         else:
             low = mid
     return high, priced_choice(v, c, high), priced_choice(v, c, low)
+
+
+def _spend_budget(v, c, budget, free):
+    """:func:`fit_budget` with ``spend``: the lowest price in ``[-H, 0]`` whose choices
+    fit, H so large that every input takes (one of) its dearest expert(s)."""
+    gaps = np.diff(np.sort(c, axis=1), axis=1)
+    step = float(gaps[gaps > 1e-12].min()) if np.any(gaps > 1e-12) else 1.0
+    high = 2.0 * float(v.max() - v.min()) / step + 1e-12
+    dearest = priced_choice(v, c, -high)
+    if _spent(c, dearest) <= budget:
+        return -high, dearest, dearest
+    low, top = -high, 0.0  # spent(low) > budget >= spent(top)
+    for _ in range(_ITERATIONS):
+        mid = 0.5 * (low + top)
+        if _spent(c, priced_choice(v, c, mid)) <= budget:
+            top = mid
+        else:
+            low = mid
+    return top, priced_choice(v, c, top), priced_choice(v, c, low)
+
+
+def _fill(v, c, a, below, budget):
+    """``a`` with the rows whose choice differs in ``below`` (a dearer routing) moved to
+    it, best value per extra byte first, while the bytes stay within ``budget``."""
+    a = a.copy()
+    spent = _spent(c, a)
+    changed = np.flatnonzero(below != a)
+    extra = c[changed, below[changed]] - c[changed, a[changed]]
+    gain = v[changed, below[changed]] - v[changed, a[changed]]
+    for k in np.argsort(-gain / np.maximum(extra, 1e-12), kind="stable"):
+        if extra[k] > 0 and spent + extra[k] <= budget + 1e-9:
+            a[changed[k]] = below[changed[k]]
+            spent += extra[k]
+    return a
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,17 +166,11 @@ def budget_oracle(values, costs, budget) -> BudgetOracle:
         raise ValueError(f"a budget of {budget:.6g} B is below the {cheapest:.6g} B of the "
                          "cheapest choice of every input: no assignment fits it")
     price, a, below = fit_budget(v, c, budget)
-    a = a.copy()
     rows = np.arange(len(a))
-    spent = _spent(c, a)
     # the rows whose choice changes at the price: best value per extra byte first
-    changed = np.flatnonzero(below != a)
-    extra = c[changed, below[changed]] - c[changed, a[changed]]
-    gain = v[changed, below[changed]] - v[changed, a[changed]]
-    for k in np.argsort(-gain / np.maximum(extra, 1e-12), kind="stable"):
-        if gain[k] > 0 and spent + extra[k] <= budget + 1e-9:
-            a[changed[k]] = below[changed[k]]
-            spent += extra[k]
+    gain = v[rows, below] - v[rows, a]
+    a = _fill(v, c, a, np.where(gain > 0, below, a), budget)
+    spent = _spent(c, a)
     value = float(v[rows, a].sum())
     bound = float((v - price * c).max(axis=1).sum() + price * budget) if len(v) else 0.0
     return BudgetOracle(a, value, spent, max(bound, value), max(bound - value, 0.0), price)
@@ -155,8 +193,13 @@ class ByteRouting:
 
 def byte_aware_assignment(logits, costs, target, batch_size) -> ByteRouting:
     """Per batch of ``batch_size`` consecutive inputs (the last may be smaller): the
-    choices of ``argmax_n logits - lam c`` with the smallest price ``lam`` that keeps the
-    batch's bytes within ``len(batch) x target``.
+    choices of ``argmax_n logits - lam c`` with the smallest price ``lam`` (negative where
+    the gate's own choices spend less: a bonus per byte) that keeps the batch's bytes
+    within ``len(batch) x target``, then the inputs whose choice changes just below that
+    price moved to it, largest logit gain per byte first, while the batch stays within its
+    budget. So a batch spends its budget as Algorithm 1 fills its capacities: its bytes
+    are within one input's switch of ``len(batch) x target`` unless even every input's
+    dearest expert costs less.
 
     Args:
       logits: ``float[M, N]`` the gate's logits (any monotone score per expert).
@@ -174,7 +217,9 @@ def byte_aware_assignment(logits, costs, target, batch_size) -> ByteRouting:
     prices, over = [], []
     for start in range(0, len(v), batch_size):
         part = slice(start, start + batch_size)
-        price, choice, _ = fit_budget(v[part], c[part], target * len(v[part]))
+        budget = target * len(v[part])
+        price, choice, below = fit_budget(v[part], c[part], budget, spend=True)
+        choice = _fill(v[part], c[part], choice, below, budget)
         out[part] = choice
         prices.append(price)
         over.append(_spent(c[part], choice) > target * len(v[part]) * (1 + 1e-12))

@@ -385,10 +385,14 @@ def _figure_curves(task, wd, report):
             ax.scatter(*zip(*over), marker="x", color="black", zorder=5)
     for extra in task.report.curve_extras(report):
         ax.plot(*extra["xy"], **extra["style"])
-    for e in report["experts"]:
-        ax.annotate(e.get("label", e["name"]), (e["data_cost"] / 1000, e["metric"]),
+    encoded = report["config"].get("data_cost") == "encoded"
+    for e in report["experts"]:  # encoded: at the test split's mean bytes, as the curves
+        x = e["bytes"]["test"]["mean"] if encoded and "test" in e.get("bytes", {}) \
+            else e["data_cost"]
+        ax.annotate(e.get("label", e["name"]), (x / 1000, e["metric"]),
                     textcoords="offset points", xytext=(4, -10), fontsize=8)
-    ax.set_xlabel(f"mean data cost per {task.example_name} (kB)")
+    ax.set_xlabel(f"mean encoded bytes per {task.example_name} (kB; the experts on the dotted "
+                  "line)" if encoded else f"mean data cost per {task.example_name} (kB)")
     ax.set_ylabel(f"test {report['metric']}")
     ax.set_title(f"{task.report.curve_figure_title}: {report['metric']} vs data cost")
     ax.grid(alpha=0.3)
