@@ -301,12 +301,14 @@ def scene_shift_rows(test_logits, frames, validation_logits, bias, data_costs, m
         (encoded mode; ``data_costs`` then the validation split's mean bytes), or None.
 
     Returns:
-      ``[{"method", "label", "skipped", "budget", "mean_cost", "mean_vs_budget_pct",
+      ``[{"method", "label", "skipped", "budget", "reachable_cost", "mean_cost", "mean_vs_budget_pct",
       "window", "worst_window_cost", "worst_window_vs_budget_pct",
       "max_window_excess_bytes", "bucket_bytes", "bucket_overrun_bytes", "waits",
       "window_slack_bytes", "frequencies", "metric"}]`` (hard mode only fills the bucket
       fields and ``waits``, the soft controller with fixed costs ``window_slack_bytes``, its
-      stated bound; a skipped row has None values and ``skipped`` says why).
+      stated bound; ``reachable_cost`` the mean bytes with every input at its dearest used
+      expert, the most any routing can spend; a skipped row has None values and
+      ``skipped`` says why).
 
     Raises:
       ValueError: naming the bad argument.
@@ -326,11 +328,14 @@ def scene_shift_rows(test_logits, frames, validation_logits, bias, data_costs, m
                                   seed=seed, crossing=crossing, bucket_fraction=bucket_fraction,
                                   costs=costs)
     per_input = None if costs is None else np.asarray(costs, np.float64)
+    used = b > 0  # the most any routing of b's experts can send per input, on average
+    reachable = float(d[used].max()) if per_input is None else \
+        float(per_input[:, used].max(axis=1).mean())
 
     def row(method, picks, **extra):
         if picks is None:
             out = dict(method=method, label=LABELS[method], skipped=extra.pop("skipped"),
-                       budget=budget, window=min(window, m))
+                       budget=budget, reachable_cost=reachable, window=min(window, m))
             for key in ("mean_cost", "mean_vs_budget_pct", "worst_window_cost",
                         "worst_window_vs_budget_pct", "max_window_excess_bytes", "bucket_bytes",
                         "bucket_overrun_bytes", "waits", "window_slack_bytes", "frequencies",
@@ -342,6 +347,7 @@ def scene_shift_rows(test_logits, frames, validation_logits, bias, data_costs, m
         mean = float(sent.mean())
         worst, excess = window_excess(sent, budget, window)
         return dict(method=method, label=LABELS[method], skipped=None, budget=budget,
+                    reachable_cost=reachable,
                     mean_cost=mean, mean_vs_budget_pct=100.0 * (mean / budget - 1.0),
                     window=min(window, m), worst_window_cost=worst,
                     worst_window_vs_budget_pct=100.0 * (worst / budget - 1.0),

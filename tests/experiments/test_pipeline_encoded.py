@@ -18,9 +18,15 @@ from tests.experiments.test_pipeline_toy_task import ToyTask, f1
 pytestmark = pytest.mark.xdist_group("pipeline_encoded")
 
 
+def toy_bytes(x, d=(4.0, 8.0, 16.0)):
+    """Whole bytes of each toy input's payload per expert: ``ceil(4 d_n (1 + |x_0|))`` (a
+    content-dependent size, as a codec gives; whole bytes, as a link carries)."""
+    return np.ceil(4.0 * np.outer(1.0 + np.abs(np.asarray(x)[:, 0]), d))
+
+
 class EncodedToyTask(ToyTask):
-    """The toy task whose experts' payloads cost each input its own bytes: expert n's
-    d_n (4, 8, 16) times 1 + |x_0| (a content-dependent size, as a codec gives)."""
+    """The toy task whose experts' payloads cost each input its own bytes
+    (:func:`toy_bytes`)."""
 
     def codecs(self, cfg):
         return [Raw() for _ in range(3)]
@@ -29,7 +35,7 @@ class EncodedToyTask(ToyTask):
         d = data[name]
         costs = None
         if cfg.encoded:
-            costs = np.outer(1.0 + np.abs(d["x"][:, 0]), self.data_costs(cfg))
+            costs = toy_bytes(d["x"], self.data_costs(cfg))
         return Split(gate_inputs=d["x"], scores=d["hits"] - d["false"] / 2,
                      metric=lambda a: f1(d, np.asarray(a)), costs=costs)
 
@@ -72,13 +78,13 @@ def test_the_expert_table_and_b_are_in_encoded_bytes(runs):
     wd = out["encoded"][0]
     rows = _json(wd, "experts.json")
     with np.load(os.path.join(wd, "data", "validation.npz")) as f:
-        scale = 1.0 + np.abs(f["x"][:, 0])
-    for row, d in zip(rows, (4.0, 8.0, 16.0)):
+        costs = toy_bytes(f["x"])
+    for n, (row, d) in enumerate(zip(rows, (4.0, 8.0, 16.0))):
         assert row["paper_data_cost"] == d
-        assert row["data_cost"] == pytest.approx(d * scale.mean())
+        assert row["data_cost"] == pytest.approx(costs[:, n].mean())
         v = row["bytes"]["validation"]
         assert v["p5"] < v["mean"] < v["p95"]
-        assert v["p5"] == pytest.approx(d * np.percentile(scale, 5))
+        assert v["p5"] == pytest.approx(np.percentile(costs[:, n], 5))
     means = np.array([r["data_cost"] for r in rows])
     for point in _json(wd, "bias.json"):
         b = np.array(point["bias"])
@@ -91,7 +97,7 @@ def test_every_curve_point_is_at_its_routings_mean_bytes(runs):
     wd = out["encoded"][0]
     with np.load(os.path.join(wd, "data", "test.npz")) as f:
         x = f["x"]
-    costs = np.outer(1.0 + np.abs(x[:, 0]), [4.0, 8.0, 16.0])
+    costs = toy_bytes(x)
     test = _json(wd, "evaluation.json")["test"]
     for method in ("enforce",):
         for index, routing in test["subsets"][method].items():
@@ -146,3 +152,28 @@ def test_a_target_outside_the_encoded_range_is_named_and_the_caches_are_kept(run
         pipeline.run(task, cfg, wd, command="toy")
     assert sorted(os.listdir(os.path.join(wd, "cache"))) == sorted(
         os.listdir(os.path.join(out["encoded"][0], "cache")))
+
+
+def test_the_scene_shift_stage_holds_each_target_in_bytes(runs):
+    """In an encoded run the scene-shift controllers are byte controllers: each point's
+    budget is its target (the validation means' b . d), every row counts each input's own
+    bytes, the soft controller spends its target within 1% on the toy test split where the
+    stream can (the test inputs are another sample than the validation inputs the targets
+    come from), the hard one is never over its bucket."""
+    _, by = runs
+    wd, report = by["encoded"]
+    ss = report.get("scene_shift")
+    assert ss and ss["controller"] == "bytes"
+    targets = {i: p["target"] for i, p in enumerate(report["bias"])}
+    for point in ss["points"]:
+        rows = {r["method"]: r for r in point["rows"]}
+        assert rows["controller"]["budget"] == pytest.approx(point["target"], rel=1e-9)
+        assert point["target"] == pytest.approx(targets[point["index"]])
+        assert rows["controller_hard"]["bucket_overrun_bytes"] == 0.0
+        assert rows["controller"]["window_slack_bytes"] is None
+        soft = rows["controller"]
+        if soft["reachable_cost"] >= 1.01 * soft["budget"]:  # the stream can spend it
+            assert abs(soft["mean_vs_budget_pct"]) < 1.0, point
+        else:
+            assert soft["mean_cost"] <= soft["reachable_cost"] + 1e-9
+            assert soft["mean_vs_budget_pct"] < 1.0
