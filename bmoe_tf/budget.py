@@ -397,12 +397,14 @@ def route_frames(logits, frames, bias, data_costs=None, **kwargs):
     return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
 
-def sequence_cost(assignment, data_costs, bias, *, window=64):
+def sequence_cost(assignment, data_costs, bias, *, window=64, costs=None):
     """What a routed sequence sent, against the budget ``d_t = b . d``.
 
     Args:
       assignment: ``int[M]`` experts in the order the inputs were routed.
       data_costs: ``float[N]`` bytes per input; bias: ``float[N]``; window: W.
+      costs: ``float[M, N]`` each input's own payload bytes per expert (encoded), or
+        None: every input costs ``data_costs``. The budget stays ``b . data_costs``.
     Returns:
       dict: ``budget`` (d_t), ``mean`` (bytes per input), ``mean_over`` (``mean / d_t -
       1``), ``worst_window_over`` (the largest mean of W consecutive inputs, ``/ d_t -
@@ -423,13 +425,20 @@ def sequence_cost(assignment, data_costs, bias, *, window=64):
         return {"budget": budget, "mean": 0.0, "mean_over": -1.0, "worst_window_over": -1.0,
                 "worst_window_excess": 0.0, "frequencies": [0.0] * len(b), "inputs": 0,
                 "window": int(window)}
-    spent = d[a] - budget
+    sent = d[a]
+    if costs is not None:
+        c = np.asarray(costs, np.float64)
+        if c.shape != (a.size, len(b)):
+            raise ValueError(f"costs must be [{a.size}, {len(b)}] (each input's bytes per "
+                             f"expert), got {c.shape}")
+        sent = c[np.arange(a.size), a]
+    spent = sent - budget
     cum = np.concatenate([[0.0], np.cumsum(spent)])
     w = min(int(window), a.size)
     worst = float(np.max(cum[w:] - cum[:-w])) / w
     excess = float(np.max(cum - np.minimum.accumulate(cum)))  # max over all windows
-    return {"budget": budget, "mean": float(d[a].mean()), "mean_over": float(d[a].mean() / budget
-                                                                              - 1.0),
+    return {"budget": budget, "mean": float(sent.mean()), "mean_over": float(sent.mean() / budget
+                                                                             - 1.0),
             "worst_window_over": worst / budget, "worst_window_excess": excess,
             "frequencies": (np.bincount(a, minlength=len(b)) / a.size).tolist(),
             "inputs": int(a.size), "window": int(window)}

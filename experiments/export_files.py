@@ -12,9 +12,30 @@ a task without one (the base ``Task``) gets no file.
 The file is rewritten on every run (a few seconds, no expert runs), so it always
 matches the workdir's data, experts and caches; it prints nothing.
 """
+import os
+
+import numpy as np
+
 from gating_tflite.calibration import EXPORT_FILE
 
-__all__ = ["write_export_files", "EXPORT_FILE"]
+__all__ = ["write_export_files", "encoded_test_costs", "EXPORT_FILE"]
+
+
+def encoded_test_costs(wd, order=None):
+    """``float64[M_test, N]``: an encoded run's test payload bytes per expert
+    (``cache/test_bytes.npz``) in the export's test order (``order``: the indices of the
+    stored test inputs in that order; None: stored order), or None in a paper run."""
+    import json
+
+    path = wd.cache_file("test", "bytes")
+    if not os.path.exists(path) or not os.path.exists(wd.report_json()):
+        return None
+    with open(wd.report_json()) as f:  # a paper run in a workdir an encoded run left bytes in
+        if json.load(f).get("config", {}).get("data_cost") != "encoded":
+            return None
+    with np.load(path) as f:
+        costs = np.asarray(f["bytes"], np.float64)
+    return costs if order is None else costs[np.asarray(order, np.int64)]
 
 
 def write_export_files(task, wd):

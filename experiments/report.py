@@ -262,12 +262,16 @@ def _markdown(task, report, test, figures, wd):
     saved = report.get("bytes_saved")
     if saved:
         need = saved["experts_bytes"]
+        pct = f"**{100 * saved['saving']:.1f}%**" if saved["saving"] is not None else "-"
         out += ["", "## Bytes saved at equal quality (encoded payloads)", "",
-                f"At d_max/3 the best mixture ({saved['method']}) reaches {saved['metric']:.3f} "
-                f"with {saved['bytes']:,.0f} B per {task.example_name}; "
-                + (f"the single experts' line needs {need:,.0f} B for that metric: "
-                   f"{100 * saved['saving']:.1f}% saved." if need is not None else
-                   "no single expert reaches that metric.")]
+                f"| mixture at d_max/3 | {metric} | its bytes per {task.example_name} | the "
+                "single experts' line for that metric | saved |", "|---|---|---|---|---|",
+                f"| {LABELS[saved['method']]} | {saved['metric']:.3f} | {saved['bytes']:,.0f} B | "
+                + (f"{need:,.0f} B" if need is not None else "no single expert reaches it")
+                + f" | {pct} |", "",
+                "For reference: the paper claims 55% for detection at mAP 70 in its own "
+                "accounting (d_n = 3 R^2 x 4 B), and DDS (a frame-level system counting real "
+                "codec bytes) up to 59% less bandwidth at the same accuracy."]
     notes = warnings(report)
     if notes:
         out += [""] + [f"- {line}" for line in notes]

@@ -63,6 +63,10 @@ class ExportData:
         own frame.
       task: the task whose workdir this came from (``--task`` is checked against it),
         or "".
+      test_costs: ``float[M_test, N]`` each test input's payload bytes per expert, the
+        test inputs' order (an encoded run, ``--data_cost=encoded``), or None. With it the
+        scene shift counts each input's own bytes and ``gate_router.c`` is the byte router
+        (:class:`bmoe_tf.byte_controller.ByteController`).
     """
 
     representative: np.ndarray
@@ -77,6 +81,7 @@ class ExportData:
     notes: dict = dataclasses.field(default_factory=dict)
     test_frames: np.ndarray | None = None
     task: str = ""
+    test_costs: np.ndarray | None = None
 
     @property
     def input_shape(self):
@@ -100,6 +105,8 @@ class ExportData:
             arrays["data_costs"] = np.asarray(self.data_costs, np.float64)
         if self.test_frames is not None:
             arrays["test_frames"] = np.asarray(self.test_frames, np.int64)
+        if self.test_costs is not None:
+            arrays["test_costs"] = np.asarray(self.test_costs, np.float64)
         if metric is not None:
             arrays.update({_METRIC + k: np.asarray(v) for k, v in metric.arrays().items()})
         meta = dict(format=FORMAT, task=self.task, metric_name=self.metric_name,
@@ -154,6 +161,7 @@ class ExportData:
                    heldout=get("heldout"), test=get("test"),
                    data_costs=get("data_costs", np.float64),
                    test_frames=get("test_frames", np.int64), test_metric=metric,
+                   test_costs=get("test_costs", np.float64),
                    metric_name=meta.get("metric_name", ""),
                    expert_names=tuple(meta.get("expert_names", ())),
                    input_description=meta.get("input_description", "float input"),

@@ -46,6 +46,7 @@ import numpy as np
 from bmoe_tf.backend import keras
 from bmoe_tf.bias import validate_bias
 from bmoe_tf.budget import DEFAULT_CROSSING, BudgetController, sequence_cost
+from bmoe_tf.byte_controller import ByteController
 from bmoe_tf.gating import count_macs
 from bmoe_tf.routing import calibrate_offsets
 from bmoe_tf.scene_shift import default_bucket_bytes, route_natural_order
@@ -199,7 +200,7 @@ class SceneShift:
 
     rows: dict
     router: dict
-    controller: BudgetController
+    controller: BudgetController  # a ByteController with per-input test costs
 
 
 @dataclasses.dataclass
@@ -487,6 +488,17 @@ def check_heldout(gate, tflite, facts, data, b, *, output, offsets, float_offset
                          _frequency_error(freq, b), int(len(data.heldout)))
 
 
+def _test_costs(data, n):
+    """``float[M_test, N]`` per-input payload bytes of an encoded workdir, or None."""
+    if data.test_costs is None:
+        return None
+    c = np.asarray(data.test_costs, np.float64)
+    if data.test is None or c.shape != (len(data.test), n) or data.data_costs is None:
+        raise ValueError(f"test_costs must be [{0 if data.test is None else len(data.test)}, "
+                         f"{n}] with data_costs beside them, got {c.shape}")
+    return c
+
+
 def scene_shift(gate, tflite, data, b, test, *, output, calibration_logits,
                 crossing=ROUTER_CROSSING, bucket_bytes=None, window=SCENE_WINDOW,
                 batch_size=128, seed=0):
@@ -522,6 +534,7 @@ def scene_shift(gate, tflite, data, b, test, *, output, calibration_logits,
     if frames is not None and len(frames) != len(data.test):
         raise ValueError(f"test_frames has {len(frames)} entries for {len(data.test)} test "
                          "inputs")
+    per_input = _test_costs(data, n)
     int8_scale = None
     if output == "logits":
         (_,), (info,) = model_file.model_io(tflite)
@@ -536,13 +549,14 @@ def scene_shift(gate, tflite, data, b, test, *, output, calibration_logits,
     routing = route_natural_order(
         test_logits, frames, calibration_logits, b, costs, window=window,
         batch_size=batch_size, seed=seed, crossing=crossing, bucket_bytes=bucket_bytes,
-        static=test.decisions, batch_logits=batch_logits, int8_scale=int8_scale)
+        static=test.decisions, batch_logits=batch_logits, int8_scale=int8_scale,
+        costs=per_input)
     rows = {}
     for name in ("static", "controller", "controller_hard", "per_batch", "per_frame"):
         if name not in routing.choices:
             continue
         assignment = routing.choices[name]
-        row = sequence_cost(assignment, costs, b, window=window)
+        row = sequence_cost(assignment, costs, b, window=window, costs=per_input)
         if data.test_metric is not None:
             row["metric"] = float(data.test_metric(np.asarray(assignment, np.int64)))
         rows[name] = row
@@ -553,7 +567,9 @@ def scene_shift(gate, tflite, data, b, test, *, output, calibration_logits,
               "initial_offsets": [float(v) for v in np.where(soft.used, soft.offsets, 0.0)],
               "bias_q": soft.bias_q.tolist(), "bucket_bytes": bucket_bytes,
               "logits": "int8 (the exported model)" if output == "logits" else "float gate",
-              "metric_name": data.metric_name}
+              "metric_name": data.metric_name,
+              "budget": "bytes (each input's payload)" if per_input is not None else
+              "frequencies b"}
     controller = soft if bucket_bytes is None else hard
     controller.reset()
     return SceneShift(rows, router, controller)
@@ -736,7 +752,8 @@ def export_gate(gate, data, bias, *, out, mode="ptq", output="index", target=Non
     router = None
     if emit_c and output == "logits":
         costs = np.ones(len(b)) if data.data_costs is None else data.data_costs
-        controller = BudgetController.from_calibration(
+        make = BudgetController if _test_costs(data, len(b)) is None else ByteController
+        controller = make.from_calibration(
             int8.calibration_logits, b, costs, crossing=crossing, bucket_bytes=bucket_bytes,
             int8_scale=facts.output_info.scale)
         router = dict(controller=controller, expert_names=data.expert_names)

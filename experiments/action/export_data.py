@@ -23,6 +23,7 @@ from bmoe_tf.routed_metrics import Accuracy
 from experiments.layout import Layout
 from experiments.action.clips import ClipSet, gate_input, natural_order
 from experiments.stages import read_json
+from experiments.export_files import encoded_test_costs
 from gating_tflite.calibration import ExportData
 
 __all__ = ["export_data", "mirror", "REPRESENTATIVE_CLIPS"]
@@ -68,6 +69,7 @@ def export_data(workdir):
         heldout=mirror(validation),
         test=gate_input(test.mv[order]),
         test_frames=None,  # one clip per frame
+        test_costs=encoded_test_costs(wd, order),
         test_metric=Accuracy(correct[order]),  # one expert per clip in natural order
         task="action",
         metric_name="test top-1 accuracy (%)",

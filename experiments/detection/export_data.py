@@ -21,6 +21,7 @@ from bmoe_tf.routed_metrics import DetectionMAP
 from experiments.layout import Layout
 from experiments.detection.data import DetectionSet, gate_view
 from experiments.stages import read_json
+from experiments.export_files import encoded_test_costs
 from gating_tflite.calibration import ExportData
 
 __all__ = ["export_data", "REPRESENTATIVE_IMAGES"]
@@ -57,6 +58,7 @@ def export_data(workdir):
         heldout=np.ascontiguousarray(validation[:, :, ::-1]),
         test=gate_view(test.images, view),
         test_frames=None,  # natural order = the stored one, one image per frame
+        test_costs=encoded_test_costs(wd),
         test_metric=metric,
         task="detection",
         metric_name="test mAP@[.5:.95] (%)",

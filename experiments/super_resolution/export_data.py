@@ -30,6 +30,7 @@ from experiments.layout import Layout
 from experiments.stages import read_json
 from experiments.super_resolution import data as sr_data
 from experiments.super_resolution.metrics import PEAK, rgb_to_y
+from experiments.export_files import encoded_test_costs
 from gating_tflite.calibration import ExportData
 
 __all__ = ["export_data", "shifted_parts", "psnr_metric", "REPRESENTATIVE_PARTS"]
@@ -88,6 +89,7 @@ def export_data(workdir):
         heldout=np.concatenate([shifted_parts(sets[s], half) for s in ("train", "validation")]),
         test=test_set.parts,
         test_frames=sr_data.test_frames(test_set),
+        test_costs=encoded_test_costs(wd),
         test_metric=psnr_metric(test_set, outputs),
         task="super_resolution",
         metric_name="test PSNR-Y (dB)",

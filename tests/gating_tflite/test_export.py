@@ -293,3 +293,30 @@ def test_a_gate_of_another_input_is_refused_before_any_work(gate, tmp_path):
     assert not (tmp_path / "fw").exists()
     export.check_gate_input(gate, ExportData(representative=np.zeros((1,) + SHAPE),
                                              calibration=np.zeros((3,) + SHAPE)))  # no error
+
+
+def test_an_encoded_workdirs_test_bytes_give_the_byte_router(gate, data, tmp_path):
+    """ExportData.test_costs (an encoded run's payload bytes per test input): the scene
+    shift counts each input's own bytes against b . data_costs, the controllers hold that
+    budget in bytes, and gate_router.c is the byte router; the file round-trips them."""
+    from gating_tflite.calibration import ExportData
+
+    rng = np.random.default_rng(0)
+    m = len(data.test)
+    costs = np.ceil(np.outer(rng.uniform(0.3, 0.9, size=m), data.data_costs))  # a plain scene
+    encoded = dataclasses.replace(data, test_costs=costs)
+    report, _ = export_gate(gate, encoded, BIAS, out=str(tmp_path / "g.tflite"),
+                            output="logits", emit_c=True)
+    rows = report.scene_shift
+    budget = BIAS @ data.data_costs
+    static = rows["static"]
+    assert static["budget"] == pytest.approx(budget) and static["mean"] < 0.95 * budget
+    assert abs(rows["controller"]["mean_over"]) < 0.02
+    assert rows["controller_hard"]["worst_window_excess"] <= rows["controller_hard"][
+        "bucket_bytes"] + 1e-9
+    assert report.router["budget"].startswith("bytes")
+    header = (tmp_path / "gate_router.h").read_text()
+    assert "#define GATE_ROUTER_BYTE_MODE 1" in header and "gate_router_choose_bytes" in header
+    path = str(tmp_path / "export_data.npz")
+    dataclasses.replace(encoded, test_metric=None).save(path)
+    np.testing.assert_array_equal(ExportData.load(path).test_costs, costs)
