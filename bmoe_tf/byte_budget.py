@@ -135,6 +135,25 @@ def _fill(v, c, a, below, budget):
     return a
 
 
+def _top_up(v, c, a, budget):
+    """``a`` with single-input moves to a dearer expert while the bytes fit ``budget``,
+    the largest value gain per extra byte first (the budget left after the price's choices
+    is smaller than the price's switch, not than every move: with payloads of kilobytes a
+    batch would otherwise stop a whole switch short)."""
+    a = a.copy()
+    rows = np.arange(len(a))
+    left = budget - _spent(c, a)
+    while True:
+        extra = c - c[rows, a][:, None]
+        ok = (extra > 1e-12) & (extra <= left + 1e-9)
+        if not ok.any():
+            return a
+        rate = np.where(ok, (v - v[rows, a][:, None]) / np.where(ok, extra, 1.0), -np.inf)
+        i, n = np.unravel_index(int(np.argmax(rate)), rate.shape)
+        left -= extra[i, n]
+        a[i] = n
+
+
 @dataclasses.dataclass(frozen=True)
 class BudgetOracle:
     """The oracle under a byte budget.
@@ -220,6 +239,7 @@ def byte_aware_assignment(logits, costs, target, batch_size) -> ByteRouting:
         budget = target * len(v[part])
         price, choice, below = fit_budget(v[part], c[part], budget, spend=True)
         choice = _fill(v[part], c[part], choice, below, budget)
+        choice = _top_up(v[part], c[part], choice, budget)
         out[part] = choice
         prices.append(price)
         over.append(_spent(c[part], choice) > target * len(v[part]) * (1 + 1e-12))
