@@ -20,14 +20,14 @@ install: $(STAMP)
 # pytest exits 5 when it collected no test: that is a failure for us too. Two pytest-xdist
 # workers: each smoke workdir is built once and shared (tests/conftest.py, SmokeRuns).
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadgroup tests
+	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=15 tests
 
 # The end-to-end set `make test` leaves out (pytest -m slow): each task's quick-preset
 # quality bar, the multi-worker and mirrored trainings, the longer resume checks. .ci/run
 # runs it after `make test`, on the same two xdist workers (the multi-worker tests one at
 # a time, tests/conftest.py).
 test-slow: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadgroup -m slow tests
+	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=15 -m slow tests
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.core
