@@ -30,7 +30,7 @@ import numpy as np
 from bmoe_tf.checks import as_float_array, check_finite
 
 __all__ = ["priced_choice", "fit_budget", "BudgetOracle", "budget_oracle",
-           "byte_aware_assignment", "ByteRouting"]
+           "byte_aware_assignment", "byte_aware_mask", "ByteRouting"]
 
 _ITERATIONS = 64
 
@@ -244,3 +244,36 @@ def byte_aware_assignment(logits, costs, target, batch_size) -> ByteRouting:
         prices.append(price)
         over.append(_spent(c[part], choice) > target * len(v[part]) * (1 + 1e-12))
     return ByteRouting(out, np.array(prices, np.float64), np.array(over, bool))
+
+
+def byte_aware_mask(logits, costs, target):
+    """The byte-aware assignment of ONE batch as a TensorFlow op, for training a gate
+    (:class:`bmoe_tf.BiasedMixture` ``method="enforce_bytes"``): ``float32[M, N]`` one-hot,
+    the choices of :func:`byte_aware_assignment` ``(logits, costs, target, batch_size=M)``,
+    so the batch's bytes stay within ``M x target`` (unless its cheapest choices exceed
+    it). The same numpy code as at inference, through ``tf.numpy_function``: it runs in
+    graph mode (``tf.function``, Keras ``fit``) but not under XLA, and under a
+    ``tf.distribute`` strategy each replica's rows hold their own budget.
+
+    Args:
+      logits: ``float[M, N]`` tensor (no gradient flows through the choice).
+      costs: ``float[M, N]`` tensor, each input's payload bytes per expert.
+      target: mean bytes per input (a Python number).
+    """
+    from bmoe_tf.backend import tf
+
+    target = float(target)
+    if not np.isfinite(target) or target < 0:
+        raise ValueError(f"target must be a finite number of bytes >= 0, got {target!r}")
+    logits = tf.convert_to_tensor(logits)
+    costs = tf.cast(tf.convert_to_tensor(costs), tf.float64)
+
+    def choose(v, c):
+        if len(v) == 0:
+            return np.zeros(0, np.int64)
+        return byte_aware_assignment(v, c, target, len(v)).assignment
+
+    picks = tf.numpy_function(choose, [tf.cast(logits, tf.float64), costs], tf.int64,
+                              stateful=False)
+    picks.set_shape(logits.shape[:1])
+    return tf.one_hot(picks, tf.shape(logits)[-1], dtype=tf.float32)

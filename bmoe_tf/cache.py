@@ -554,7 +554,7 @@ class DatasetEpoch(keras.callbacks.Callback):
 
 
 def cache_dataset(gate_inputs, cache, targets=None, *, batch_size=128, shuffle=True, seed=0,
-                  drop_remainder=False, initial_epoch=0):
+                  drop_remainder=False, initial_epoch=0, payload_bytes=None):
     """A ``tf.data.Dataset`` of ``(features, y)`` for training a gate on a cache.
 
     ``features`` is a dict with ``"gate_input"`` (``[B, ...]``, what the gate sees)
@@ -592,6 +592,10 @@ def cache_dataset(gate_inputs, cache, targets=None, *, batch_size=128, shuffle=T
       seed: int in ``[0, 2**63)``.
       drop_remainder: drop a last batch smaller than B.
       initial_epoch: the epoch number of the first pass.
+      payload_bytes: ``float[M, N]``, each input's payload bytes per expert
+        (:meth:`bmoe_tf.Expert.payload_sizes`), or None. Given, every batch carries it as
+        ``"payload_bytes"``: what a gate trained with ``method="enforce_bytes"`` routes
+        on, and what the mixture's ``data_cost`` metric then counts.
     """
     kind = cache_kind(cache)
     if is_cache_shard(cache):
@@ -604,6 +608,12 @@ def cache_dataset(gate_inputs, cache, targets=None, *, batch_size=128, shuffle=T
     features = {"gate_input": gate_inputs}
     features.update({k: v for k, v in cache.items() if k != "kind"})
     m = len(gate_inputs)
+    if payload_bytes is not None:
+        c = np.asarray(payload_bytes, np.float32)
+        if c.ndim != 2 or not np.all(np.isfinite(c)) or np.any(c < 0):
+            raise ValueError(f"payload_bytes must be finite bytes >= 0 of shape [M, N], got "
+                             f"shape {c.shape}")
+        features["payload_bytes"] = c
     for key, value in features.items():
         if len(value) != m:
             raise ValueError(f"cache entry {key!r} has {len(value)} rows but there are {m} inputs")

@@ -23,6 +23,7 @@ from bmoe_tf import losses as losses_lib
 from bmoe_tf import routing as routing_lib
 from bmoe_tf.backend import keras, tf
 from bmoe_tf.bias import validate_bias
+from bmoe_tf.byte_budget import byte_aware_mask
 from bmoe_tf.cache import mse_from_statistics
 from bmoe_tf.experts import check_mixable
 from bmoe_tf.losses import bias_loss, expert_utility
@@ -30,8 +31,10 @@ from bmoe_tf.losses import bias_loss, expert_utility
 __all__ = ["BiasedMixture", "Selection", "GateLoss", "METHODS", "ROUTINGS", "COMBINES",
            "TRAINING_LOSSES"]
 
-#: Training methods: Algorithm 1 ("enforce") or Eq. 3 + Eq. 5 ("soft").
-METHODS = ("enforce", "soft")
+#: Training methods: Algorithm 1 ("enforce"), Eq. 3 + Eq. 5 ("soft"), or the byte-aware
+#: assignment of each batch ("enforce_bytes": a budget in payload bytes instead of b's
+#: frequencies, :func:`bmoe_tf.byte_budget.byte_aware_mask`).
+METHODS = ("enforce", "soft", "enforce_bytes")
 #: Test-time routing: b enforced per batch, calibrated per-input offsets, or the
 #: plain argmax of Eq. 3 (no bias control at all).
 ROUTINGS = ("batch", "streaming", "argmax")
@@ -76,6 +79,16 @@ class GateLoss:
     gates: tf.Tensor
     #: ``int32[M]``: the selected expert of each example.
     assignment: tf.Tensor
+    #: ``float32[M]``: the selected expert's payload bytes per example, when the batch
+    #: carries ``"payload_bytes"``; else None (the ``data_cost`` metric then counts d_n).
+    payload_bytes: tf.Tensor | None = None
+
+
+def _selected_bytes(x, assignment):
+    if not (_is_cache_batch(x) and "payload_bytes" in x):
+        return None
+    c = tf.cast(tf.convert_to_tensor(x["payload_bytes"]), tf.float32)
+    return tf.gather(c, assignment, axis=1, batch_dims=1)
 
 _MSE_NAMES = ("mse", "mean_squared_error", "MeanSquaredError")
 #: the checkpoint name of the training dataset's epoch variable (see ``BiasedMixture.fit``)
@@ -160,8 +173,13 @@ class BiasedMixture(keras.Model):
       gate: Keras model, raw input ``[M, ...]`` -> logits ``[M, N]``.
       experts: list of N :class:`bmoe_tf.Expert` with mixable outputs.
       bias: ``float[N]``, the frequencies of use b.
-      method: ``"enforce"`` (Algorithm 1 every training batch) or ``"soft"``
-        (Eq. 3 sparse gates + the Eq. 5 bias loss).
+      method: ``"enforce"`` (Algorithm 1 every training batch), ``"soft"``
+        (Eq. 3 sparse gates + the Eq. 5 bias loss) or ``"enforce_bytes"`` (each
+        training batch routed by the byte-aware assignment: its payload bytes within
+        ``M x byte_target``; the batches must carry ``"payload_bytes"``,
+        :func:`bmoe_tf.cache.cache_dataset` ``(payload_bytes=...)``; b then only serves
+        the test-time ``"batch"`` routing).
+      byte_target: mean payload bytes per input, ``method="enforce_bytes"`` only.
       bias_weight: w_bias of Eq. 5 (soft method only).
       routing: test-time routing, see :data:`ROUTINGS`. ``"batch"`` enforces b over
         each evaluation batch (as in the paper); ``"streaming"`` routes one input
@@ -189,7 +207,8 @@ class BiasedMixture(keras.Model):
     the all-reduce's gradient, itself an all-reduce, gives each replica's rows their
     share of the one bias loss, so the summed gradients are the single-device ones);
     the ``"relative"`` training loss's scale (the median gap over the global batch); the
-    data order (:func:`bmoe_tf.cache.cache_dataset`); the metrics. Per replica: the
+    data order (:func:`bmoe_tf.cache.cache_dataset`); the metrics. Per replica: the byte
+    budget of ``method="enforce_bytes"`` (each replica's rows within their own bytes); the
     forward / backward pass on its rows, the per-example losses and their mean, divided
     by the number of replicas (gradients summed over replicas: the global mean when
     the parts are equal, e.g. ``cache_dataset(drop_remainder=True)`` and a global batch
@@ -198,14 +217,15 @@ class BiasedMixture(keras.Model):
     (``tests/bmoe_tf/test_mixture_distributed.py``).
 
     Metrics (per epoch, over examples): ``loss``, ``task_loss``, ``bias_loss``,
-    ``data_cost`` (mean d_n of the selected experts, bytes per example), and per
+    ``data_cost`` (mean d_n of the selected experts, bytes per example; the selected
+    payloads' own bytes when the batches carry ``"payload_bytes"``), and per
     expert ``utility_<name>`` (share of examples routed to it; Eq. 4 applied to
     the selection) and ``gate_<name>`` (Eq. 4 on the gate values).
     """
 
     def __init__(self, gate, experts, bias, *, method="enforce", bias_weight=1.0,
                  routing="batch", combine="gate", training_loss="selected", input_shape=None,
-                 gate_preprocess=None, **kwargs):
+                 gate_preprocess=None, byte_target=None, **kwargs):
         super().__init__(**kwargs)
         if not isinstance(gate, keras.layers.Layer):
             raise ValueError(f"gate must be a Keras model or layer, got {type(gate).__name__}")
@@ -219,6 +239,15 @@ class BiasedMixture(keras.Model):
         if not np.isfinite(bias_weight) or bias_weight < 0:
             raise ValueError(f"bias_weight must be a finite number >= 0, got {bias_weight}")
         self.bias_weight = bias_weight
+        if (method == "enforce_bytes") != (byte_target is not None):
+            raise ValueError("byte_target (mean payload bytes per input) goes with "
+                             "method='enforce_bytes', and only with it")
+        if byte_target is not None:
+            byte_target = float(byte_target)
+            if not np.isfinite(byte_target) or byte_target <= 0:
+                raise ValueError(f"byte_target must be a finite number of bytes > 0, got "
+                                 f"{byte_target!r}")
+        self.byte_target = byte_target
         if gate_preprocess is not None and not callable(gate_preprocess):
             raise ValueError(f"gate_preprocess must be callable, got "
                              f"{type(gate_preprocess).__name__}")
@@ -278,11 +307,12 @@ class BiasedMixture(keras.Model):
     # ---- routing -----------------------------------------------------------------
     def _mode(self, training):
         if training:
-            return "enforce" if self.method == "enforce" else "argmax"
+            return {"enforce": "enforce", "enforce_bytes": "bytes"}.get(self.method, "argmax")
         return "enforce" if self.routing == "batch" else self.routing
 
-    def select(self, logits, training=False):
-        """Gates for a batch of logits ``[M, N]``.
+    def select(self, logits, training=False, payload_bytes=None):
+        """Gates for a batch of logits ``[M, N]`` (``payload_bytes [M, N]``: the batch's
+        bytes per expert, which ``method="enforce_bytes"`` trains on).
 
         Returns:
           :class:`Selection` ``(gates [M, N], scales [M, N], assignment int32[M])``:
@@ -295,6 +325,13 @@ class BiasedMixture(keras.Model):
             mask = self._enforced_mask(logits, probs, training)
         elif mode == "argmax":
             mask = tf.one_hot(tf.argmax(logits, axis=-1), self.num_experts, dtype=probs.dtype)
+        elif mode == "bytes":
+            if payload_bytes is None:
+                raise ValueError("method='enforce_bytes' trains on batches that carry each "
+                                 "input's payload bytes: bmoe_tf.cache.cache_dataset(..., "
+                                 "payload_bytes=[M, N])")
+            mask = tf.cast(byte_aware_mask(logits, payload_bytes, self.byte_target),
+                           probs.dtype)
         else:
             offsets = tf.debugging.assert_all_finite(
                 self.offsets, "routing='streaming' needs mixture.calibrate(...) first")
@@ -396,7 +433,9 @@ class BiasedMixture(keras.Model):
         gate_input = x["gate_input"] if _is_cache_batch(x) else self._gate_view(x)
         logits = self.gate(gate_input, training=training)
         _check_logits(logits, self.num_experts)
-        gates, scales, assignment = self.select(logits, training=training)
+        gates, scales, assignment = self.select(
+            logits, training=training,
+            payload_bytes=x.get("payload_bytes") if _is_cache_batch(x) else None)
         scores = _is_cache_batch(x) and "scores" in x
         if not training and scores:
             mask = tf.one_hot(assignment, self.num_experts, dtype=gates.dtype)
@@ -433,7 +472,8 @@ class BiasedMixture(keras.Model):
         else:
             b_loss = tf.zeros((), task.dtype)
         return GateLoss(total=task + b_loss, task_loss=task, bias_loss=b_loss,
-                        per_example=per_example, gates=gates, assignment=assignment)
+                        per_example=per_example, gates=gates, assignment=assignment,
+                        payload_bytes=_selected_bytes(x, assignment))
 
     def _mixture_loss(self, x, y, scales, assignment):
         """``[M]``: the task loss of Eq. 2's output ``sum_n scales_n E_n``."""
@@ -475,7 +515,8 @@ class BiasedMixture(keras.Model):
         self._loss_tracker.update_state(result.total, sample_weight=m)
         self._task_tracker.update_state(result.task_loss, sample_weight=m)
         self._bias_tracker.update_state(result.bias_loss, sample_weight=m)
-        costs = tf.gather(tf.constant(self.data_costs, tf.float32), result.assignment)
+        costs = (tf.gather(tf.constant(self.data_costs, tf.float32), result.assignment)
+                 if result.payload_bytes is None else result.payload_bytes)
         self._cost_tracker.update_state(tf.reduce_mean(costs), sample_weight=m)
         share = expert_utility(tf.one_hot(result.assignment, self.num_experts))
         mass = expert_utility(result.gates)

@@ -25,7 +25,9 @@ PRESET_NAMES = ("smoke", "quick", "full")
 #: Curves that need no trained gate.
 EVAL_METHODS = ("random", "benchmark", "oracle")
 #: Curves with a trained gate.
-GATE_METHODS = ("enforce", "soft")
+#: trained gates: Algorithm 1, Eq. 5, and (``--data_cost=encoded``) the byte-aware
+#: assignment in training (one gate per target in bytes)
+GATE_METHODS = ("enforce", "soft", "bytes")
 #: ``--data_cost``: the paper's d_n = 3 R^2 K per expert, or each input's encoded payload.
 DATA_COSTS = ("paper", "encoded")
 GATE_KINDS = ("paper", "compact")
@@ -202,7 +204,9 @@ def define_shared_flags(flag_values=None, *, data_help="bundled | folder:PATH | 
     flags.DEFINE_string("workdir", None, "Directory for every artefact (created if missing).", **d)
     flags.DEFINE_enum("preset", "full", list(PRESET_NAMES), "Size of the run.", **d)
     flags.DEFINE_list("methods", ["enforce", "soft", "random", "benchmark", "oracle"],
-                      "Curves: enforce, soft (trained gates), random, benchmark, oracle.", **d)
+                      "Curves: enforce, soft (trained gates), random, benchmark, oracle; "
+                      "bytes (--data_cost=encoded: a gate per target trained with each "
+                      "batch's payload bytes within the target, routed the same way).", **d)
     flags.DEFINE_list("targets", None, "Data-cost targets: one integer = number of grid points "
                       "over [d_min, d_max] (d_max/2 and d_max/3 are always added), or explicit "
                       "costs; add 'experts' for every expert's own d_n too (e.g. 3,experts). "
@@ -400,6 +404,9 @@ def check(cfg: Config, task) -> None:
                           "other data with --data=folder:PATH")
     if cfg.data_cost not in DATA_COSTS:
         raise ConfigError(f"--data_cost takes {list(DATA_COSTS)}, got {cfg.data_cost!r}")
+    if "bytes" in cfg.methods and not cfg.encoded:
+        raise ConfigError("--methods=bytes trains on each input's payload bytes: it needs "
+                          "--data_cost=encoded")
     if cfg.encoded and task.codecs(cfg) is None:
         raise ConfigError(f"--data_cost=encoded: the {task.name} task declares no payload "
                           "codecs yet; --data_cost takes paper for it")

@@ -50,7 +50,7 @@ def load_gate(directory):
 def train_gate(directory, *, build_gate, experts, bias, method, train, batch_size, epochs,
                learning_rate, bias_weight=1.0, combine="gate", training_loss="selected",
                seed=0, name="gate", verbose=1, input_shape=None, gate_preprocess=None,
-               strategy=None):
+               strategy=None, byte_target=None):
     """Trains a gate with the experts frozen and saves it; resumes if interrupted.
 
     Args:
@@ -58,7 +58,8 @@ def train_gate(directory, *, build_gate, experts, bias, method, train, batch_siz
       build_gate: ``() -> keras.Model`` mapping gate inputs ``[B, ...]`` to logits ``[B, N]``.
       experts: the frozen :class:`bmoe_tf.Expert` list.
       bias: ``float[N]``.
-      method: ``"enforce"`` or ``"soft"``.
+      method: ``"enforce"``, ``"soft"`` or ``"enforce_bytes"`` (each batch within
+        ``byte_target`` mean bytes per input of ``train.costs``).
       train: :class:`experiments.pipeline.TrainingSet`.
       batch_size, epochs, learning_rate: the schedule (Adam).
       seed: the run's seed: weights are initialised from it, the data order from
@@ -85,10 +86,11 @@ def train_gate(directory, *, build_gate, experts, bias, method, train, batch_siz
         mixture = BiasedMixture(build_gate(), experts, bias, method=method,
                                 bias_weight=bias_weight, combine=combine,
                                 training_loss=training_loss, input_shape=input_shape,
-                                gate_preprocess=gate_preprocess)
+                                gate_preprocess=gate_preprocess, byte_target=byte_target)
         mixture.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="mse")
     data = cache_dataset(train.gate_inputs, train.cache, train.targets,
-                         batch_size=batch_size, seed=gate_seed(seed, name), drop_remainder=True)
+                         batch_size=batch_size, seed=gate_seed(seed, name), drop_remainder=True,
+                         payload_bytes=train.costs if method == "enforce_bytes" else None)
     if strategy.num_replicas_in_sync > 1:  # the global batch, split over the replicas
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = \
@@ -104,6 +106,8 @@ def train_gate(directory, *, build_gate, experts, bias, method, train, batch_siz
                 epochs=int(epochs), batch_size=int(batch_size),
                 learning_rate=float(learning_rate), data_seed=gate_seed(seed, name),
                 history=history)
+    if byte_target is not None:
+        info["byte_target"] = float(byte_target)
     if not chief:  # every worker saves (collective reads), only the chief keeps it
         with distribute.writable_dir(os.path.join(directory, "gate"), strategy) as tmp:
             mixture.gate.save(tmp, include_optimizer=False)

@@ -156,7 +156,12 @@ def evaluate_split(cfg, view, split, table, points, gates) -> SplitEvaluation:
             gate = gates[method][index]
             if id(gate) not in logits_of:  # a shared gate runs once
                 logits_of[id(gate)] = gate.predict(view.gate_inputs, batch_size=256, verbose=0)
-            a = gate_assignment(logits_of[id(gate)], b, cfg.batch_size, seed=cfg.eval_batch_seed)
+            if method == "bytes":  # routed as it was trained: each batch within its bytes
+                a = byte_assignment(logits_of[id(gate)], costs, target, cfg.batch_size,
+                                    seed=cfg.eval_batch_seed)
+            else:
+                a = gate_assignment(logits_of[id(gate)], b, cfg.batch_size,
+                                    seed=cfg.eval_batch_seed)
             detail[method].append(_point(target, spent(a), view.metric(a)))
             if method == "enforce" and "enforce_bytes" in detail:
                 nb = byte_assignment(logits_of[id(gate)], costs, target, cfg.batch_size,
@@ -187,7 +192,7 @@ def evaluate_split(cfg, view, split, table, points, gates) -> SplitEvaluation:
                 at[label][meth] = match[0].metric
     share = {}
     if "oracle" in rho and "random" in rho and rho["oracle"] > rho["random"]:
-        for meth in ("enforce", "enforce_bytes", "soft", "benchmark"):
+        for meth in ("enforce", "enforce_bytes", "bytes", "soft", "benchmark"):
             if meth in rho:
                 share[meth] = bmoe_eval.oracle_gain_share(rho[meth], rho["random"], rho["oracle"])
     exceeded = []
@@ -517,6 +522,18 @@ def stage_gates(run, points, *, strategy=None, chief=True):
                             epochs=cfg.epochs, **common),
                         load=lambda d=directory: gates_lib.load_gate(d))[0]
                 gates[method][index] = loaded[directory]
+                continue
+            if method == "bytes":  # one per target: its bytes are the training budget
+                if train.costs is None:
+                    raise ValueError(f"{task.name}: --methods=bytes needs the training "
+                                     "set's payload bytes (TrainingSet.costs)")
+                directory = wd.gate_dir("bytes", index)
+                gates[method][index] = wd.run(
+                    f"gate bytes/{index}", gates_lib.gate_files(directory),
+                    lambda d=directory, b=list(point.bias), t=point.target, i=index:
+                    gates_lib.train_gate(d, bias=b, method="enforce_bytes", byte_target=t,
+                                         name=f"bytes/{i}", epochs=cfg.epochs, **common),
+                    load=lambda d=directory: gates_lib.load_gate(d))[0]
                 continue
             directory = wd.gate_dir("soft", index)
             chosen = os.path.join(directory, "chosen.json")

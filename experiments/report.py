@@ -13,12 +13,16 @@ __all__ = ["write_report", "format_table", "warnings", "rho_note", "pick_routing
            "assigned_tables_markdown", "METHOD_ORDER", "LABELS", "COLOURS"]
 
 AT = ("d_max", "d_max/2", "d_max/3")
-METHOD_ORDER = ("benchmark", "enforce", "enforce_bytes", "soft", "random", "oracle")
+METHOD_ORDER = ("benchmark", "enforce", "enforce_bytes", "bytes", "soft", "random", "oracle")
 LABELS = {"benchmark": "Benchmark experts", "enforce": "Proposed b enforcement",
           "enforce_bytes": "Enforce gate, byte budget",
+          "bytes": "Byte-budget training",
           "soft": "Soft regularization", "random": "Random selection",
           "oracle": "Oracle (upper bound)"}
 COLOURS = ("#d62728", "#ff7f0e", "#1f77b4", "#2ca02c", "#9467bd", "#8c564b")
+#: each curve's colour in the figures (the earlier curves keep theirs)
+METHOD_COLOURS = dict(zip(("benchmark", "enforce", "enforce_bytes", "soft", "random", "oracle"),
+                          COLOURS), bytes="#17becf")
 
 
 def _add(report, extra, where):
@@ -89,13 +93,13 @@ def write_report(task, cfg, wd, data, table, points, results, splits, command, *
 
 def bytes_saved(report):
     """Bytes saved at equal quality (encoded runs): the best mixture point at the d_max/3
-    target (enforce, enforce_bytes or soft; its realised mean bytes), the bytes the single
+    target (enforce, enforce_bytes, bytes or soft; its realised mean bytes), the bytes the single
     experts' line (the benchmark hull, linear between experts) needs for the same metric,
     and the saving ``1 - mixture / experts``; ``experts_bytes`` None when no single expert
     reaches that metric (the mixture is above the line there)."""
     d_third = max(p["target"] for p in report.get("bias", [])) / 3 if report.get("bias") else None
     best = None
-    for method in ("enforce", "enforce_bytes", "soft"):
+    for method in ("enforce", "enforce_bytes", "bytes", "soft"):
         for pt in report.get("points", {}).get(method, []):
             if d_third is not None and np.isclose(pt["target"], d_third):
                 if best is None or pt["metric"] > best[1]["metric"]:
@@ -376,13 +380,14 @@ def _figure_curves(task, wd, report):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for i, method in enumerate(METHOD_ORDER):
+    for method in METHOD_ORDER:
         curve = report["curves"].get(method)
         if not curve:
             continue
         xs, ys = zip(*sorted(curve))
         style = dict(ls=":", marker="s") if method == "benchmark" else dict(marker="o")
-        ax.plot(np.array(xs) / 1000, ys, label=LABELS[method], color=COLOURS[i], **style)
+        ax.plot(np.array(xs) / 1000, ys, label=LABELS[method], color=METHOD_COLOURS[method],
+                **style)
     for method, pts in report.get("points", {}).items():
         over = [(p["cost"] / 1000, p["metric"]) for p in pts if p["over_target"]]
         if over:

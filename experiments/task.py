@@ -41,11 +41,14 @@ class TrainingSet:
       cache: an expert cache (:mod:`bmoe_tf.cache`: ``"mse"``, ``"outputs"`` or
         ``"scores"``), one row per example.
       targets: ``[M, ...]`` targets for an ``"outputs"`` cache, else None.
+      costs: ``float[M, N]`` each example's payload bytes per expert
+        (``--data_cost=encoded``; what the ``bytes`` gates train on), else None.
     """
 
     gate_inputs: np.ndarray
     cache: dict
     targets: np.ndarray | None = None
+    costs: np.ndarray | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -178,7 +178,7 @@ class ActionTask(Task):
                 return score_cache(correctness(probs, data[split].labels))
 
             jobs.append(CacheJob(f"{split} scores", score_path, scores, shards=False))
-            if cfg.encoded and split != "train":
+            if cfg.encoded:  # train: what the gates of --methods=bytes train on
                 jobs.append(bytes_cache_job(wd, split, pack(clips.mv, clips.rgb), experts,
                                             batch_size=EXPERT_BATCH))
         return jobs
@@ -189,7 +189,12 @@ class ActionTask(Task):
         else:
             probs = _probabilities(wd, "train", data, len(cfg.task.modes))
             train = log_likelihood(probs, data["train"].labels)
-        return TrainingSet(gate_input(data["train"].mv), score_cache(train))
+        costs = None
+        if cfg.encoded:
+            from experiments.pipeline import load_bytes
+
+            costs = load_bytes(wd, "train", len(data["train"]), len(cfg.task.modes))
+        return TrainingSet(gate_input(data["train"].mv), score_cache(train), costs=costs)
 
     def split(self, cfg, wd, data, name):
         correct = _correct(wd, name)

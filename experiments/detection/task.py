@@ -187,14 +187,19 @@ class DetectionTask(Task):
                 return score_cache(evaluator.per_image_scores())
 
             jobs.append(CacheJob(f"{split} scores", score_path, scores, shards=False))
-            if cfg.encoded and split != "train":
+            if cfg.encoded:  # train: what the gates of --methods=bytes train on
                 jobs.append(bytes_cache_job(wd, split, images, experts, batch_size=EXPERT_BATCH))
         return jobs
 
     def training_set(self, cfg, wd, data):
         scores = load_artefact(_files(wd, "train")[1], load_cache)["scores"]
+        costs = None
+        if cfg.encoded:
+            from experiments.pipeline import load_bytes
+
+            costs = load_bytes(wd, "train", len(data["train"]), len(cfg.task.resolutions))
         return TrainingSet(gate_view(data["train"].images, view_resolution(cfg)),
-                           score_cache(scores))
+                           score_cache(scores), costs=costs)
 
     def split(self, cfg, wd, data, name):
         num_experts = len(cfg.task.resolutions)

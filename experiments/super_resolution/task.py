@@ -188,11 +188,16 @@ class SuperResolutionTask(Task):
             jobs.append(job(split, _outputs_file(wd, split), data[split].parts, None, "outputs"))
             if cfg.encoded:
                 jobs.append(bytes_cache_job(wd, split, data[split].parts, experts))
+        if cfg.encoded:  # what the gates of --methods=bytes train on
+            jobs.append(bytes_cache_job(wd, "train", train, experts))
         return jobs
 
     def training_set(self, cfg, wd, data):
-        return TrainingSet(_training_parts(cfg, data),
-                           load_artefact(wd.cache_file("train", "mse"), load_cache))
+        parts = _training_parts(cfg, data)
+        costs = (load_bytes(wd, "train", len(parts), len(cfg.task.scales)) if cfg.encoded
+                 else None)
+        return TrainingSet(parts, load_artefact(wd.cache_file("train", "mse"), load_cache),
+                           costs=costs)
 
     def split(self, cfg, wd, data, name):
         part_set = data[name]

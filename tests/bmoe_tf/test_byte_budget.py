@@ -111,3 +111,23 @@ def test_bad_arguments_are_named(kwargs, message):
     args.update(kwargs)
     with pytest.raises(ValueError, match=message):
         byte_budget.byte_aware_assignment(**args)
+
+
+def test_the_byte_aware_mask_is_the_assignment_in_graph_mode():
+    """byte_aware_mask (training) gives byte_aware_assignment's choices of one batch, also
+    inside tf.function; an empty batch gives an empty mask."""
+    from bmoe_tf.backend import tf
+    from bmoe_tf.byte_budget import byte_aware_mask
+
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(24, 3)).astype(np.float32)
+    costs = rng.integers(10, 400, size=(24, 3)).astype(np.float32)
+    expect = byte_budget.byte_aware_assignment(logits, costs, 150.0, 24).assignment
+    graph = tf.function(lambda v, c: byte_aware_mask(v, c, 150.0))
+    for mask in (byte_aware_mask(logits, costs, 150.0), graph(logits, costs)):
+        assert mask.shape == (24, 3)
+        np.testing.assert_array_equal(np.argmax(mask.numpy(), axis=1), expect)
+        np.testing.assert_array_equal(mask.numpy().sum(axis=1), 1.0)
+    assert byte_aware_mask(np.zeros((0, 3), np.float32), np.zeros((0, 3)), 5.0).shape == (0, 3)
+    with pytest.raises(ValueError, match="target"):
+        byte_aware_mask(logits, costs, -1.0)

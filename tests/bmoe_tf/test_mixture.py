@@ -389,3 +389,65 @@ def test_a_gate_whose_logits_do_not_number_the_experts_is_refused_at_constructio
     x, y = _data(8)
     with pytest.raises(ValueError, match="gives 2 logits per example but there are 3 experts"):
         mixture.compute_gate_loss(tf.constant(x), tf.constant(y), training=False)
+
+
+def _payload_bytes(m, seed=5):
+    """``float[M, 3]``: bytes per input and expert, dearer for the bigger experts and
+    varying per input (as encoded payloads do)."""
+    rng = np.random.default_rng(seed)
+    return (rng.integers(50, 150, size=(m, 1)) * np.array([1.0, 2.0, 4.0])
+            + rng.integers(0, 40, size=(m, 3))).astype(np.float64)
+
+
+def test_enforce_bytes_trains_every_batch_within_its_bytes():
+    """method='enforce_bytes': each training batch is routed by the byte-aware assignment
+    of its own logits and payload bytes (the inference code, choice for choice), within
+    M x byte_target bytes; data_cost counts those bytes; only the gate trains."""
+    from bmoe_tf.byte_budget import byte_aware_assignment
+
+    x, y = _data()
+    costs = _payload_bytes(len(x))
+    target = float(costs.mean(axis=0) @ np.array(B))
+    mix = _mixture(method="enforce_bytes", byte_target=target)
+    cache = build_expert_cache(mix.experts, x, y, kind="mse", verbose=0)
+    ds = cache_dataset(x, cache, batch_size=16, seed=3, drop_remainder=True,
+                       payload_bytes=costs)
+    batches = 0
+    for features, target_batch in ds:
+        result = mix.compute_gate_loss(features, target_batch, training=True)
+        logits = mix.gate(features["gate_input"]).numpy()
+        c = features["payload_bytes"].numpy().astype(np.float64)
+        expect = byte_aware_assignment(logits, c, target, len(c)).assignment
+        np.testing.assert_array_equal(result.assignment.numpy(), expect)
+        spent = c[np.arange(len(c)), expect]
+        np.testing.assert_array_equal(result.payload_bytes.numpy(), spent)
+        assert spent.sum() <= 16 * target
+        batches += 1
+    assert batches == 4
+    gate_before = [w.copy() for w in mix.gate.get_weights()]
+    logs = _BatchLogs()
+    mix.fit(ds, epochs=2, verbose=0, callbacks=[logs])
+    assert all(not np.array_equal(a, b) for a, b in zip(mix.gate.get_weights(), gate_before))
+    assert len(logs.logs) == 8
+    for entry in logs.logs:  # running means of batches that each stayed within the target
+        assert entry["data_cost"] <= target * (1 + 1e-6)
+        assert entry["data_cost"] > 0.9 * target  # and spent it (the top-up)
+
+
+def test_enforce_bytes_settings_and_batches_are_checked():
+    x, y = _data(16)
+    with pytest.raises(ValueError, match="byte_target"):
+        BiasedMixture(_gate(), _experts(), B, method="enforce_bytes")
+    with pytest.raises(ValueError, match="byte_target"):
+        BiasedMixture(_gate(), _experts(), B, method="enforce", byte_target=100.0)
+    with pytest.raises(ValueError, match="> 0"):
+        BiasedMixture(_gate(), _experts(), B, method="enforce_bytes", byte_target=0.0)
+    mix = _mixture(method="enforce_bytes", byte_target=100.0)
+    cache = build_expert_cache(mix.experts, x, y, kind="mse", verbose=0)
+    features, target = next(iter(cache_dataset(x, cache, batch_size=8)))
+    with pytest.raises(ValueError, match="payload_bytes"):
+        mix.compute_gate_loss(features, target, training=True)
+    with pytest.raises(ValueError, match="payload_bytes"):
+        cache_dataset(x, cache, payload_bytes=-_payload_bytes(16))
+    with pytest.raises(ValueError, match="'payload_bytes' has 8 rows"):
+        cache_dataset(x, cache, payload_bytes=_payload_bytes(8))

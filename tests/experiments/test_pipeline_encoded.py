@@ -1,7 +1,8 @@
 """--data_cost=encoded through experiments.pipeline, on the toy task with a payload per
 input (in-process): the expert table in bytes, b from the LP on the mean bytes, every
 curve point at the realised mean bytes of its routing, the byte-budget oracle with its
-bound, the byte-aware curve within its target on every batch."""
+bound, the byte-aware curve within its target on every batch, the gates trained in bytes
+(``--methods=bytes``)."""
 import dataclasses
 import json
 import os
@@ -31,6 +32,13 @@ class EncodedToyTask(ToyTask):
     def codecs(self, cfg):
         return [Raw() for _ in range(3)]
 
+    def training_set(self, cfg, wd, data):
+        train = super().training_set(cfg, wd, data)
+        if not cfg.encoded:
+            return train
+        return dataclasses.replace(train, costs=toy_bytes(data["train"]["x"],
+                                                          self.data_costs(cfg)))
+
     def split(self, cfg, wd, data, name):
         d = data[name]
         costs = None
@@ -40,12 +48,11 @@ class EncodedToyTask(ToyTask):
                      metric=lambda a: f1(d, np.asarray(a)), costs=costs)
 
 
-def _cfg(task, **kw):
+def _cfg(task, methods=("enforce", "random", "benchmark", "oracle"), **kw):
     """The toy smoke config without the soft gates (the byte accounting is the same for
     every gate method)."""
     return config.build_config(task, preset_name="smoke", preset=task.presets()["smoke"],
-                               verbose=0, methods=("enforce", "random", "benchmark", "oracle"),
-                               **kw)
+                               verbose=0, methods=methods, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +60,9 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("encoded")
     task = EncodedToyTask()
     wd = str(root / "encoded")
-    return task, {"encoded": (wd, pipeline.run(task, _cfg(task, data_cost="encoded"), wd,
-                                               command="toy"))}
+    cfg = _cfg(task, data_cost="encoded",
+               methods=("enforce", "bytes", "random", "benchmark", "oracle"))
+    return task, {"encoded": (wd, pipeline.run(task, cfg, wd, command="toy"))}
 
 
 def _json(wd, name):
@@ -130,6 +138,43 @@ def test_the_byte_aware_curve_keeps_every_batch_within_its_target(runs):
             assert p["cost"] <= p["target"] * (1 + 1e-9), p
             checked += 1
     assert checked >= 2
+
+
+def test_the_bytes_gates_train_and_route_each_batch_within_their_targets(runs):
+    """--methods=bytes: one gate per gated target, trained with every training batch's
+    payload bytes within the target (gate.json's per-epoch data_cost: bytes), routed the
+    same way on the test split; its curve has a rho."""
+    task, out = runs
+    wd, report = out["encoded"]
+    assert "bytes" in report["curves"] and "bytes" in report["rho"]
+    with np.load(os.path.join(wd, "data", "train.npz")) as f:
+        cheapest_train = toy_bytes(f["x"])[:, 0].mean()
+    with np.load(os.path.join(wd, "data", "test.npz")) as f:
+        cheapest = toy_bytes(f["x"])[:, 0].mean()
+    points = _json(wd, "bias.json")
+    trained = budgeted = 0
+    for index, point in enumerate(points):
+        directory = os.path.join(wd, "gates", "bytes", str(index))
+        if np.isclose(max(point["bias"]), 1.0):
+            assert not os.path.exists(directory)  # one expert: no gate
+            continue
+        info = _json(directory, "gate.json")
+        assert info["method"] == "enforce_bytes"
+        assert info["byte_target"] == pytest.approx(point["target"])
+        if point["target"] >= 1.3 * cheapest_train:
+            assert max(info["history"]["data_cost"]) <= point["target"] * (1 + 1e-6)
+            budgeted += 1
+        trained += 1
+    assert trained >= 1 and budgeted >= 1
+    test = _json(wd, "evaluation.json")["test"]
+    checked = 0
+    for p in test["points"]["bytes"]:
+        if p["target"] >= 1.3 * cheapest:
+            assert p["cost"] <= p["target"] * (1 + 1e-9), p
+            checked += 1
+    assert checked >= 2
+    with pytest.raises(config.ConfigError, match="--methods=bytes .* --data_cost=encoded"):
+        _cfg(task, methods=("enforce", "bytes"))
 
 
 def test_encoded_is_refused_for_a_task_without_codecs():
