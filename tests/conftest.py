@@ -7,14 +7,6 @@ not use a distribution strategy are unaffected (ops still run on /cpu:0).
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# One intra-op thread in this process and in every TensorFlow process a test starts (they
-# inherit the environment): the suite runs two xdist workers and background CLI runs on two
-# cores, and TensorFlow's default (one thread per core in each process) then spins threads
-# against each other. Measured here: two quick-preset SR runs at once took 305 s with one
-# thread each (the default, run one after the other: 370 s); a detection quick run beside
-# another at the default did not finish in 1800 s (750 s alone). The CLIs themselves keep
-# TensorFlow's default; the numbers a test sees differ from a CLI's in the last digits only.
-os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
 
 from bmoe_tf.backend import tf  # noqa: E402
 

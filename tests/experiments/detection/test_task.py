@@ -130,7 +130,7 @@ def test_quick_preset_bar(tmp_path):
     wd = tmp_path / "quick"
     out = _run(["--preset=quick", f"--workdir={wd}", "--verbose=0",
                 # the bar reads no soft gate
-                "--methods=enforce,random,benchmark,oracle"], timeout=1800)
+                "--methods=enforce,random,benchmark,oracle"], timeout=2700)
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads((wd / "report.json").read_text())
     maps = [e["metric"] for e in report["experts"]]
