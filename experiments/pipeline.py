@@ -4,7 +4,8 @@ evaluation -> scene shift -> report.
 A task (super-resolution, detection, action classification) declares an
 :class:`experiments.task.Task`; :func:`run` does the rest the same way for all of them: it
 keys every stage by the settings it depends on, chooses b with the LP, trains the gates
-(enforce, soft), evaluates every curve (enforce, soft, random, benchmark, oracle) with the
+(enforce, soft; in bytes with ``--methods=bytes``), evaluates every curve (enforce, soft,
+random, benchmark, oracle; encoded runs also enforce_bytes and bytes) with the
 task's own dataset-level metric, routes the test split in its natural order as a sensor
 would (the scene-shift stage: static offsets, budget controller, per frame, shuffled
 batches), and writes ``report.json`` / ``report.md`` and the figures. Each stage is a
