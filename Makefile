@@ -30,7 +30,8 @@ test: $(STAMP)
 # core in each process) spins them against each other (two SR quick runs at once: 305 s
 # with one thread each against 370 s one after the other at the default; the whole set
 # 29 min 34 s, where the default had not finished the detection bar in 30 min). `make
-# test` keeps the default (one thread there: pytest 523 s against 492 s).
+# test` keeps the default (pytest with one thread: 523 s; at the default 469-582 s on the
+# same machine: no clear gain there).
 test-slow: $(STAMP)
 	TF_NUM_INTRAOP_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadgroup --durations=15 -m slow tests
 
