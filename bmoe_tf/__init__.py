@@ -23,10 +23,25 @@ Where each part of the paper lives:
   :mod:`bmoe_tf.byte_budget`, the online byte controller -- :mod:`bmoe_tf.byte_controller`
 * shared argument checks -- :mod:`bmoe_tf.checks`
 """
-from bmoe_tf import backend  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-from bmoe_tf.experts import Expert
-from bmoe_tf.frozen_graph import FrozenGraph, detection_outputs
-from bmoe_tf.mixture import BiasedMixture
+# The top-level names load their modules (and so TensorFlow, through bmoe_tf.backend) on
+# first use: a process that needs only the TensorFlow-free modules (bmoe_tf.payload,
+# bmoe_tf.budget's controllers: a sensor) does not pay TensorFlow's import.
+_LAZY = {"Expert": "bmoe_tf.experts", "BiasedMixture": "bmoe_tf.mixture",
+         "FrozenGraph": "bmoe_tf.frozen_graph", "detection_outputs": "bmoe_tf.frozen_graph"}
 
 __version__ = "0.1.0"
 __all__ = ["Expert", "BiasedMixture", "FrozenGraph", "detection_outputs"]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'bmoe_tf' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

@@ -154,6 +154,18 @@ class Expert:
         y = np.asarray(y)
         return self._to_payload(y) if self._to_payload is not None else payload.to_uint8(y)
 
+    def sensor_inputs(self, x) -> np.ndarray:
+        """numpy ``[M, ...]``: what the sensor encodes for this expert, ``to_payload(P_n(x))``
+        (``x``: raw inputs ``[M, ...]``); ``codec.encode`` of a row is its payload."""
+        return self._sensor_side(np.asarray(self._preprocessed(tf.convert_to_tensor(x))))
+
+    def received_inputs(self, decoded) -> np.ndarray:
+        """``float32 [M, ...]``: the model's input from decoded payloads ``[M, ...]``
+        (``codec.decode`` of each, stacked): what the server feeds the model."""
+        if self._from_payload is not None:
+            return np.asarray(self._from_payload(decoded), np.float32)
+        return np.asarray(decoded).astype(np.float32) / 255.0
+
     def _received(self, y):
         """numpy: the model's input from the preprocessed batch ``y`` after the payload's
         round trip."""

@@ -599,7 +599,7 @@ def stage_curves(run, keys, *, strategy=None):
     return table, points, gates, results
 
 
-def _natural_order(run, m):
+def natural_order(run, m):
     task, cfg = run.task, run.cfg
     order = task.natural_order.order(cfg, run.data)
     if order is not None:
@@ -627,7 +627,7 @@ def stage_scene_shift(run, parent, points, gates):
     method, main = chosen
     test, validation = run.view("test"), run.view("validation")
     m = len(test.gate_inputs)
-    order, frames = _natural_order(run, m)
+    order, frames = natural_order(run, m)
     settings = dict(gate_method=method, methods=list(ss.METHODS), window=ss.WINDOW,
                     batch_size=ss.BATCH_SIZE, crossing=ss.CROSSING,
                     bucket_fraction=ss.BUCKET_FRACTION, seed=cfg.eval_batch_seed,

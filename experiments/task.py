@@ -25,7 +25,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 __all__ = ["Task", "Split", "CacheJob", "TrainingSet", "Report", "NaturalOrder", "EvalData",
-           "SPLITS"]
+           "Serving", "SPLITS"]
 
 #: The splits every task has.
 SPLITS = ("train", "validation", "test")
@@ -201,6 +201,22 @@ class EvalData:
         return None
 
 
+class Serving:
+    """The task as a running system (``python -m experiments.system``): what a sensor holds
+    of each test input, and the metric of what the server answered. A task without it
+    (``Task.serving = None``) is refused by the system."""
+
+    def inputs(self, cfg, data, split) -> np.ndarray:
+        """``[M, ...]``: the experts' raw inputs of ``split`` in its stored order (what the
+        sensor preprocesses and encodes for each expert)."""
+        raise NotImplementedError
+
+    def metric(self, cfg, data, split, outputs) -> float:
+        """The task's metric of ``split`` from ``outputs`` ``[M, ...]``: each input's answer
+        from the expert it was routed to, in the stored order."""
+        raise NotImplementedError
+
+
 class Task(abc.ABC):
     """A task for :func:`experiments.pipeline.run` (see the module docstring).
 
@@ -209,7 +225,8 @@ class Task(abc.ABC):
     part"``), ``example_name`` (``"part"``, ``"image"``, ``"clip"``), ``default_data`` and
     ``data_help`` (``--data``), ``oracle_description``; ``Settings`` (the settings
     dataclass), ``PRESETS`` (``{"smoke"|"quick"|"full": config.Preset}``); the optional
-    parts ``report``, ``natural_order``, ``eval_data`` (None: no ``--eval_data``).
+    parts ``report``, ``natural_order``, ``eval_data`` (None: no ``--eval_data``),
+    ``serving`` (None: no running system).
     """
 
     name = "task"
@@ -228,6 +245,7 @@ class Task(abc.ABC):
     report = Report()
     natural_order = NaturalOrder()
     eval_data: EvalData | None = None
+    serving: Serving | None = None
 
     # ---- required --------------------------------------------------------------------
     @abc.abstractmethod

@@ -27,7 +27,7 @@ import numpy as np
 from gating_tflite.model_file import model_io, model_ops
 
 __all__ = ["TFLMError", "UnsupportedOpError", "run_litert", "run_tflm", "smallest_arena",
-           "check_tflm_support", "quantized_inputs"]
+           "check_tflm_support", "quantized_inputs", "TFLMGate"]
 
 _MISSING_OP = re.compile(r"Didn't find op for builtin opcode '([A-Z0-9_]+)'")
 
@@ -285,3 +285,24 @@ def smallest_arena(model_bytes, sample=None, *, granularity=16, max_arena=64 << 
     _probes_isolated(model_bytes, sample, search)
     _KNOWN_GOOD[_known_good_key(model_bytes)] = int(search.high)
     return int(search.high)
+
+
+class TFLMGate:
+    """One TFLite Micro interpreter of an int8 gate, invoked one input at a time, as the
+    sensor's firmware does (:func:`run_tflm` checks the arena first, in a child process).
+
+    ``gate.outputs(x)``: float ``[H, W, C]`` (the gate's float input) -> the output tensor's
+    raw values (``int8[N]`` logits of a ``--output=logits`` gate).
+    """
+
+    def __init__(self, model_bytes, arena_size):
+        self._bytes = bytes(model_bytes)
+        (self.input_info,), (self.output_info,) = model_io(self._bytes)
+        run_tflm(self._bytes, np.zeros((1, *self.input_info.shape[1:]), np.float32), arena_size)
+        self._interpreter = _tflm_interpreter(self._bytes, arena_size)
+
+    def outputs(self, x):
+        q = quantized_inputs(self._bytes, np.asarray(x)[None])
+        self._interpreter.set_input(q, 0)
+        self._interpreter.invoke()
+        return np.array(self._interpreter.get_output(0)[0])

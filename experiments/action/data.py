@@ -505,6 +505,7 @@ def load_folder(path, *, mv_frames=16, rgb_frames=2, frame_size=96, seed=0, max_
 # --------------------------------------------------------------------------- tfds
 
 def _tfds_builder(name, data_dir):
+    from bmoe_tf import backend  # noqa: F401  (tf-keras set up before tfds imports TensorFlow)
     import tensorflow_datasets as tfds
 
     hint = (f"prepare it first (e.g. `tfds build {name} --data_dir DIR`; UCF-101 needs its "

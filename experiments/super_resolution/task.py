@@ -23,9 +23,11 @@ from experiments.super_resolution import data as sr_data
 from experiments.super_resolution import models as sr_models
 from experiments.super_resolution.data import test_frames
 from experiments.super_resolution.evaluate import assignment_psnr, part_scores
+from experiments.super_resolution.metrics import mean_psnr_y
 from experiments.super_resolution.report import PAPER_TABLE_IV, SRReport
 from experiments.super_resolution.settings import PRESETS, SRSettings
-from experiments.task import SPLITS, CacheJob, EvalData, NaturalOrder, Split, Task, TrainingSet
+from experiments.task import (SPLITS, CacheJob, EvalData, NaturalOrder, Serving, Split, Task,
+                             TrainingSet)
 
 __all__ = ["SuperResolutionTask", "SRSettings", "PRESETS", "PAPER_TABLE_IV", "run",
            "test_frames", "psnr_oracle"]
@@ -82,6 +84,18 @@ class SREvalImages(EvalData):
         return fv.eval_image_dir
 
 
+class SRServing(Serving):
+    """The sensor holds the 64x64 parts; the metric is the stitched photos' mean Y-PSNR."""
+
+    def inputs(self, cfg, data, split):
+        return data[split].parts
+
+    def metric(self, cfg, data, split, outputs):
+        part_set = data[split]
+        truth = part_set.images_from_parts(part_set.parts)
+        return float(mean_psnr_y(part_set.images_from_parts(np.asarray(outputs)), truth))
+
+
 def _outputs_file(wd, split):
     return wd.cache_file(split, "outputs")
 
@@ -115,6 +129,7 @@ class SuperResolutionTask(Task):
     report = SRReport()
     natural_order = SRNaturalOrder()
     eval_data = SREvalImages()
+    serving = SRServing()
 
     def codecs(self, cfg):
         from bmoe_tf.payload import make_codec
