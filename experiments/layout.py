@@ -11,6 +11,8 @@
       evaluation.json  scene_shift.json      the curves; the test split in natural order
       report.json  report.md  reports/       the report and its figures
       stages/<stage>.json  superseded/       stage keys; artefacts replaced by new settings
+      export_data.npz                        what gating_tflite.export reads
+      system/                                the running system (python -m experiments.system)
 
 :class:`Layout` is the :class:`experiments.stages.Workdir` the pipeline hands to every
 stage and task hook; its methods name the files, so no module spells a file name of
@@ -71,6 +73,17 @@ class Layout(Workdir):
     def gate_dir(self, method, label):
         """``gates/<method>/<label>`` (label: a target index or ``shared``)."""
         return self.path("gates", method, str(label))
+
+    def export_data(self):
+        """``export_data.npz`` (:data:`gating_tflite.calibration.EXPORT_FILE`)."""
+        from gating_tflite.calibration import EXPORT_FILE
+
+        return self.path(EXPORT_FILE)
+
+    def system(self, *names):
+        """``system/<names>``: the system's firmware/, router/, feed.npz, run-<N>/ and
+        system_report.json/.md."""
+        return self.path("system", *names)
 
     # ---- the task's files -----------------------------------------------------------------
     def split_index(self):

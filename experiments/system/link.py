@@ -46,12 +46,12 @@ class TokenBucket:
             raise ValueError(f"{n} B at once is more than the bucket's {self.burst:g} B")
         waited = 0.0
         self._refill()
-        while self.level < n:
-            delay = (n - self.level) / self.rate
+        while self.level < n - 1e-6:  # (a float refill may land a hair short)
+            delay = max((n - self.level) / self.rate, 1e-6)
             self._sleep(delay)
             waited += delay
             self._refill()
-        self.level -= n
+        self.level = max(self.level - n, 0.0)
         return waited
 
 

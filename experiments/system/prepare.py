@@ -23,7 +23,33 @@ __all__ = ["export_firmware", "build_router", "make_feed", "Prepared", "prepare"
 
 
 def system_dir(workdir):
-    return os.path.join(workdir, "system")
+    from experiments.layout import Layout
+
+    return Layout.reading(workdir).system()
+
+
+def fingerprint(paths):
+    """sha256 of the files ``paths`` (a missing file counts as empty): what a system
+    artefact was made from, so a retrained gate or a rebuilt cache is not served stale."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for path in paths:
+        h.update(os.path.basename(path).encode())
+        if os.path.exists(path):
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+    return h.hexdigest()
+
+
+def _gate_files(gate_dir):
+    inner = os.path.join(gate_dir, "gate")
+    model = inner if os.path.isdir(inner) else gate_dir
+    return [os.path.join(model, "saved_model.pb"),
+            os.path.join(model, "variables", "variables.index"),
+            os.path.join(model, "variables", "variables.data-00000-of-00001"),
+            os.path.join(os.path.dirname(os.path.normpath(model)), "gate.json")]
 
 
 def export_firmware(workdir, task_name, gate_dir, out_dir):
@@ -31,9 +57,13 @@ def export_firmware(workdir, task_name, gate_dir, out_dir):
     ``out_dir``; the export report (dict). Skipped when ``out_dir`` holds one of that gate."""
     report_path = os.path.join(out_dir, "export_report.json")
     done = os.path.join(out_dir, "gate_source.json")
+    from experiments.layout import Layout
+
+    source = {"gate": os.path.abspath(gate_dir), "fingerprint": fingerprint(
+        _gate_files(gate_dir) + [Layout.reading(workdir).export_data()])}
     if os.path.exists(report_path) and os.path.exists(done):
         with open(done) as f:
-            if json.load(f).get("gate") == os.path.abspath(gate_dir):
+            if json.load(f) == source:
                 with open(report_path) as g:
                     print(f"[system firmware] skipped: already in {out_dir}", flush=True)
                     return json.load(g)
@@ -47,7 +77,7 @@ def export_firmware(workdir, task_name, gate_dir, out_dir):
     report, _ = export_gate(gate, data, bias, out=os.path.join(out_dir, "gate.tflite"),
                             output="logits", emit_c=True)
     with open(done, "w") as f:
-        json.dump({"gate": os.path.abspath(gate_dir)}, f)
+        json.dump(source, f)
     return report.as_dict()
 
 
@@ -89,7 +119,7 @@ def make_feed(run, export_data, report, path):
     if expected.shape != sizes.shape or not np.array_equal(expected, sizes):
         raise SystemRunError("the sensor's payloads do not have the sizes of the pipeline's "
                              "cache/test_bytes.npz (a changed codec?): run the task's CLI again")
-    meta = {"task": task.name, "codecs": [e.codec.spec() for e in run.experts],
+    meta = {"task": task.name, "source": _feed_source(run.wd.root), "codecs": [e.codec.spec() for e in run.experts],
             "expert_names": [e.name for e in run.experts], "used": used.tolist(),
             "arena_bytes": int(report["arena_bytes"]), "inputs": int(len(raw)),
             "frames": int(len(np.unique(frames)))}
@@ -97,6 +127,13 @@ def make_feed(run, export_data, report, path):
     np.savez(path + ".tmp.npz", **arrays)
     os.replace(path + ".tmp.npz", path)
     return meta
+
+
+def _feed_source(workdir):
+    from experiments.layout import Layout
+
+    wd = Layout.reading(workdir)
+    return fingerprint([wd.export_data(), wd.cache_file("test", "bytes"), wd.config()])
 
 
 class Prepared:
@@ -115,17 +152,22 @@ def prepare(run, *, gate_dir, budget_bytes=None, bucket_bytes=None, mode="hard",
     frame's request at the dearest used experts."""
     from gating_tflite.calibration import load_export_data
 
-    root = system_dir(run.wd.root)
+    root = run.wd.system()
     os.makedirs(root, exist_ok=True)
-    report = export_firmware(run.wd.root, run.task.name, gate_dir, os.path.join(root, "firmware"))
+    report = export_firmware(run.wd.root, run.task.name, gate_dir, run.wd.system("firmware"))
     export_data = load_export_data(run.wd.root, run.task.name)
-    feed = os.path.join(root, FEED_FILE)
+    feed = run.wd.system(FEED_FILE)
+    meta = None
     if os.path.exists(feed):
         from experiments.system.sensor import load_feed
 
         _, meta = load_feed(feed)
-        print(f"[system feed] skipped: already in {feed}", flush=True)
-    else:
+        if meta.get("source") == _feed_source(run.wd.root) and \
+                meta.get("arena_bytes") == int(report["arena_bytes"]):
+            print(f"[system feed] skipped: already in {feed}", flush=True)
+        else:
+            meta = None
+    if meta is None:
         print("[system feed] encoding the test split for every expert ...", flush=True)
         meta = make_feed(run, export_data, report, feed)
     with np.load(feed) as f:
@@ -149,7 +191,7 @@ def prepare(run, *, gate_dir, budget_bytes=None, bucket_bytes=None, mode="hard",
                                  f"({per_input.max():g} B with its framing): it could never go")
     else:
         bucket = None
-    router_dir = os.path.join(root, "router")
+    router_dir = run.wd.system("router")
     controller, _ = build_router(report, costs, target, bucket, router_dir,
                                  expert_names=meta["expert_names"])
     return Prepared(report=report, export_data=export_data, feed=feed, meta=meta,

@@ -15,7 +15,7 @@ import numpy as np
 
 from experiments.system import server as server_lib
 from experiments.system import wire
-from experiments.system.prepare import prepare, system_dir
+from experiments.system.prepare import prepare
 from experiments.system.report import build_report, write_report
 from experiments.system.sensor import SensorConfig
 from experiments.system.workdir import SystemRunError, check_servable, load_run
@@ -23,11 +23,14 @@ from experiments.system.workdir import SystemRunError, check_servable, load_run
 __all__ = ["run_system", "check_arguments", "kill_one_replica", "MAX_SENSORS"]
 
 MAX_SENSORS = 64
+#: The default link: this many times the budget's rate at the frame rate (a link run at
+#: exactly the budget's mean rate queues without bound on a bursty stream).
+LINK_HEADROOM = 1.5
 HOST = "127.0.0.1"
 
 
 def check_arguments(*, sensors, fps, frames, link_kbps, budget_bytes, bucket_bytes, mode,
-                    replicas, timeout_s, outages):
+                    replicas, timeout_s, outages, passes=1):
     """Refuses bad arguments before anything starts (one ``SystemRunError`` naming the flag)."""
     def positive(name, value, allow_none=False):
         if value is None and allow_none:
@@ -44,6 +47,8 @@ def check_arguments(*, sensors, fps, frames, link_kbps, budget_bytes, bucket_byt
     positive("timeout_s", timeout_s)
     if not (isinstance(frames, int) and frames >= 0):
         raise SystemRunError(f"--frames={frames}: must be an integer >= 0 (0: every frame)")
+    if not (isinstance(passes, int) and passes >= 1):
+        raise SystemRunError(f"--passes={passes}: must be an integer >= 1")
     if not (isinstance(replicas, int) and replicas >= 1):
         raise SystemRunError(f"--replicas={replicas}: must be an integer >= 1")
     if mode not in ("hard", "soft"):
@@ -83,7 +88,7 @@ def kill_one_replica(expert_index):
     raise RuntimeError(f"no live replica of expert{expert_index}")
 
 
-def run_system(workdir, *, sensors=1, fps=4.0, frames=0, link_kbps=None, budget_bytes=None,
+def run_system(workdir, *, sensors=1, fps=4.0, frames=0, passes=1, link_kbps=None, budget_bytes=None,
                bucket_bytes=None, mode="hard", gate=None, address=None, replicas=1,
                timeout_s=600.0, outages=(), faults=(), port=0, token=None, verbose=True):
     """Runs the system on a finished encoded workdir; returns the report (a dict).
@@ -93,10 +98,13 @@ def run_system(workdir, *, sensors=1, fps=4.0, frames=0, link_kbps=None, budget_
     """
     check_arguments(sensors=sensors, fps=fps, frames=frames, link_kbps=link_kbps,
                     budget_bytes=budget_bytes, bucket_bytes=bucket_bytes, mode=mode,
-                    replicas=replicas, timeout_s=timeout_s, outages=outages)
+                    replicas=replicas, timeout_s=timeout_s, outages=outages, passes=passes)
     workdir = os.path.abspath(workdir)
     check_servable(workdir)
-    gate = gate or os.path.join(workdir, "gates", "enforce", "shared")
+    from experiments.layout import Layout
+
+    wd = Layout.reading(workdir)
+    gate = gate or wd.gate_dir("enforce", "shared")
     if not os.path.isdir(gate):
         raise SystemRunError(f"--gate={gate}: no such gate directory (the run's enforce gate is "
                              "gates/enforce/shared)")
@@ -107,12 +115,12 @@ def run_system(workdir, *, sensors=1, fps=4.0, frames=0, link_kbps=None, budget_
     prep = prepare(run, gate_dir=gate, budget_bytes=budget_bytes, bucket_bytes=bucket_bytes,
                    mode=mode, host=f"{HOST}:{port}", token=token)
     m, f_count = prep.meta["inputs"], prep.meta["frames"]
-    frames_per_sensor = min(frames, f_count) if frames else f_count
+    frames_per_sensor = min(frames, f_count * passes) if frames else f_count * passes
     inputs_per_s = fps * m / f_count
-    link_rate = (link_kbps * 1000 / 8) if link_kbps else prep.target * inputs_per_s
+    link_rate = (link_kbps * 1000 / 8) if link_kbps else LINK_HEADROOM * prep.target * inputs_per_s
     link_bucket = prep.bucket if prep.bucket is not None else max(64 * prep.target,
                                                                   2 * prep.largest_frame)
-    out_dir = os.path.join(system_dir(workdir), f"run-{sensors}")
+    out_dir = wd.system(f"run-{sensors}")
     os.makedirs(out_dir, exist_ok=True)
     procs = []
     started = False
@@ -132,11 +140,11 @@ def run_system(workdir, *, sensors=1, fps=4.0, frames=0, link_kbps=None, budget_
                   f"per input ({mode} mode)", flush=True)
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
         for s in range(sensors):
-            cfg = SensorConfig(sensor=s, feed=prep.feed, firmware=os.path.join(
-                system_dir(workdir), "firmware"), router=os.path.join(
+            cfg = SensorConfig(sensor=s, feed=prep.feed, firmware=wd.system(
+                "firmware"), router=os.path.join(
                 prep.router_dir, "libgate_router.so"), host=HOST, port=port, token=token,
                 fps=float(fps), link_rate=float(link_rate), link_bucket=float(link_bucket),
-                out_dir=out_dir, frames=frames_per_sensor, deadline_s=float(timeout_s),
+                out_dir=out_dir, frames=frames_per_sensor, passes=passes, deadline_s=float(timeout_s),
                 outages=tuple(outages))
             path = os.path.join(out_dir, f"sensor_{s}.config.json")
             cfg.save(path)
@@ -174,7 +182,7 @@ def run_system(workdir, *, sensors=1, fps=4.0, frames=0, link_kbps=None, budget_
                           stream_seconds=stream_seconds, server_seconds=server_seconds,
                           replicas=replicas, faults=fault_log, outages=list(outages))
     report["seconds"] = time.time() - t0
-    paths = write_report(report, system_dir(workdir))
+    paths = write_report(report, wd.system())
     if verbose:
         print("\n".join(report["summary"]), flush=True)
         print(f"report: {paths[1]}", flush=True)

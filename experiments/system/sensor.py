@@ -47,7 +47,8 @@ class SensorConfig:
     link_rate: float          # bytes per second
     link_bucket: float        # bytes: the link's token bucket and the sensor's buffer
     out_dir: str
-    frames: int = 0           # 0: every frame of the feed
+    frames: int = 0           # 0: every frame of the feed, ``passes`` times
+    passes: int = 1           # the test split played this many times in a row
     deadline_s: float = 300.0
     outages: tuple = ()       # ((start, end) seconds after the first frame)
 
@@ -127,7 +128,7 @@ def run_sensor(cfg: SensorConfig):
     arrays, meta = load_feed(cfg.feed)
     frames = arrays["frames"]
     bounds = np.flatnonzero(np.diff(frames)) + 1
-    groups = np.split(np.arange(len(frames)), bounds)
+    groups = np.split(np.arange(len(frames)), bounds) * int(cfg.passes)
     if cfg.frames:
         groups = groups[:cfg.frames]
     n = len(meta["codecs"])
@@ -139,7 +140,8 @@ def run_sensor(cfg: SensorConfig):
     rec = {"logits": np.zeros((m, n), np.int16), "costs": np.zeros((m, n), np.int64),
            "choice": np.zeros(m, np.int64), "charged": np.zeros(m, np.int64),
            "waits": np.zeros(m, np.int64), "index": np.concatenate(groups) if groups else
-           np.zeros(0, np.int64)}
+           np.zeros(0, np.int64),
+           "frame_of": np.repeat(np.arange(len(groups)), [len(g) for g in groups])}
     f_count = len(groups)
     frame_rec = {"capture": np.full(f_count, np.nan), "answer": np.full(f_count, np.nan),
                  "request_bytes": np.zeros(f_count, np.int64),

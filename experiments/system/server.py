@@ -28,17 +28,16 @@ APP_NAME = "bmoe"
 #: Answers kept per sensor for retries (a retry follows its failure at once).
 ANSWERS_KEPT = 16
 #: How many parts one expert replica runs at once, and how long it waits to fill a batch.
-MAX_BATCH, BATCH_WAIT_S = 64, 0.004
+MAX_BATCH, BATCH_WAIT_S = 16, 0.004
+#: Requests one replica holds at once (Ray Serve's default, 5, would queue the sensors'
+#: frames behind each other and starve the batches).
+MAX_ONGOING = 256
 
 
-class _DecodeError:
-    def __init__(self, message):
-        self.message = message
-
-
-@serve.deployment(ray_actor_options={"num_cpus": 0})
+@serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=MAX_ONGOING)
 class ExpertReplica:
-    """Expert ``index`` of ``workdir``: payload bytes in, the expert's output out."""
+    """Expert ``index`` of ``workdir``: a list of payloads (one frame's parts for this expert)
+    in, their outputs out; calls of all sensors are batched (``@serve.batch``)."""
 
     def __init__(self, workdir, index):
         from bmoe_tf import backend  # noqa: F401  (tf-keras before anything imports TF)
@@ -57,26 +56,31 @@ class ExpertReplica:
         return out.numpy()
 
     @serve.batch(max_batch_size=MAX_BATCH, batch_wait_timeout_s=BATCH_WAIT_S)
-    async def infer(self, payloads):
-        decoded, results = [], []
-        for payload in payloads:
-            try:
-                decoded.append(self.codec.decode(payload, self.shape))
-                results.append(None)
-            except Exception as err:  # noqa: BLE001 - any decoder failure is the sender's
-                results.append(_DecodeError(f"{type(err).__name__}: {err}"))
+    async def infer(self, calls):
+        """``calls``: lists of payloads; per call, its outputs, or the first decoding error
+        (a str)."""
+        import numpy as np
+
+        decoded, where, errors = [], [], [None] * len(calls)
+        for c, payloads in enumerate(calls):
+            for payload in payloads:
+                try:
+                    decoded.append(self.codec.decode(payload, self.shape))
+                    where.append(c)
+                except Exception as err:  # noqa: BLE001 - any decoder failure is the sender's
+                    errors[c] = errors[c] or f"{type(err).__name__}: {err}"
+        outs = [[] for _ in calls]
         if decoded:
-            import numpy as np
+            for c, out in zip(where, self._run(np.stack(decoded))):
+                outs[c].append(out)
+        return [errors[c] or outs[c] for c in range(len(calls))]
 
-            outs = iter(self._run(np.stack(decoded)))
-            results = [next(outs) if r is None else r for r in results]
-        return [r.message if isinstance(r, _DecodeError) else r for r in results]
-
-    async def __call__(self, payload):
-        return await self.infer(payload)
+    async def __call__(self, payloads):
+        return await self.infer(list(payloads))
 
 
-@serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0})
+@serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0},
+                  max_ongoing_requests=MAX_ONGOING)
 class Ingress:
     """The HTTP entry (``POST /bmoe``: a frame; ``GET /bmoe/stats``: the counters)."""
 
@@ -132,20 +136,23 @@ class Ingress:
         if req.seq in kept:
             self.stats["duplicates"] += 1
             return Response(kept[req.seq], media_type="application/octet-stream")
+        experts = sorted({p.expert for p in req.parts})
         try:
-            outs = await asyncio.gather(*[self.experts[p.expert].remote(p.payload)
-                                          for p in req.parts])
+            got = await asyncio.gather(*[self.experts[n].remote(
+                [p.payload for p in req.parts if p.expert == n]) for n in experts])
         except Exception as err:  # noqa: BLE001 - a replica died or failed: the sensor retries
             self.stats["expert_failures"] += 1
             from starlette.responses import PlainTextResponse
 
             return PlainTextResponse(f"expert failed ({type(err).__name__}); retry\n",
                                      status_code=503)
-        errors = [(i, o) for i, o in enumerate(outs) if isinstance(o, str)]
-        if errors:
-            i, message = errors[0]
-            return self._refuse(400, f"refused: part {i} (expert {req.parts[i].expert}) did not "
-                                     f"decode: {message}")
+        for n, result in zip(experts, got):
+            if isinstance(result, str):
+                i = next(i for i, p in enumerate(req.parts) if p.expert == n)
+                return self._refuse(400, f"refused: a part for expert {n} (the first is part "
+                                         f"{i}) did not decode: {result}")
+        per_expert = {n: iter(result) for n, result in zip(experts, got)}
+        outs = [next(per_expert[p.expert]) for p in req.parts]
         answer = wire.encode_answer(req.sensor, req.seq, outs)
         if req.seq in self.answered[req.sensor]:
             self.stats["duplicates"] += 1      # answered before, its body no longer kept

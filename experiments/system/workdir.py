@@ -54,7 +54,7 @@ def check_servable(workdir):
     if not os.path.isdir(wd.root):
         raise SystemRunError(f"--workdir={workdir} is not a directory")
     for path, what in ((wd.report_json(), "a finished run (report.json)"),
-                       (wd.path("export_data.npz"), "the export data (export_data.npz)"),
+                       (wd.export_data(), "the export data (export_data.npz)"),
                        (wd.config(), "config.json")):
         if not os.path.exists(path):
             raise SystemRunError(f"--workdir={workdir} has no {what}: run the task's CLI there "

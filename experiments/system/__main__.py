@@ -1,0 +1,3 @@
+from experiments.system.cli import run
+
+run()
