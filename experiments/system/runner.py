@@ -78,13 +78,12 @@ def kill_one_replica(expert_index):
     """Kills one replica of expert ``expert_index`` (Ray Serve starts another); returns its
     actor name."""
     import ray
-    from ray.util.state import list_actors
 
-    for actor in list_actors(filters=[("state", "=", "ALIVE")]):
-        name = actor.get("name") or ""
-        if f"expert{expert_index}" in name and "SERVE_REPLICA" in name:
-            ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
-            return name
+    for actor in ray.util.list_named_actors(all_namespaces=True):
+        name = actor["name"]
+        if "SERVE_REPLICA" in name and f"#expert{expert_index}#" in name:
+            ray.kill(ray.get_actor(name, namespace=actor["namespace"]), no_restart=True)
+            return f"killed {name}"
     raise RuntimeError(f"no live replica of expert{expert_index}")
 
 
@@ -170,6 +169,7 @@ def run_system(workdir, *, sensors=1, fps=4.0, frames=0, passes=1, link_kbps=Non
                 raise SystemRunError(f"sensor {s} failed (exit {p.returncode}): "
                                      f"{p.stdout.read()[-2000:]}")
         server_stats = stats(port)
+        server_stats["replicas_at_end"] = server_lib.wait_running(len(run.experts), replicas)
     finally:
         for p in procs:
             if p.poll() is None:

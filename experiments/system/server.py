@@ -21,8 +21,8 @@ from ray import serve
 
 from experiments.system import wire
 
-__all__ = ["ExpertReplica", "Ingress", "build_app", "start", "stop", "APP_NAME",
-           "ANSWERS_KEPT"]
+__all__ = ["ExpertReplica", "Ingress", "build_app", "start", "stop", "replica_names",
+           "wait_running", "APP_NAME", "ANSWERS_KEPT"]
 
 APP_NAME = "bmoe"
 #: Answers kept per sensor for retries (a retry follows its failure at once).
@@ -34,7 +34,8 @@ MAX_BATCH, BATCH_WAIT_S = 16, 0.004
 MAX_ONGOING = 256
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=MAX_ONGOING)
+@serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=MAX_ONGOING,
+                  health_check_period_s=2.0, health_check_timeout_s=30.0)
 class ExpertReplica:
     """Expert ``index`` of ``workdir``: a list of payloads (one frame's parts for this expert)
     in, their outputs out; calls of all sensors are batched (``@serve.batch``)."""
@@ -198,6 +199,36 @@ def start(workdir, num_experts, token, *, port=0, address=None, replicas=1, num_
     serve.run(build_app(os.path.abspath(workdir), num_experts, token, replicas=replicas),
               name=APP_NAME, route_prefix=wire.PATH)
     return port
+
+
+def replica_names():
+    """``{deployment: [replica actor names]}`` of the application's live replicas."""
+    import ray
+
+    out = {}
+    for actor in ray.util.list_named_actors(all_namespaces=True):
+        name = actor["name"]
+        if name.startswith(f"SERVE_REPLICA::{APP_NAME}#"):
+            out.setdefault(name.split("#")[1], []).append(name)
+    return {k: sorted(v) for k, v in sorted(out.items())}
+
+
+def wait_running(num_experts, replicas, timeout_s=120.0):
+    """Waits until every expert has ``replicas`` live replicas and the application runs
+    again (after a fault); returns :func:`replica_names`, or raises TimeoutError."""
+    import time
+
+    deadline = time.time() + timeout_s
+    while True:
+        names = replica_names()
+        full = all(len(names.get(f"expert{i}", ())) == replicas for i in range(num_experts))
+        status = serve.status().applications.get(APP_NAME)
+        if full and status is not None and str(status.status).endswith("RUNNING"):
+            return names
+        if time.time() > deadline:
+            raise TimeoutError(f"the application did not run again within {timeout_s:g} s "
+                               f"(replicas {names}, status {status and status.status})")
+        time.sleep(0.5)
 
 
 def stop():

@@ -64,7 +64,8 @@ def sr_encoded(tmp_path_factory):
 def test_two_sensors_while_a_replica_is_killed(sr_encoded):
     from experiments.system.runner import kill_one_replica, run_system
 
-    report = run_system(sr_encoded, sensors=2, fps=4.0, passes=8, timeout_s=240,
+    # two replicas of each expert: the other serves while Ray Serve restarts the killed one
+    report = run_system(sr_encoded, sensors=2, fps=4.0, passes=8, timeout_s=240, replicas=2,
                         faults=[(1.0, lambda: kill_one_replica(0))])
     checks = report["checks"]
     assert checks["same_routing_as_offline_controller"] and checks["same_routing_on_every_sensor"]
@@ -72,6 +73,9 @@ def test_two_sensors_while_a_replica_is_killed(sr_encoded):
     assert checks["every_frame_answered_once"] and checks["hard_window_bound_held"]
     assert report["faults"] and "expert0" in report["faults"][0]["what"]
     server = report["server"]
+    killed = report["faults"][0]["what"].split()[-1]
+    alive = server["replicas_at_end"]["expert0"]
+    assert len(alive) == 2 and killed not in alive  # restarted under a new name
     for row in report["per_sensor"]:
         assert row["answered_frames"] == row["frames"] == 16 and row["dropped_frames"] == 0
         assert server["answered_per_sensor"][str(row["sensor"])] == 16
@@ -133,7 +137,7 @@ def test_bad_requests_get_error_answers_and_retries_are_answered_once(sr_encoded
         assert _post(port, body([good]), "wrong")[0] == 401
         status, text = _post(port, body([wire.Part(7, b"x")]), token)
         assert status == 422 and b"expert 7" in text
-        status, text = _post(port, body([good, wire.Part(0, b"\x00garbage")]), token)
+        status, text = _post(port, body([good, wire.Part(0, b"\xff\xd8broken")]), token)
         assert status == 400 and b"did not decode" in text
         assert _post(port, b"BMS1" + b"\x00" * 3, token)[0] == 400
         assert _post(port, b"\x00" * (wire.MAX_REQUEST_BYTES + 1), token)[0] == 413
