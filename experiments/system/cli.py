@@ -63,7 +63,7 @@ def main(argv):
     except KeyboardInterrupt:
         print("interrupted: everything the run started was stopped", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except ValueError as err:
+    except (ValueError, ConnectionError) as err:  # a bad flag or workdir; an unreachable --address
         print("error: " + " ".join(str(err).split()), file=sys.stderr)
         return EXIT_USAGE
     return 0

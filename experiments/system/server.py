@@ -174,9 +174,11 @@ def build_app(workdir, num_experts, token, *, replicas=1):
     return Ingress.bind(experts, token)
 
 
-def start(workdir, num_experts, token, *, port=0, address=None, replicas=1, num_cpus=None):
-    """Starts Ray (embedded, on loopback, unless ``address``) and the application; returns
-    the HTTP port. :func:`stop` stops both."""
+def start(workdir, num_experts, token, *, port=0, address=None, replicas=1, num_cpus=None,
+          http_host="127.0.0.1"):
+    """Starts Ray (embedded, on loopback, unless ``address``: a running cluster's) and the
+    application, its HTTP proxy on ``http_host:port``; returns the port. :func:`stop` stops
+    both (it disconnects from a cluster, which keeps running)."""
     import os
     import socket
 
@@ -194,8 +196,7 @@ def start(workdir, num_experts, token, *, port=0, address=None, replicas=1, num_
         else:
             ray.init(num_cpus=num_cpus or max(2, os.cpu_count() or 2),
                      _node_ip_address="127.0.0.1", **kwargs)
-    serve.start(http_options={"host": "127.0.0.1" if not address else "0.0.0.0",
-                              "port": int(port)})
+    serve.start(http_options={"host": http_host, "port": int(port)})
     serve.run(build_app(os.path.abspath(workdir), num_experts, token, replicas=replicas),
               name=APP_NAME, route_prefix=wire.PATH)
     return port

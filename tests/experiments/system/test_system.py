@@ -69,7 +69,8 @@ def test_two_sensors_while_a_replica_is_killed(sr_encoded):
                         faults=[(1.0, lambda: kill_one_replica(0))])
     checks = report["checks"]
     assert checks["same_routing_as_offline_controller"] and checks["same_routing_on_every_sensor"]
-    assert checks["metric_equals_pipeline"] and checks["outputs_max_abs_diff"] < 1e-5
+    assert checks["metric_equals_pipeline"] and checks["outputs_equal_offline"]
+    assert report["outputs_max_abs_diff"] < 1e-5
     assert checks["every_frame_answered_once"] and checks["hard_window_bound_held"]
     assert report["faults"] and "expert0" in report["faults"][0]["what"]
     server = report["server"]
@@ -154,3 +155,21 @@ def test_bad_requests_get_error_answers_and_retries_are_answered_once(sr_encoded
         assert counters["refused"] == {"401": 1, "422": 1, "400": 2, "413": 1}
     finally:
         server.stop()
+
+
+@pytest.mark.slow
+def test_the_readme_system_block_runs_as_written(sr_encoded, tmp_path, monkeypatch):
+    """README "The system"'s python block, in a folder whose workdir/sr_system is the
+    encoded smoke workdir."""
+    import re
+
+    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    section = text.split("## The system:", 1)[1].split("\n## ", 1)[0]
+    (block,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    (tmp_path / "workdir").mkdir()
+    os.symlink(sr_encoded, tmp_path / "workdir" / "sr_system")
+    monkeypatch.chdir(tmp_path)
+    scope = {}
+    exec(compile(block, "README.md", "exec"), scope)  # noqa: S102
+    assert scope["report"]["sensors"] == 2
+    assert all(r["answered_frames"] == 4 for r in scope["report"]["per_sensor"])
