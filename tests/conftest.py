@@ -235,9 +235,10 @@ def _smoke_fixtures(item):
     return [n for n in getattr(item, "fixturenames", ()) if n in SMOKE_FIXTURES]
 
 
-#: modules whose tests start several TensorFlow processes that wait on each other: they
-#: run one after the other (one pytest-xdist group), first (their waits overlap the rest)
-ONE_AT_A_TIME = ("test_distribute.py",)
+#: modules whose tests start several TensorFlow processes that wait on each other (or a
+#: local Ray each): they run one after the other (one pytest-xdist group per module), first
+#: (their waits overlap the rest)
+ONE_AT_A_TIME = ("test_distribute.py", "test_system.py")
 
 
 def _group(item):
