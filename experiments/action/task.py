@@ -42,7 +42,7 @@ from experiments.action.report import GENERATED, PAPER_TABLE_VI, ActionReport, p
 from experiments.action.settings import CLIP_SPLITS, GATE_TARGETS, PRESETS, ActionSettings
 from experiments.config import ConfigError
 from experiments.stages import ArtefactError, load_artefact, write_json
-from experiments.task import SPLITS, CacheJob, NaturalOrder, Split, Task, TrainingSet
+from experiments.task import SPLITS, CacheJob, NaturalOrder, Serving, Split, Task, TrainingSet
 
 __all__ = ["ActionTask", "ActionSettings", "PRESETS", "PAPER_TABLE_VI", "MODES", "CLIP_SPLITS",
            "GATE_MV_CLIP", "GATE_TARGETS",
@@ -70,6 +70,20 @@ def _files(wd, split):
             wd.cache_file(split, "scores"))
 
 
+class ActionServing(Serving):
+    """The sensor holds each clip packed (motion vectors and RGB frames); the metric is the
+    top-1 accuracy of the served class probabilities."""
+
+    def inputs(self, cfg, data, split):
+        from experiments.action.experts import pack
+
+        return pack(data[split].mv, data[split].rgb)
+
+    def metric(self, cfg, data, split, outputs):
+        probs = np.asarray(outputs)[:, None]
+        return 100.0 * float(correctness(probs, data[split].labels)[:, 0].mean())
+
+
 class ActionTask(Task):
     """Section IV-D on MV maps + RGB frames (see the module docstring)."""
 
@@ -88,6 +102,7 @@ class ActionTask(Task):
     PRESETS = PRESETS
     report = ActionReport()
     natural_order = ActionNaturalOrder()
+    serving = ActionServing()
 
     def data_costs(self, cfg):
         s = cfg.task

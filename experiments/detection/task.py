@@ -39,7 +39,7 @@ from experiments.detection.report import GENERATED, PAPER_TABLE_I, DetectionRepo
 from experiments.detection.settings import ABLATIONS, PRESETS, DetectionSettings
 from experiments.detection.ssd import interpolate_epochs  # noqa: F401 (re-exported)
 from experiments.stages import ArtefactError, load_artefact, write_json
-from experiments.task import SPLITS, CacheJob, NaturalOrder, Split, Task, TrainingSet
+from experiments.task import SPLITS, CacheJob, NaturalOrder, Serving, Split, Task, TrainingSet
 
 __all__ = ["DetectionTask", "DetectionSettings", "DetectionSplit", "PRESETS", "PAPER_TABLE_I",
            "ABLATIONS", "gate_view", "view_resolution", "interpolate_epochs", "run"]
@@ -75,6 +75,18 @@ def _files(wd, split):
             wd.cache_file(split, "scores"))
 
 
+class DetectionServing(Serving):
+    """The sensor holds the images; the metric is COCO mAP of the served detections."""
+
+    def inputs(self, cfg, data, split):
+        return data[split].images
+
+    def metric(self, cfg, data, split, outputs):
+        detections = np.asarray(outputs, np.float32)[:, None]  # one "expert": the served
+        return 100.0 * _evaluator(data[split], detections).map(
+            np.zeros(len(detections), np.int64))
+
+
 class DetectionTask(Task):
     """Section IV-B on 300x300 images (see the module docstring)."""
 
@@ -93,6 +105,7 @@ class DetectionTask(Task):
     PRESETS = PRESETS
     report = DetectionReport()
     natural_order = DetectionNaturalOrder()
+    serving = DetectionServing()
 
     def view_resolution(self, cfg):
         """Side of the gate's view (:func:`view_resolution`)."""

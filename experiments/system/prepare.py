@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 
 import numpy as np
 
 from experiments.system import wire
 from experiments.system.sensor import FEED_FILE
 from experiments.system.workdir import SystemRunError
+
+#: The feed file's layout (a feed of another is made again).
+FEED_FORMAT = 2
 
 __all__ = ["export_firmware", "build_router", "make_feed", "Prepared", "prepare",
            "system_dir"]
@@ -119,11 +123,14 @@ def make_feed(run, export_data, report, path):
     if expected.shape != sizes.shape or not np.array_equal(expected, sizes):
         raise SystemRunError("the sensor's payloads do not have the sizes of the pipeline's "
                              "cache/test_bytes.npz (a changed codec?): run the task's CLI again")
-    meta = {"task": task.name, "source": _feed_source(run.wd.root), "codecs": [e.codec.spec() for e in run.experts],
+    meta = {"format": FEED_FORMAT, "task": task.name, "source": _feed_source(run.wd.root),
+            "codecs": [e.codec.spec() for e in run.experts],
             "expert_names": [e.name for e in run.experts], "used": used.tolist(),
             "arena_bytes": int(report["arena_bytes"]), "inputs": int(len(raw)),
             "frames": int(len(np.unique(frames)))}
     arrays["meta"] = np.array(json.dumps(meta))
+    # the codec objects themselves (a spec string does not name every codec: Sections)
+    arrays["codecs"] = np.frombuffer(pickle.dumps([e.codec for e in run.experts]), np.uint8)
     np.savez(path + ".tmp.npz", **arrays)
     os.replace(path + ".tmp.npz", path)
     return meta
@@ -162,8 +169,9 @@ def prepare(run, *, gate_dir, budget_bytes=None, bucket_bytes=None, mode="hard",
         from experiments.system.sensor import load_feed
 
         _, meta = load_feed(feed)
-        if meta.get("source") == _feed_source(run.wd.root) and \
-                meta.get("arena_bytes") == int(report["arena_bytes"]):
+        same = (meta.get("format"), meta.get("source"), meta.get("arena_bytes")) == (
+            FEED_FORMAT, _feed_source(run.wd.root), int(report["arena_bytes"]))
+        if same:
             print(f"[system feed] skipped: already in {feed}", flush=True)
         else:
             meta = None

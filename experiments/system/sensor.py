@@ -64,9 +64,12 @@ class SensorConfig:
 
 def load_feed(path):
     """``(arrays, meta)`` of a feed file (``experiments.system.feed.make_feed``)."""
+    import pickle
+
     with np.load(path) as f:
-        arrays = {k: f[k] for k in f.files if k != "meta"}
+        arrays = {k: f[k] for k in f.files if k not in ("meta", "codecs")}
         meta = json.loads(str(f["meta"]))
+        meta["codec_objects"] = pickle.loads(f["codecs"].tobytes())  # our own file
     return arrays, meta
 
 
@@ -110,7 +113,6 @@ class FrameRouter:
 
 
 def _firmware(cfg, meta):
-    from bmoe_tf.payload import make_codec
     from gating_tflite.interpreters import TFLMGate
     from gating_tflite.router_lib import CRouter
 
@@ -118,7 +120,7 @@ def _firmware(cfg, meta):
         model = f.read()
     gate = TFLMGate(model, meta["arena_bytes"])
     router = CRouter(cfg.router, len(meta["codecs"]))
-    codecs = [make_codec(c) for c in meta["codecs"]]
+    codecs = meta["codec_objects"]
     return FrameRouter(gate.outputs, router, codecs, meta["used"],
                        wire.head_bytes(f"{cfg.host}:{cfg.port}", cfg.token))
 

@@ -70,8 +70,8 @@ def check_servable(workdir):
     from experiments.tasks import get_task
 
     if get_task(task).serving is None:
-        raise SystemRunError(f"--workdir={workdir}: the {task} task has no serving part yet "
-                           "(experiments.task.Serving): only super_resolution runs as a system")
+        raise SystemRunError(f"--workdir={workdir}: the {task} task has no serving part "
+                           "(experiments.task.Serving): it cannot run as a system")
     return task, argv
 
 
