@@ -47,11 +47,14 @@ def _outages(values):
     return out
 
 
+_OWN = ("workdir", "sensors", "fps", "frames", "passes", "link_kbps", "budget_bytes", "mode",
+        "bucket_bytes", "gate", "replicas", "address", "timeout_s", "link_down")
+
+
 def main(argv):
-    from experiments.cli import parse_flags
+    """The run (flags parsed by :func:`run`); returns the exit status."""
     from experiments.exits import EXIT_INTERRUPTED, EXIT_USAGE
 
-    parse_flags(argv)
     try:
         from experiments.system.runner import run_system
 
@@ -70,4 +73,19 @@ def main(argv):
 
 
 def run():
-    sys.exit(main(sys.argv))
+    """``python -m experiments.system``: absl's flag parsing (``--help`` lists the flags and
+    exits 0; a bad flag is one ``error:`` line, exit 2), SIGTERM stops the run as Ctrl-C."""
+    import signal
+
+    from absl import app
+
+    from experiments.cli import parse_flags
+
+    for name in _OWN:
+        FLAGS.register_flag_by_module(sys.argv[0], FLAGS[name])
+
+    def interrupted(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupted)
+    app.run(lambda argv: sys.exit(main(argv)), flags_parser=parse_flags)

@@ -53,8 +53,8 @@ def check_servable(workdir):
     wd = Layout.reading(workdir)
     if not os.path.isdir(wd.root):
         raise SystemRunError(f"--workdir={workdir} is not a directory")
-    for path, what in ((wd.report_json(), "a finished run (report.json)"),
-                       (wd.export_data(), "the export data (export_data.npz)"),
+    for path, what in ((wd.report_json(), "report.json (a finished run)"),
+                       (wd.export_data(), "export_data.npz (the export data)"),
                        (wd.config(), "config.json")):
         if not os.path.exists(path):
             raise SystemRunError(f"--workdir={workdir} has no {what}: run the task's CLI there "
