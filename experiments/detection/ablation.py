@@ -83,12 +83,12 @@ class _ExpertPool:
         name = f"ssd{resolution}"
         path = wd.path("ablations", "experts", name)
         epochs = ssd.interpolate_epochs(cfg.task, [resolution])[0]
-        num_classes = len(data["train"].class_names)
+        num_classes = len(data["experts"].class_names)
 
         def build():
             keras.utils.set_random_seed(cfg.seed + resolution)
             model = ssd.build_ssd(resolution, num_classes)
-            ssd.train_ssd(model, resolution, data["train"], data["validation"],
+            ssd.train_ssd(model, resolution, data["experts"], data["validation"],
                           epochs=epochs, seed=cfg.seed + resolution,
                           checkpoint_dir=path + ".ckpt", verbose=cfg.verbose)
             ssd.export_ssd(model, resolution, path)

@@ -40,7 +40,9 @@ Sources (``load_splits(spec, ...)``):
   TensorFlow Datasets dataset; nothing is ever downloaded. Crowd boxes (COCO
   ``is_crowd``) are dropped; degenerate boxes (zero area after clipping to
   ``[0, 1]``) are dropped with one printed line giving their count. Split
-  mapping: tfds ``train`` -> our train. COCO has no labelled test split, so a
+  mapping: a seeded permutation of tfds ``train`` is halved, the first half our
+  ``experts`` split (the SSDs train on it), the second our ``train`` (the gates
+  train on it: images no expert saw, D75). COCO has no labelled test split, so a
   seeded permutation of tfds ``validation`` is halved: the first half is our
   validation, the second half our test. VOC 2007: tfds ``validation`` -> our
   validation, tfds ``test`` -> our test. (Any other tfds name: its ``test``
@@ -53,8 +55,9 @@ Sources (``load_splits(spec, ...)``):
   ``categories[{id, name}]``). Category ids map to ``0..C-1`` in sorted id order.
   Crowd annotations (``iscrowd`` true) are dropped; images without annotations
   are kept. Bad input raises ``ValueError`` naming the file and the entry.
-  ``load_splits`` splits the folder by a seeded permutation 60/20/20
-  (train/validation/test, at least one image each), caps applied after.
+  ``load_splits`` splits the folder by a seeded permutation 40/20/20/20
+  (experts/train/validation/test, :data:`FOLDER_FRACTIONS`, at least one image each),
+  caps applied after.
 
 Real images whose shorter side is below 300 px (the largest expert's input)
 raise ``ValueError`` unless ``allow_small_images=True`` (then they are upsampled).
@@ -90,10 +93,18 @@ CLASSES: tuple[str, ...] = ("disc", "square", "triangle", "ring", "cross")
 #: input (96 x 96 x 3 = 27 KiB) leaves room in a 256 KiB arena.
 COMPACT_VIEW = 96
 
-# First image index of each split of the generated set (disjoint ranges).
-GENERATED_SPLIT_START = {"train": 0, "validation": 1_000_000, "test": 2_000_000}
+# First image index of each split of the generated set (disjoint ranges). The experts'
+# split keeps the range the experts always trained on (so they are the same experts); the
+# gates' training split has a range of its own (D75).
+GENERATED_SPLIT_START = {"experts": 0, "train": 3_000_000, "validation": 1_000_000,
+                         "test": 2_000_000}
 
-SPLITS = ("train", "validation", "test")
+#: The splits of a detection workdir: the experts' training images (D75), then the
+#: pipeline's three (the gates train on ``train``, whose images no expert saw).
+SPLITS = ("experts", "train", "validation", "test")
+
+#: Folder data: shares of the experts', train, validation and test splits.
+FOLDER_FRACTIONS = (0.4, 0.2, 0.2, 0.2)
 
 _SMALL_RANGE = (8.0, 30.0)    # object extent in px at 300 px (small-only regime)
 _LARGE_RANGE = (60.0, 280.0)  # object extent in px at 300 px (large-only regime)
@@ -946,24 +957,26 @@ def _cap(n: int) -> int | None:
     return n or None
 
 
-def _allocate(n: int, fractions=(0.6, 0.2, 0.2)) -> tuple[int, int, int]:
-    """Split ``n >= 3`` items by ``fractions``, at least one each."""
-    val = max(1, int(round(n * fractions[1])))
-    test = max(1, int(round(n * fractions[2])))
-    train = n - val - test
-    while train < 1:
-        if val >= test and val > 1:
-            val -= 1
-        else:
-            test -= 1
-        train = n - val - test
-    return train, val, test
+def _allocate(n: int, fractions=FOLDER_FRACTIONS) -> tuple[int, ...]:
+    """Split ``n >= len(fractions)`` items by ``fractions``, at least one each (the first
+    part takes the rest)."""
+    counts = [max(1, int(round(n * f))) for f in fractions[1:]]
+    while n - sum(counts) < 1:
+        counts[int(np.argmax(counts))] -= 1
+    return (n - sum(counts), *counts)
+
+
+def _halves(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded permutation of ``range(n)`` cut in two (the first half one longer)."""
+    perm = np.random.default_rng(seed).permutation(n)
+    return perm[: n - n // 2], perm[n - n // 2:]
 
 
 def load_splits(spec: str, *, seed: int, sizes: Mapping[str, int],
                 tfds_data_dir: str | None = None,
                 allow_small_images: bool = False) -> dict[str, DetectionSet]:
-    """``{"train", "validation", "test"}`` DetectionSets of the data source ``spec``.
+    """``{"experts", "train", "validation", "test"}`` DetectionSets of the data source
+    ``spec`` (:data:`SPLITS`).
 
     ``spec``: ``"generated"``, ``"tfds:NAME"`` (e.g. ``tfds:coco/2017``,
     ``tfds:voc/2007``) or ``"folder:PATH"``. ``sizes``: numbers of images per split
@@ -986,7 +999,13 @@ def load_splits(spec: str, *, seed: int, sizes: Mapping[str, int],
             raise ValueError("load_splits: 'tfds:' needs a dataset name, e.g. tfds:coco/2017")
         caps = {k: _cap(sizes[k]) for k in SPLITS}
         common = dict(data_dir=tfds_data_dir, allow_small_images=allow_small_images)
-        out = {"train": _load_tfds(name, "train", max_images=caps["train"], **common)}
+        # tfds train: a seeded permutation halved, the experts' split and the gates' (D75)
+        out = {}
+        halves = _halves(_split_count(name, "train", tfds_data_dir), seed)
+        for split, idx in zip(("experts", "train"), halves):
+            idx = idx[: caps[split]] if caps[split] else idx
+            out[split] = _load_tfds(name, "train", max_images=None, indices=np.sort(idx),
+                                    **common)
         family = _tfds_builder_family(name)
         use_test = family == "voc"
         if family not in ("voc", "coco"):
@@ -1001,10 +1020,8 @@ def load_splits(spec: str, *, seed: int, sizes: Mapping[str, int],
                                            **common)
             out["test"] = _load_tfds(name, "test", max_images=caps["test"], **common)
         else:  # COCO: no labelled test split -> halve a seeded permutation of validation
-            n = _split_count(name, "validation", tfds_data_dir)
-            perm = np.random.default_rng(seed).permutation(n)
-            halves = {"validation": perm[: n - n // 2], "test": perm[n - n // 2:]}
-            for split, idx in halves.items():
+            halves = _halves(_split_count(name, "validation", tfds_data_dir), seed)
+            for split, idx in zip(("validation", "test"), halves):
                 idx = idx[: caps[split]] if caps[split] else idx
                 out[split] = _load_tfds(name, "validation", max_images=None,
                                         indices=np.sort(idx), **common)
@@ -1014,13 +1031,12 @@ def load_splits(spec: str, *, seed: int, sizes: Mapping[str, int],
     if spec.startswith("folder:"):
         folder = spec[len("folder:"):]
         full = load_folder(folder, allow_small_images=allow_small_images)
-        if len(full) < 3:
+        if len(full) < len(SPLITS):
             raise ValueError(f"detection folder {folder!r} has {len(full)} image(s); at least "
-                             f"3 are needed (one each for train, validation and test)")
-        n_train, n_val, _ = _allocate(len(full))
+                             f"{len(SPLITS)} are needed (one each for {', '.join(SPLITS)})")
+        ends = np.cumsum(_allocate(len(full)))
         perm = np.random.default_rng(seed).permutation(len(full))
-        parts = {"train": perm[:n_train], "validation": perm[n_train:n_train + n_val],
-                 "test": perm[n_train + n_val:]}
+        parts = dict(zip(SPLITS, np.split(perm, ends[:-1])))
         out = {}
         for split, idx in parts.items():
             cap = _cap(sizes[split])

@@ -36,11 +36,14 @@ class DetectionSettings:
                                  "100,150,300.", stage="experts", check=_check_resolutions)
     expert_epochs: tuple = setting((24, 20, 18), "SSD training epochs, one per resolution (or "
                                    "one for all). Default from --preset.", stage="experts")
-    train_images: int = setting(1200, "Training images (generated: made; tfds/folder: a cap, "
-                                "0 = all). Default from --preset.", stage="data")
-    validation_images: int = setting(300, "Validation images (as --train_images). Default "
+    experts_images: int = setting(1200, "The experts' training images, a split of their own "
+                                  "(generated: made; tfds/folder: a cap, 0 = all). Default "
+                                  "from --preset.", stage="data")
+    train_images: int = setting(1200, "The gates' training images, which no expert saw (as "
+                                "--experts_images). Default from --preset.", stage="data")
+    validation_images: int = setting(300, "Validation images (as --experts_images). Default "
                                      "from --preset.", stage="data")
-    test_images: int = setting(300, "Test images (as --train_images). Default from --preset.",
+    test_images: int = setting(300, "Test images (as --experts_images). Default from --preset.",
                                stage="data")
     gate_resolution: int = setting(0, "Side of the gate's view of the 224x224 centre crop; 0: "
                                    f"224 for --gate=paper, {COMPACT_VIEW} for --gate=compact.",
@@ -75,7 +78,7 @@ class DetectionSettings:
         if min(self.expert_epochs) < 1:
             raise ConfigError(f"--expert_epochs must be >= 1, got {list(self.expert_epochs)}")
         generated = cfg.data == GENERATED
-        for name in ("train_images", "validation_images", "test_images"):
+        for name in ("experts_images", "train_images", "validation_images", "test_images"):
             value = getattr(self, name)
             if value < (1 if generated else 0):
                 raise ConfigError(f"--{name} must be >= {1 if generated else 0}"
@@ -89,7 +92,8 @@ PRESETS = {
     "full": Preset(Schedule(targets=Targets(count=6, experts=True), batch_size=128,
                             learning_rate=1e-3, epochs=60, soft_epochs=30,
                             bias_weights=(0.1, 0.3, 1.0, 3.0)),
-                   DetectionSettings(expert_epochs=(40, 40, 40), train_images=3000,
+                   DetectionSettings(expert_epochs=(40, 40, 40), experts_images=3000,
+                                     train_images=3000,
                                      validation_images=500, test_images=500)),
     # quick: the compact gate (the paper gate's 29 M-weight FC layer trains at ~20 s per
     # epoch on 1200 images on 2 cores; WORKSPACE.md, "Detection task").
@@ -98,6 +102,6 @@ PRESETS = {
                     DetectionSettings()),
     "smoke": Preset(Schedule(targets=Targets(count=3, experts=True), batch_size=16,
                              learning_rate=1e-3, epochs=1),
-                    DetectionSettings(expert_epochs=(1, 1, 1), train_images=48,
+                    DetectionSettings(expert_epochs=(1, 1, 1), experts_images=24, train_images=48,
                                       validation_images=24, test_images=24)),
 }

@@ -124,25 +124,27 @@ class DetectionTask(Task):
         from experiments.detection import data as det_data
 
         s = cfg.task
-        sizes = dict(train=s.train_images, validation=s.validation_images, test=s.test_images)
+        sizes = {name: getattr(s, f"{name}_images") for name in det_data.SPLITS}
         sets = det_data.load_splits(cfg.data, seed=cfg.seed, sizes=sizes,
                                     tfds_data_dir=cfg.tfds_data_dir,
                                     allow_small_images=s.allow_small_images)
-        for name in SPLITS:
+        for name in det_data.SPLITS:
             if len(sets[name]) == 0:
                 raise ConfigError(f"--data={cfg.data}: the {name} split has no image")
+        for name in det_data.SPLITS:
             sets[name].save(wd.split_file(name))
         write_json(wd.split_index(), dict(
             source=cfg.data, generated=cfg.data == self.default_data,
             class_names=list(sets["train"].class_names),
             **{name: dict(images=len(sets[name]), boxes=int(len(sets[name].boxes)))
-               for name in SPLITS}))
+               for name in det_data.SPLITS}))
 
     def load_data(self, cfg, wd):
+        """``{split: DetectionSet}`` of the experts' split and the pipeline's three."""
         from experiments.detection import data as det_data
 
         sets = {s: load_artefact(wd.split_file(s), det_data.DetectionSet.load,
-                                 rebuild=wd.path("data")) for s in SPLITS}
+                                 rebuild=wd.path("data")) for s in det_data.SPLITS}
         classes = {tuple(v.class_names) for v in sets.values()}
         if len(classes) != 1:
             raise ArtefactError(f"{wd.path('data')}: the splits have different class lists; "
@@ -155,7 +157,7 @@ class DetectionTask(Task):
         from experiments.detection import ssd
 
         s = cfg.task
-        num_classes = len(data["train"].class_names)
+        num_classes = len(data["experts"].class_names)
         experts = []
         for resolution, epochs in zip(s.resolutions, s.expert_epochs):
             name = f"ssd{resolution}"
@@ -164,7 +166,7 @@ class DetectionTask(Task):
             def build(resolution=resolution, epochs=epochs, path=path):
                 keras.utils.set_random_seed(cfg.seed + resolution)
                 model = ssd.build_ssd(resolution, num_classes)
-                ssd.train_ssd(model, resolution, data["train"], data["validation"],
+                ssd.train_ssd(model, resolution, data["experts"], data["validation"],
                               epochs=epochs, seed=cfg.seed + resolution,
                               checkpoint_dir=path + ".ckpt", verbose=cfg.verbose,
                               validation_freq=epochs)  # validation loss once, at the end

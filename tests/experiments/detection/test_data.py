@@ -8,6 +8,9 @@ import pytest
 
 from experiments.detection import data as D
 
+#: load_splits sizes: every split, uncapped.
+ALL = {"experts": 0, "train": 0, "validation": 0, "test": 0}
+
 
 # --------------------------------------------------------------------------- generated set
 
@@ -168,11 +171,11 @@ def test_load_folder_happy_path(tmp_path):
     doc["annotations"] += [{"id": 20 + i, "image_id": 100 + i, "category_id": 3,
                             "bbox": [10, 10, 50, 50]} for i in (2, 3)]
     _rewrite(root, doc)
-    splits = D.load_splits(f"folder:{root}", seed=0, sizes={"train": 0, "validation": 0, "test": 0})
-    assert [len(splits[k]) for k in D.SPLITS] == [2, 1, 1]
+    splits = D.load_splits(f"folder:{root}", seed=0, sizes=ALL)
+    assert [len(splits[k]) for k in D.SPLITS] == [1, 1, 1, 1]
     assert sorted(sum((splits[k].names for k in D.SPLITS), ())) == sorted(ds.names)
-    capped = D.load_splits(f"folder:{root}", seed=0, sizes={"train": 1, "validation": 0, "test": 0})
-    assert len(capped["train"]) == 1
+    capped = D.load_splits(f"folder:{root}", seed=0, sizes=dict(ALL, experts=1))
+    assert len(capped["experts"]) == 1
 
 
 def _break(doc, kind):
@@ -240,23 +243,26 @@ def test_load_folder_rejects_missing_and_unparsable_json_and_bad_images(tmp_path
         D.load_folder(small)
     ds = D.load_folder(small, allow_small_images=True)
     assert ds.images.shape == (3, 300, 300, 3) and len(ds.boxes) == 2
-    doc["images"] = doc["images"][:2]
-    doc["annotations"] = [a for a in doc["annotations"] if a["image_id"] in (100, 101)]
+    doc["images"] = doc["images"][:3]
+    doc["annotations"] = [a for a in doc["annotations"] if a["image_id"] in (100, 101, 102)]
     _rewrite(small, doc)
-    with pytest.raises(ValueError, match=r"small.*2 image"):
-        D.load_splits(f"folder:{small}", seed=0, sizes={"train": 0, "validation": 0, "test": 0},
+    with pytest.raises(ValueError, match=r"small.*3 image.*at least 4.*experts, train"):
+        D.load_splits(f"folder:{small}", seed=0, sizes=ALL,
                       allow_small_images=True)
 
 
 # --------------------------------------------------------------------------- splits, tfds
 
 def test_load_splits_generated_and_unknown_spec():
-    splits = D.load_splits("generated", seed=5, sizes={"train": 3, "validation": 2, "test": 1})
-    assert [len(splits[k]) for k in D.SPLITS] == [3, 2, 1]
+    splits = D.load_splits("generated", seed=5,
+                           sizes={"experts": 2, "train": 3, "validation": 2, "test": 1})
+    assert [len(splits[k]) for k in D.SPLITS] == [2, 3, 2, 1]
     names = [set(splits[k].names) for k in D.SPLITS]
-    assert not (names[0] & names[1] or names[0] & names[2] or names[1] & names[2])
+    assert sum(map(len, names)) == len(set().union(*names)) == 8  # disjoint
+    # the experts' split is the range the experts trained on before D75 (the same experts)
+    assert splits["experts"].names == D.generate_set(2, 5).names
     with pytest.raises(ValueError, match="unknown detection data source"):
-        D.load_splits("cocoa", seed=0, sizes={"train": 1, "validation": 1, "test": 1})
+        D.load_splits("cocoa", seed=0, sizes=dict(ALL, train=1))
     with pytest.raises(ValueError, match="missing"):
         D.load_splits("generated", seed=0, sizes={"train": 1})
 
@@ -275,8 +281,9 @@ def test_tfds_mock(name, capsys):
         assert len(ds.class_names) == (80 if name.startswith("coco") else 20)
         assert "degenerate" in capsys.readouterr().out
         splits = D.load_splits(f"tfds:{name}", seed=0, allow_small_images=True,
-                               sizes={"train": 3, "validation": 0, "test": 0})
-    assert len(splits["train"]) == 3
+                               sizes=dict(ALL, experts=1))
+    assert len(splits["experts"]) == 1 and len(splits["train"]) == 2  # tfds train halved
+    assert not set(splits["experts"].names) & set(splits["train"].names)
     assert all(len(splits[k]) > 0 for k in D.SPLITS)
     if name.startswith("coco"):  # validation halved into validation + test
         assert len(splits["validation"]) + len(splits["test"]) == 4
@@ -290,14 +297,14 @@ def test_a_folder_split_without_ground_truth_is_refused_naming_the_file(tmp_path
     _rewrite(root, dict(doc, annotations=[]))
     ann = os.path.join(root, "annotations.json")
     with pytest.raises(ValueError, match="no ground-truth boxes") as err:
-        D.load_splits(f"folder:{root}", seed=0, sizes={"train": 0, "validation": 0, "test": 0})
+        D.load_splits(f"folder:{root}", seed=0, sizes=ALL)
     assert ann in str(err.value) and "no (non-crowd) annotations at all" in str(err.value)
-    assert "train, validation, test splits have" in str(err.value)
-    # boxes only on images that land in train: validation and test are refused
-    _rewrite(root, doc)  # two annotated images over three splits
-    with pytest.raises(ValueError, match=r"the test split has no ground-truth boxes \(its 2 "
+    assert "experts, train, validation, test splits have" in str(err.value)
+    # boxes on two of the four images: the splits of the other two are refused
+    _rewrite(root, doc)
+    with pytest.raises(ValueError, match=r"the \w+, \w+ splits have no ground-truth boxes \(its 2 "
                                          "boxes all fall in the other splits"):
-        D.load_splits(f"folder:{root}", seed=0, sizes={"train": 0, "validation": 0, "test": 0})
+        D.load_splits(f"folder:{root}", seed=0, sizes=ALL)
 
 
 def test_tfds_not_found_is_one_line(tmp_path):
