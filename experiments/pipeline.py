@@ -74,6 +74,10 @@ class Run:
 
 
 # ---- evaluation helpers ---------------------------------------------------------------
+#: The splits the evaluation stage writes curves for (those the run has).
+EVALUATED_SPLITS = ("validation", "test", "eval")
+
+
 def gate_assignment(logits, bias, batch_size, *, seed=config_lib.DEFAULT_EVAL_BATCH_SEED):
     """Batch routing (Algorithm 1) of precomputed logits ``[M, N]`` over shuffled batches."""
     order = np.random.default_rng(seed).permutation(len(logits))
@@ -266,6 +270,7 @@ def curve_keys(wd, cfg, parent, *, gate_settings=None, eval_fingerprint=None):
                                        **(gate_settings or {})),
                      parent=bias, artefacts=["gates"])
     evaluation = StageKey(wd, "evaluation", dict(methods=list(cfg.methods),
+                                                 splits=list(EVALUATED_SPLITS),
                                                  eval_batch_seed=cfg.eval_batch_seed,
                                                  eval=eval_fingerprint),
                           parent=gates, artefacts=[wd.rel(wd.evaluation())])
@@ -571,11 +576,12 @@ def stage_gates(run, points, *, strategy=None, chief=True):
 
 
 def stage_evaluation(run, keys, table, points, gates) -> dict:
-    """Every curve of the test split (and the extra held-out set): ``evaluation.json``;
-    returns ``{split: SplitEvaluation}``."""
+    """Every curve of the validation and test splits (and the extra held-out set):
+    ``evaluation.json``; returns ``{split: SplitEvaluation}``. Validation is where gate
+    settings are compared (issue 22); the report's headline numbers are the test split's."""
     keys["evaluation"].claim()
     path = run.wd.evaluation()
-    names = [s for s in ("test", "eval") if s in run.sizes]
+    names = [s for s in EVALUATED_SPLITS if s in run.sizes]
 
     def evaluate():
         write_json(path, {s: evaluate_split(run.cfg, run.view(s), s, table, points,

@@ -63,6 +63,9 @@ def write_report(task, cfg, wd, data, table, points, results, splits, command, *
         **test.summary(),
         "oracle": task.oracle_description,
         "eval": results["eval"].summary() if "eval" in results else {},
+        # the same curves on validation (where gate settings are compared); {} in a
+        # workdir evaluated before validation was
+        "validation": results["validation"].summary() if "validation" in results else {},
         "bias": [point.to_json() for point in points],
         "gate": dict(kind=cfg.gate, macs=int(count_macs(gate_model)),
                      params=int(gate_model.count_params())),

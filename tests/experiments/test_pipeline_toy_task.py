@@ -153,6 +153,29 @@ def test_a_task_with_a_non_mean_metric_runs_through_the_pipeline(toy_run):
         assert os.path.exists(os.path.join(workdir, name)), name
 
 
+def test_the_validation_split_gets_the_same_curves_from_its_own_data(toy_run):
+    """report["validation"]: every method's curve on validation, each point the task's
+    metric of the routing on the validation examples (where gate settings are compared)."""
+    task, cfg, workdir, report = toy_run
+    with open(os.path.join(workdir, "evaluation.json")) as f:
+        evaluation = json.load(f)
+    assert set(evaluation) == {"validation", "test"}
+    val = report["validation"]
+    assert val["rho"] == evaluation["validation"]["rho"] and val["rho"] != report["rho"]
+    assert set(val["rho"]) == set(report["rho"])
+    for method in ("enforce", "soft"):
+        for index, entry in evaluation["validation"]["subsets"][method].items():
+            picks = np.asarray(entry["picks"])
+            assert len(picks) == len(task.data["validation"])
+            point = val["points"][method][int(index)]
+            assert point["metric"] == pytest.approx(f1(task.data["validation"], picks))
+    # each benchmark point is one expert's own validation metric
+    experts = {e["data_cost"]: e["metric_validation"] for e in report["experts"]}
+    for cost, metric in val["curves"]["benchmark"]:
+        if cost in experts:
+            assert metric == pytest.approx(experts[cost])
+
+
 def test_the_toy_task_resumes_with_every_stage_skipped(toy_run, capsys):
     task, cfg, workdir, report = toy_run
     again = pipeline.run(ToyTask(), cfg, workdir, command="toy")
