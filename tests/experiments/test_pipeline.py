@@ -97,6 +97,8 @@ def test_a_deleted_artefact_rebuilt_the_same_keeps_what_was_made_from_it(finishe
     assert _numbers(_report(workdir)) == _numbers(_report(finished))
 
 
+@pytest.mark.slow  # ~47 s of make test (a CLI process killed, then the rest of the run);
+# the interrupted CLI's exit 130 stays there (tests/experiments/test_cli.py)
 def test_sigkill_in_the_gate_stage_then_resume_gives_the_same_report(finished, tmp_path,
                                                                     capsys):
     """Killed while a soft gate trains (after an epoch of it was backed up), then run

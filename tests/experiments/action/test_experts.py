@@ -191,6 +191,8 @@ class _Interrupt(keras.callbacks.Callback):
             raise KeyboardInterrupt(f"simulated kill after epoch {self.after}")
 
 
+@pytest.mark.slow  # ~42 s of make test; resumable_fit's exact resume stays there
+# (tests/bmoe_tf/test_training.py)
 def test_training_resumes_as_if_never_interrupted(tmp_path):
     mv, y = motion_clips(9, ft=1, seed=2)
     kwargs = {"epochs": 3, "batch_size": 10, "seed": 5, "verbose": 0}

@@ -363,6 +363,7 @@ def test_train_ssd_checks_resolution():
         ssd.train_ssd(ssd.build_ssd(100, 2, width=0.5), 150, _tiny_set(4, 0), None, epochs=1)
 
 
+@pytest.mark.slow  # ~24 s of make test (two traced SSD trainings)
 def test_train_ssd_without_checkpoints_and_validation_freq():
     keras.utils.set_random_seed(0)
     model = ssd.build_ssd(100, 2, width=0.5)
