@@ -123,6 +123,8 @@ class Config:
     task: Any
     #: "paper" (d_n per expert) or "encoded" (the bytes of each input's payload).
     data_cost: str = "paper"
+    #: Fine-tune every trained gate with int8 fake-quant ops (experiments.gates; D76).
+    quantization_aware: bool = False
 
     @property
     def encoded(self) -> bool:
@@ -180,7 +182,8 @@ def parse_targets(values: Sequence[str]) -> Targets:
 SHARED_FLAGS = ("workdir", "preset", "methods", "targets", "bias", "batch_size", "learning_rate",
                 "epochs", "soft_epochs", "gate",
                 "training_loss", "combine", "bias_weights", "seed", "verbose",
-                "data", "tfds_data_dir", "eval_data", "eval_batch_seed", "strategy", "data_cost")
+                "data", "tfds_data_dir", "eval_data", "eval_batch_seed", "strategy", "data_cost",
+                "quantization_aware")
 
 #: ``--strategy`` values the pipeline runs (:mod:`experiments.distribute`).
 PIPELINE_STRATEGIES = ("default", "mirrored", "multi_worker")
@@ -255,6 +258,10 @@ def define_shared_flags(flag_values=None, *, data_help="bundled | folder:PATH | 
                         "0 writes the artefacts). --batch_size is the global batch, Algorithm 1 "
                         "holds over it.",
                         **d)
+    flags.DEFINE_bool("quantization_aware", False, "Fine-tune every trained gate with int8 "
+                      "fake-quant ops (tfmot QAT, a quarter of its epochs at a tenth of its "
+                      "learning rate): the gate evaluated is the one the int8 export converts "
+                      "unchanged (python -m gating_tflite.export --output=logits).", **d)
 
 
 def define_task_flags(task, flag_values=None) -> None:
@@ -319,6 +326,7 @@ def from_flags(task, flag_values=None) -> Config:
                                    or values["eval_data"]),
                         eval_batch_seed=values["eval_batch_seed"],
                         strategy=values["strategy"], data_cost=values["data_cost"],
+                        quantization_aware=bool(values["quantization_aware"]),
                         task_settings=settings_lib.from_flags(task.Settings, fv, preset.task))
 
 
@@ -335,7 +343,7 @@ def build_config(task, *, preset_name, preset, task_settings=None, **overrides) 
                   gate=s.gate, combine="gate", seed=0, verbose=1,
                   data=getattr(task, "default_data", "bundled"),
                   tfds_data_dir=None, eval_data=None, eval_batch_seed=DEFAULT_EVAL_BATCH_SEED,
-                  strategy="default", data_cost="paper")
+                  strategy="default", data_cost="paper", quantization_aware=False)
     fields.update(overrides)
     if fields.get("soft_epochs") is None:
         fields["soft_epochs"] = s.soft_epochs if "epochs" not in overrides else None
@@ -373,6 +381,9 @@ def check(cfg: Config, task) -> None:
         raise ConfigError(f"--learning_rate must be a positive number, got {cfg.learning_rate}")
     if cfg.strategy not in PIPELINE_STRATEGIES:
         raise ConfigError(f"--strategy takes {list(PIPELINE_STRATEGIES)}, got {cfg.strategy!r}")
+    if cfg.quantization_aware and cfg.strategy != "default":
+        raise ConfigError(f"--quantization_aware trains in one process: it takes "
+                          f"--strategy=default, got {cfg.strategy!r}")
     if cfg.strategy == "multi_worker":
         from experiments.distribute import check_tf_config
         try:

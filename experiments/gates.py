@@ -4,7 +4,11 @@ Each gate lives in ``gates/<method>/<target index or shared>/``:
 ``gate/`` (the SavedModel, written last, so its presence means done),
 ``backup/`` (the per-epoch checkpoint of :func:`bmoe_tf.training.resumable_fit`: an
 interrupted fit resumes after the last finished epoch; removed when training ends),
-``logs/`` (TensorBoard) and ``gate.json`` (b, method, w_bias, history).
+``logs/`` (TensorBoard) and ``gate.json`` (b, method, w_bias, history). With
+``quantization_aware`` (``--quantization_aware``) the float gate is kept in
+``float_gate/`` and then fine-tuned with int8 fake-quant ops (``backup_qat/``,
+``logs/qat``): ``gate/`` is that rounding-aware gate, what the export converts
+unchanged (:mod:`gating_tflite.quantization_aware`; WORKSPACE D76).
 
 Every random order of a gate's training is a function of (seed, gate name, epoch)
 only (:func:`gate_seed`), so a gate trained after a restart sees exactly the data
@@ -19,9 +23,24 @@ from bmoe_tf.backend import keras, tf
 from bmoe_tf.cache import cache_dataset
 from bmoe_tf.training import resumable_fit
 from experiments import distribute
+from gating_tflite import quantization_aware as qa
 from experiments.stages import atomic_dir, fingerprint, load_artefact, read_json, write_json
 
-__all__ = ["train_gate", "load_gate", "gate_files", "gate_done", "gate_seed"]
+__all__ = ["train_gate", "load_gate", "gate_files", "gate_done", "gate_seed", "qat_schedule",
+           "QAT_EPOCH_FRACTION", "QAT_LEARNING_RATE_FACTOR"]
+
+#: The rounding-aware fine-tuning after the float training (``quantization_aware``):
+#: ceil(epochs x this) epochs at the gate's learning rate x ``QAT_LEARNING_RATE_FACTOR``,
+#: the same loss and data order (WORKSPACE D76).
+QAT_EPOCH_FRACTION = 0.25
+QAT_LEARNING_RATE_FACTOR = 0.1
+
+
+def qat_schedule(epochs, learning_rate):
+    """``(epochs, learning_rate)`` of the rounding-aware fine-tuning of a gate trained
+    ``epochs`` epochs at ``learning_rate``."""
+    return max(1, int(np.ceil(epochs * QAT_EPOCH_FRACTION))), \
+        learning_rate * QAT_LEARNING_RATE_FACTOR
 
 
 def gate_files(directory):
@@ -42,15 +61,14 @@ def gate_seed(seed, name):
 def load_gate(directory):
     """(keras gate model, its gate.json dict); a corrupt gate is named in one line."""
     path = os.path.join(directory, "gate")
-    model = load_artefact(path, lambda p: keras.models.load_model(p, compile=False),
-                          rebuild=directory)
+    model = load_artefact(path, qa.load_gate_model, rebuild=directory)
     return model, read_json(os.path.join(directory, "gate.json"))
 
 
 def train_gate(directory, *, build_gate, experts, bias, method, train, batch_size, epochs,
                learning_rate, bias_weight=1.0, combine="gate", training_loss="selected",
                seed=0, name="gate", verbose=1, input_shape=None, gate_preprocess=None,
-               strategy=None, byte_target=None):
+               strategy=None, byte_target=None, quantization_aware=False):
     """Trains a gate with the experts frozen and saves it; resumes if interrupted.
 
     Args:
@@ -73,6 +91,9 @@ def train_gate(directory, *, build_gate, experts, bias, method, train, batch_siz
         TensorBoard logs (the others save to temporary directories), and
         ``BackupAndRestore`` (a shared ``directory``) resumes every worker at the same
         epoch.
+      quantization_aware: then fine-tune the trained gate with int8 fake-quant ops
+        (:func:`qat_schedule`; single-process strategies only): the saved gate is
+        the rounding-aware one.
     Returns:
       ``(gate, info)`` as :func:`load_gate`.
     """
@@ -82,12 +103,9 @@ def train_gate(directory, *, build_gate, experts, bias, method, train, batch_siz
     chief = distribute.is_chief(strategy)
     os.makedirs(directory, exist_ok=True)
     keras.utils.set_random_seed(seed)
-    with strategy.scope():
-        mixture = BiasedMixture(build_gate(), experts, bias, method=method,
-                                bias_weight=bias_weight, combine=combine,
-                                training_loss=training_loss, input_shape=input_shape,
-                                gate_preprocess=gate_preprocess, byte_target=byte_target)
-        mixture.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="mse")
+    mixture_args = dict(bias_weight=bias_weight, combine=combine, training_loss=training_loss,
+                        input_shape=input_shape, gate_preprocess=gate_preprocess,
+                        byte_target=byte_target)
     data = cache_dataset(train.gate_inputs, train.cache, train.targets,
                          batch_size=batch_size, seed=gate_seed(seed, name), drop_remainder=True,
                          payload_bytes=train.costs if method == "enforce_bytes" else None)
@@ -96,10 +114,43 @@ def train_gate(directory, *, build_gate, experts, bias, method, train, batch_siz
         options.experimental_distribute.auto_shard_policy = \
             tf.data.experimental.AutoShardPolicy.DATA
         data = data.with_options(options)
-    with distribute.writable_dir(os.path.join(directory, "logs"), strategy) as logs:
-        history = resumable_fit(mixture, data, epochs=epochs,
-                                checkpoint_dir=os.path.join(directory, "backup"),
-                                tensorboard_dir=logs, name=f"gate {name}", verbose=verbose)
+    float_dir = os.path.join(directory, "float_gate")
+    if quantization_aware and os.path.exists(os.path.join(directory, "float_gate.json")):
+        gate = load_artefact(float_dir, qa.load_gate_model, rebuild=directory)
+        history = read_json(os.path.join(directory, "float_gate.json"))
+    else:
+        with strategy.scope():
+            mixture = BiasedMixture(build_gate(), experts, bias, method=method,
+                                    **mixture_args)
+            mixture.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="mse")
+        with distribute.writable_dir(os.path.join(directory, "logs"), strategy) as logs:
+            history = resumable_fit(mixture, data, epochs=epochs,
+                                    checkpoint_dir=os.path.join(directory, "backup"),
+                                    tensorboard_dir=logs, name=f"gate {name}", verbose=verbose)
+        gate = mixture.gate
+        if quantization_aware:  # kept, so that an interrupted fine-tuning resumes after it
+            history.pop("seconds", None)
+            with atomic_dir(float_dir) as tmp:
+                gate.save(tmp, include_optimizer=False)
+            write_json(os.path.join(directory, "float_gate.json"), history)
+    if quantization_aware:
+        qat_epochs, qat_lr = qat_schedule(epochs, learning_rate)
+        sample = np.asarray(train.gate_inputs[:512], np.float32)
+        if gate_preprocess is not None:
+            sample = np.asarray(gate_preprocess(tf.constant(sample)), np.float32)
+        keras.utils.set_random_seed(seed)
+        mixture = BiasedMixture(qa.quantization_aware_model(gate, sample), experts, bias,
+                                method=method, **mixture_args)
+        mixture.compile(optimizer=keras.optimizers.Adam(qat_lr), loss="mse")
+        with distribute.writable_dir(os.path.join(directory, "logs", "qat"), strategy) as logs:
+            qat_history = resumable_fit(mixture, data, epochs=qat_epochs,
+                                        checkpoint_dir=os.path.join(directory, "backup_qat"),
+                                        tensorboard_dir=logs, name=f"gate {name} (int8-aware)",
+                                        verbose=verbose)
+        qat_history.pop("seconds", None)
+        history = dict(history, quantization_aware=dict(epochs=qat_epochs,
+                                                        learning_rate=qat_lr,
+                                                        history=qat_history))
     history.pop("seconds", None)  # gate.json holds what is reproducible
     info = dict(method=method, bias=[float(v) for v in np.asarray(bias)],
                 bias_weight=float(bias_weight), combine=combine, training_loss=training_loss,

@@ -267,6 +267,8 @@ def curve_keys(wd, cfg, parent, *, gate_settings=None, eval_fingerprint=None):
                                        training_loss=cfg.training_loss, combine=cfg.combine,
                                        bias_weights=list(cfg.bias_weights), seed=cfg.seed,
                                        eval_batch_seed=cfg.eval_batch_seed,
+                                       **({"quantization_aware": True}
+                                          if cfg.quantization_aware else {}),
                                        **(gate_settings or {})),
                      parent=bias, artefacts=["gates"])
     evaluation = StageKey(wd, "evaluation", dict(methods=list(cfg.methods),
@@ -508,7 +510,7 @@ def stage_gates(run, points, *, strategy=None, chief=True):
     common = dict(build_gate=lambda: task.build_gate(cfg, n), experts=run.experts, train=train,
                   batch_size=cfg.batch_size, learning_rate=cfg.learning_rate, combine=cfg.combine,
                   training_loss=cfg.training_loss, seed=cfg.seed, verbose=cfg.verbose,
-                  strategy=strategy)
+                  strategy=strategy, quantization_aware=cfg.quantization_aware)
     view = task.gate_view(cfg)
     if view is not None:
         common.update(input_shape=view[0], gate_preprocess=view[1])

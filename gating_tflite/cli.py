@@ -19,7 +19,7 @@ import sys
 
 from absl import app, flags
 
-from gating_tflite import convert
+from gating_tflite import convert, quantization_aware
 from gating_tflite.calibration import EXPORT_FILE, load_export_data
 from gating_tflite.gate_export import (check_gate_input, check_output_path, export_gate,
                                        load_gate_and_bias, log, summary)
@@ -126,7 +126,9 @@ def main(argv):
         data = load_export_data(FLAGS.calibration, FLAGS.task)
         gate, b, source = load_gate_and_bias(FLAGS.gate, bias)
         check_gate_input(gate, data)
-        log(f"gate {FLAGS.gate}: {gate.count_params():,} parameters, b from {source}")
+        log(f"gate {FLAGS.gate}: {quantization_aware.gate_parameters(gate):,} parameters"
+            f"{' (quantization-aware)' if quantization_aware.is_quantization_aware(gate) else ''}, "
+            f"b from {source}")
         report, problems = export_gate(gate, data, b, out=FLAGS.out, mode=FLAGS.mode,
                                        output=FLAGS.output, target=target, emit_c=FLAGS.emit_c,
                                        qat_epochs=FLAGS.qat_epochs,

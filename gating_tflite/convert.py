@@ -25,7 +25,7 @@ import numpy as np
 from bmoe_tf.backend import keras, tf
 
 __all__ = ["OUTPUTS", "MODES", "QAT_EPOCHS", "QAT_LEARNING_RATE", "routing_clip", "fold_offsets",
-           "shift_last_bias", "add_argmax", "initialize_ranges", "qat_finetune",
+           "shift_last_bias", "add_argmax", "routing_head_config", "clip_unit", "initialize_ranges", "qat_finetune",
            "convert_int8",
            "float_decisions"]
 
@@ -147,7 +147,7 @@ def fold_offsets(gate, offsets, *, used=None, clip=None):
     combine = np.zeros((len(pairs), n), np.float32)
     for p, (i, j) in enumerate(pairs):
         combine[p, i], combine[p, j] = 1.0, -1.0
-    pair_layer = keras.layers.Dense(len(pairs), activation=_clip_unit, name="routing_pairs")
+    pair_layer = keras.layers.Dense(len(pairs), activation=clip_unit, name="routing_pairs")
     score_layer = keras.layers.Dense(n, name="routing")
     outputs = score_layer(pair_layer(features))
     pair_layer.set_weights([pair_kernel.astype(np.float32), pair_bias.astype(np.float32)])
@@ -155,7 +155,8 @@ def fold_offsets(gate, offsets, *, used=None, clip=None):
     return keras.Model(inputs, outputs, name=f"{gate.name}_routing")
 
 
-def _clip_unit(x):
+def clip_unit(x):
+    """The index head's pair activation: ``clip(x, -1, 1)``."""
     return tf.clip_by_value(x, -1.0, 1.0)
 
 
@@ -229,7 +230,7 @@ def initialize_ranges(model, inputs, passes=3):
 _HEAD_CONFIG = []
 
 
-def _routing_head_config():
+def routing_head_config():
     """tfmot QuantizeConfig of the clipped routing head: int8 kernel, one output
     quantizer after the clip (tfmot has no config for a custom activation)."""
     if not _HEAD_CONFIG:
@@ -278,31 +279,17 @@ def qat_finetune(gate, inputs, *, epochs=QAT_EPOCHS, learning_rate=QAT_LEARNING_
     Raises:
       ValueError: the gate has layers ``quantize_model`` does not support.
     """
-    import tensorflow_model_optimization as tfmot
-
     inputs = _check_inputs(inputs, "QAT inputs")
     if epochs < 0 or learning_rate <= 0 or batch_size < 1:
         raise ValueError(f"need epochs >= 0, learning_rate > 0, batch_size >= 1; got "
                          f"{epochs}, {learning_rate}, {batch_size}")
     targets = gate.predict(inputs, batch_size=256, verbose=0)
-    qk = tfmot.quantization.keras
-    head_config = _routing_head_config()
-
-    def annotate(layer):
-        if isinstance(layer, keras.layers.InputLayer):
-            return layer
-        if getattr(layer, "activation", None) is _clip_unit:
-            return qk.quantize_annotate_layer(layer, quantize_config=head_config)
-        return qk.quantize_annotate_layer(layer)
+    from gating_tflite.quantization_aware import quantization_aware_model
 
     try:
-        annotated = keras.models.clone_model(gate, clone_function=annotate)
-        with qk.quantize_scope({type(head_config).__name__: type(head_config),
-                                "_clip_unit": _clip_unit}):
-            model = qk.quantize_apply(annotated)
-    except (ValueError, RuntimeError, TypeError) as err:
-        raise ValueError(f"tfmot cannot make this gate quantization-aware ({err}); "
-                         "use --mode=ptq") from err
+        model = quantization_aware_model(gate)
+    except ValueError as err:
+        raise ValueError(f"{err}; use --mode=ptq") from err
     initialize_ranges(model, inputs)
     keras.utils.set_random_seed(seed)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="mse")

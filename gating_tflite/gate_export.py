@@ -47,10 +47,9 @@ from bmoe_tf.backend import keras
 from bmoe_tf.bias import validate_bias
 from bmoe_tf.budget import DEFAULT_CROSSING, BudgetController, sequence_cost
 from bmoe_tf.byte_controller import ByteController
-from bmoe_tf.gating import count_macs
 from bmoe_tf.routing import calibrate_offsets
 from bmoe_tf.scene_shift import default_bucket_bytes, route_natural_order
-from gating_tflite import c_array, convert, interpreters, model_file, router_c
+from gating_tflite import c_array, convert, interpreters, model_file, quantization_aware, router_c
 from gating_tflite.model_file import TensorInfo
 from gating_tflite.targets import resolve_target
 
@@ -262,7 +261,7 @@ def load_gate_and_bias(gate_path, bias=None):
     if not os.path.exists(os.path.join(gate_path, "saved_model.pb")):
         raise ValueError(f"--gate: {gate_path} holds no saved_model.pb (not a SavedModel)")
     try:
-        gate = keras.models.load_model(gate_path, compile=False)
+        gate = quantization_aware.load_gate_model(gate_path)
         n = int(gate.output_shape[-1])
     except Exception as err:  # noqa: BLE001 -- TF raises many types for a bad SavedModel
         raise ValueError(f"cannot load the gate SavedModel {gate_path}: "
@@ -389,6 +388,12 @@ def calibrate_int8(model, data, b, offsets, output, rounds):
         return Int8Gate(tflite, offsets, freq, np.zeros(n, np.float32))
     logits_model, int8_logits = _int8_logits(model, data)
     interpreters.check_tflm_support(logits_model)
+    if output == "logits" and quantization_aware.is_quantization_aware(model):
+        # The float logits are already the fake-quant (int8-step) ones: the float
+        # offsets route the int8 logits the same way; offsets calibrated again on the
+        # int8 logits would sit elsewhere among their many ties (D76).
+        freq = _frequencies(np.argmax(int8_logits + offsets, axis=-1), n)
+        return Int8Gate(logits_model, np.asarray(offsets, np.float32), freq, None, int8_logits)
     if output == "logits":
         offsets = calibrate_offsets(int8_logits, b)
         freq = _frequencies(np.argmax(int8_logits + offsets, axis=-1), n)
@@ -653,6 +658,14 @@ def _check_arguments(gate, data, bias, mode, output, bucket_bytes=None):
     if output not in convert.OUTPUTS:
         raise ValueError(f"output must be one of {convert.OUTPUTS}, got {output!r}")
     check_gate_input(gate, data)
+    if quantization_aware.is_quantization_aware(gate):
+        if output != "logits":
+            raise ValueError("a quantization-aware gate (--quantization_aware) exports with "
+                             "--output=logits: its int8 logits are its own, and the router "
+                             f"adds the offsets (got --output={output})")
+        if mode != "ptq":
+            raise ValueError("the gate is already quantization-aware: --mode=ptq converts it "
+                             f"unchanged (got --mode={mode})")
     n = int(gate.output_shape[-1])
     b = validate_bias(bias, n)
     if data.data_costs is not None and len(data.data_costs) != n:
@@ -716,11 +729,11 @@ def export_gate(gate, data, bias, *, out, mode="ptq", output="index", target=Non
     shift = None if test is None else scene_shift(
         gate, tflite, data, b, test, output=output, crossing=crossing, bucket_bytes=bucket_bytes,
         calibration_logits=int8.calibration_logits if output == "logits" else logits)
-    macs = count_macs(gate)
+    macs = quantization_aware.gate_macs(gate)
     latency_ms, latency_assumption = latency_estimate(macs, target)
     report = ExportReport(
         model=os.path.abspath(out), mode=mode, output=output, flash_bytes=len(tflite),
-        arena_bytes=facts.arena_bytes, macs=macs, parameters=int(gate.count_params()),
+        arena_bytes=facts.arena_bytes, macs=macs, parameters=quantization_aware.gate_parameters(gate),
         ops=facts.ops, input=facts.input_info.as_dict(),
         output_tensor=facts.output_info.as_dict(), bias=b.tolist(),
         offsets=np.asarray(offsets).tolist(), offsets_float=float_offsets.tolist(),

@@ -4,6 +4,7 @@ Nothing in the pipeline knows about it: the interface is enough."""
 import dataclasses
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -235,3 +236,28 @@ def test_a_global_batch_the_replicas_do_not_split_is_refused(tmp_path):
                                                  "equal replica parts"):
         pipeline.run(task, cfg, str(tmp_path / "wd"), command="toy")
     assert not os.path.exists(tmp_path / "wd")
+
+
+def test_quantization_aware_gates_are_the_evaluated_ones_and_resume(toy_run, tmp_path):
+    """--quantization_aware: each gate.json records the fine-tuning, gate/ is a QAT model
+    (float_gate/ kept beside it), the data / experts / caches are reused, a second run
+    skips everything; refused with a distributed strategy."""
+    from gating_tflite import quantization_aware as qa
+
+    task, cfg, workdir, _ = toy_run
+    qcfg = dataclasses.replace(cfg, quantization_aware=True, methods=("enforce", "random"))
+    wd = str(tmp_path / "wd")
+    shutil.copytree(workdir, wd)
+    report = pipeline.run(task, qcfg, wd, command="toy --quantization_aware")
+    gate_dir = os.path.join(wd, "gates", "enforce", "shared")
+    gate = qa.load_gate_model(os.path.join(gate_dir, "gate"))
+    assert qa.is_quantization_aware(gate)
+    assert not qa.is_quantization_aware(qa.load_gate_model(os.path.join(gate_dir, "float_gate")))
+    with open(os.path.join(gate_dir, "gate.json")) as f:
+        info = json.load(f)["history"]["quantization_aware"]
+    assert info["epochs"] == 1 and info["learning_rate"] == pytest.approx(cfg.learning_rate / 10)
+    again = pipeline.run(task, qcfg, wd, command="toy --quantization_aware")
+    assert again["rho"] == report["rho"]
+    with pytest.raises(config.ConfigError, match="--quantization_aware"):
+        config.build_config(task, preset_name="smoke", preset=task.presets()["smoke"],
+                            quantization_aware=True, strategy="mirrored")
