@@ -18,11 +18,12 @@ Two modes (``mode=``):
   reproduce the float gate's logits (distillation, MSE; no labels needed, and the
   routing the gate learned is the target), then converted.
 """
-import re
 
 import numpy as np
 
 from bmoe_tf.backend import keras, tf
+from gating_tflite.quantization_aware import (clip_unit, initialize_ranges,  # noqa: F401
+                                              quantization_aware_model, routing_head_config)
 
 __all__ = ["OUTPUTS", "MODES", "QAT_EPOCHS", "QAT_LEARNING_RATE", "routing_clip", "fold_offsets",
            "shift_last_bias", "add_argmax", "routing_head_config", "clip_unit", "initialize_ranges", "qat_finetune",
@@ -155,11 +156,6 @@ def fold_offsets(gate, offsets, *, used=None, clip=None):
     return keras.Model(inputs, outputs, name=f"{gate.name}_routing")
 
 
-def clip_unit(x):
-    """The index head's pair activation: ``clip(x, -1, 1)``."""
-    return tf.clip_by_value(x, -1.0, 1.0)
-
-
 def shift_last_bias(model, delta):
     """Adds ``delta[N]`` to the bias of the last Dense layer of ``model``, in place.
 
@@ -188,81 +184,6 @@ def add_argmax(gate):
     return keras.Model(inputs, index, name=f"{gate.name}_index")
 
 
-#: Activation-range variables of tfmot's MovingAverageQuantizer and their EMA decay.
-_RANGE_VARIABLE = re.compile(r"/(post_activation|output)_(min|max):0$")
-#: The input range of the QuantizeLayer (an all-values quantizer: running min/max).
-_INPUT_RANGE_VARIABLE = re.compile(r"quantize_layer_(min|max):0$")
-_EMA_DECAY = 0.999
-
-
-def initialize_ranges(model, inputs, passes=3):
-    """Sets the activation ranges of a tfmot QAT model to those of ``inputs``.
-
-    tfmot starts every activation range at [-6, 6] and moves it by an EMA with decay
-    0.999 per training step, so a short fine-tuning keeps ranges near [-6, 6] and
-    quantizes small activations coarsely. One training-mode forward pass updates
-    each range to ``0.999 v0 + 0.001 m``; solving for the batch range ``m`` and
-    assigning it, layer ranges converge in a few passes (each pass quantizes with
-    the previous pass's ranges upstream).
-    """
-    variables = [w for layer in model.layers for w in layer.non_trainable_weights
-                 if _RANGE_VARIABLE.search(w.name)]
-    batch = np.asarray(inputs[:512], np.float32)
-    for layer in model.layers:
-        for w in layer.non_trainable_weights:
-            match = _INPUT_RANGE_VARIABLE.search(w.name)
-            if match:
-                w.assign(min(0.0, float(batch.min())) if match.group(1) == "min"
-                         else max(0.0, float(batch.max())))
-    batch = tf.constant(batch)
-    for _ in range(passes):
-        before = [v.numpy().astype(np.float64) for v in variables]
-        model(batch, training=True)
-        for v, v0 in zip(variables, before):
-            v.assign(((v.numpy() - _EMA_DECAY * v0) / (1.0 - _EMA_DECAY)).astype(np.float32))
-    # A range of (almost) zero width (e.g. a ReLU that is never active on these
-    # inputs) would give a zero quantization scale, which TFLite kernels refuse.
-    for low, high in zip(variables[0::2], variables[1::2]):
-        if float(high.numpy() - low.numpy()) < 1e-3:
-            high.assign(low + 1e-3)
-
-
-_HEAD_CONFIG = []
-
-
-def routing_head_config():
-    """tfmot QuantizeConfig of the clipped routing head: int8 kernel, one output
-    quantizer after the clip (tfmot has no config for a custom activation)."""
-    if not _HEAD_CONFIG:
-        import tensorflow_model_optimization as tfmot
-
-        qk = tfmot.quantization.keras
-
-        class RoutingHeadQuantizeConfig(qk.QuantizeConfig):
-            def get_weights_and_quantizers(self, layer):
-                return [(layer.kernel, qk.quantizers.LastValueQuantizer(
-                    num_bits=8, symmetric=True, narrow_range=False, per_axis=False))]
-
-            def get_activations_and_quantizers(self, layer):
-                return []
-
-            def set_quantize_weights(self, layer, quantize_weights):
-                layer.kernel = quantize_weights[0]
-
-            def set_quantize_activations(self, layer, quantize_activations):
-                pass
-
-            def get_output_quantizers(self, layer):
-                return [qk.quantizers.MovingAverageQuantizer(
-                    num_bits=8, per_axis=False, symmetric=False, narrow_range=False)]
-
-            def get_config(self):
-                return {}
-
-        _HEAD_CONFIG.append(RoutingHeadQuantizeConfig())
-    return _HEAD_CONFIG[0]
-
-
 def qat_finetune(gate, inputs, *, epochs=QAT_EPOCHS, learning_rate=QAT_LEARNING_RATE,
                  batch_size=32, seed=0,
                  verbose=0):
@@ -284,8 +205,6 @@ def qat_finetune(gate, inputs, *, epochs=QAT_EPOCHS, learning_rate=QAT_LEARNING_
         raise ValueError(f"need epochs >= 0, learning_rate > 0, batch_size >= 1; got "
                          f"{epochs}, {learning_rate}, {batch_size}")
     targets = gate.predict(inputs, batch_size=256, verbose=0)
-    from gating_tflite.quantization_aware import quantization_aware_model
-
     try:
         model = quantization_aware_model(gate)
     except ValueError as err:
