@@ -41,6 +41,10 @@ flags.DEFINE_string("out", None, "Path of the .tflite to write; export_report.js
 flags.DEFINE_enum("mode", "ptq", list(convert.MODES), "Post-training or quantization-aware.")
 flags.DEFINE_enum("output", "index", list(convert.OUTPUTS),
                   "index: int32 expert index (offsets folded, ARG_MAX); logits: int8 logits.")
+flags.DEFINE_enum("activations", "int8", list(convert.ACTIVATIONS),
+                  "int8: a fully int8 model; int16: TFLite's 16x8 scheme (int16 activations "
+                  "and logits, int8 weights: finer logits, twice the arena; --output=logits, "
+                  "--mode=ptq, a float gate; no gate_router.c).")
 flags.DEFINE_string("target", None, f"Microcontroller preset: {', '.join(sorted(TARGETS))}.")
 flags.DEFINE_float("flash_kib", None, "Flash budget in KiB (overrides the preset).")
 flags.DEFINE_float("ram_kib", None, "RAM budget in KiB for the arena (overrides the preset).")
@@ -107,6 +111,10 @@ def _check_flags():
         raise ValueError(f"--bias must be numbers, e.g. 0.5,0.5,0; got {FLAGS.bias}") from None
     if not FLAGS.task:
         raise ValueError("--task must name the task of the --calibration workdir")
+    convert.check_activations(FLAGS.activations, output=FLAGS.output)
+    if FLAGS.activations == "int16" and FLAGS.mode != "ptq":
+        raise ValueError("--activations=int16 exports with --mode=ptq (QAT fine-tunes with "
+                         f"int8 fake-quant ops; got --mode={FLAGS.mode})")
     if not FLAGS.router_crossing > 0:
         raise ValueError(f"--router_crossing must be a positive number of inputs, got "
                          f"{FLAGS.router_crossing}")
@@ -134,7 +142,8 @@ def main(argv):
                                        qat_epochs=FLAGS.qat_epochs,
                                        qat_learning_rate=FLAGS.qat_learning_rate,
                                        crossing=FLAGS.router_crossing,
-                                       bucket_bytes=FLAGS.bucket_bytes)
+                                       bucket_bytes=FLAGS.bucket_bytes,
+                                       activations=FLAGS.activations)
     except (ValueError, OSError) as err:  # includes UnsupportedOpError and bad flags
         _fail(_error_text(err))
     print(summary(report), flush=True)

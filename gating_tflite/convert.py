@@ -23,15 +23,21 @@ import numpy as np
 
 from bmoe_tf.backend import keras, tf
 from gating_tflite.quantization_aware import (clip_unit, initialize_ranges,  # noqa: F401
-                                              quantization_aware_model, routing_head_config)
+                                              is_quantization_aware, quantization_aware_model,
+                                              routing_head_config)
 
-__all__ = ["OUTPUTS", "MODES", "QAT_EPOCHS", "QAT_LEARNING_RATE", "routing_clip", "fold_offsets",
+__all__ = ["OUTPUTS", "MODES", "ACTIVATIONS", "QAT_EPOCHS", "QAT_LEARNING_RATE", "routing_clip", "fold_offsets",
            "shift_last_bias", "add_argmax", "routing_head_config", "clip_unit", "initialize_ranges", "qat_finetune",
            "convert_int8",
-           "float_decisions"]
+           "check_activations", "float_decisions"]
 
 OUTPUTS = ("logits", "index")
 MODES = ("ptq", "qat")
+
+#: Activation types of the integer model (weights are int8 either way): ``"int8"``, or
+#: ``"int16"`` (TFLite's 16x8 scheme: int16 activations and logits, int8 weights, int64
+#: biases; logits output only -- the converter has no 16x8 ARG_MAX; WORKSPACE D77).
+ACTIVATIONS = ("int8", "int16")
 
 #: The QAT fine-tuning schedule (:func:`qat_finetune`). Measured on the SR compact gate
 #: (held-out agreement with the float gate, TFLite Micro; issue 11): 3 epochs at 1e-5
@@ -218,7 +224,8 @@ def qat_finetune(gate, inputs, *, epochs=QAT_EPOCHS, learning_rate=QAT_LEARNING_
     return model
 
 
-def convert_int8(model, representative, *, output="logits", max_samples=500):
+def convert_int8(model, representative, *, output="logits", max_samples=500,
+                 activations="int8"):
     """Full-integer conversion of a float (or quantization-aware) gate.
 
     Args:
@@ -227,11 +234,15 @@ def convert_int8(model, representative, *, output="logits", max_samples=500):
       representative: float ``[M, H, W, C]`` inputs for the activation ranges (the
         first ``max_samples`` are used).
       output: ``"logits"`` (int8 ``[1, N]``) or ``"index"`` (int32 ``[1]``, ARG_MAX).
+      activations: ``"int8"``, or ``"int16"`` (16x8: int16 input, activations and
+        logits ``[1, N]``; ``output="logits"`` only; not for a quantization-aware gate,
+        whose fake-quant ops are int8).
     Returns:
-      the ``.tflite`` bytes, input int8 ``[1, H, W, C]``.
+      the ``.tflite`` bytes, input int8 (int16) ``[1, H, W, C]``.
     """
     if output not in OUTPUTS:
         raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+    check_activations(activations, output=output, quantization_aware=is_quantization_aware(model))
     representative = _check_inputs(representative, "representative inputs")[:max_samples]
     if output == "index":
         model = add_argmax(model)
@@ -243,16 +254,40 @@ def convert_int8(model, representative, *, output="logits", max_samples=500):
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = dataset
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = tf.int8
-    if output == "logits":
-        converter.inference_output_type = tf.int8
+    if activations == "int16":
+        converter.target_spec.supported_ops = [
+            tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
+        converter.inference_input_type = converter.inference_output_type = tf.int16
+    else:
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.int8
+        if output == "logits":
+            converter.inference_output_type = tf.int8
     try:
         return bytes(converter.convert())
     except Exception as err:  # the converter raises ConverterError and friends
-        raise ValueError(f"the gate cannot be converted to a fully int8 TFLite model: "
+        raise ValueError(f"the gate cannot be converted to a fully integer ({activations} "
+                         "activations) TFLite model: "
                          f"{str(err).strip().splitlines()[0] if str(err).strip() else err}"
                          ) from err
+
+
+def check_activations(activations, *, output, quantization_aware=False):
+    """The one check of an ``activations`` choice against the output and the gate.
+
+    Raises:
+      ValueError: an unknown type; int16 with ``output="index"`` (the TFLite converter
+        has no 16x8 ARG_MAX) or with a quantization-aware gate (int8 fake-quant ops).
+    """
+    if activations not in ACTIVATIONS:
+        raise ValueError(f"activations must be one of {ACTIVATIONS}, got {activations!r}")
+    if activations == "int16" and output != "logits":
+        raise ValueError("int16 activations export with --output=logits: the TFLite converter "
+                         f"has no 16x8 ARG_MAX (got --output={output})")
+    if activations == "int16" and quantization_aware:
+        raise ValueError("a quantization-aware gate (--quantization_aware) was fine-tuned for "
+                         "int8 activations; export it with --activations=int8, or export its "
+                         "float_gate/ with --activations=int16")
 
 
 def float_decisions(gate, inputs, offsets, batch_size=256):

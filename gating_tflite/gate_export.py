@@ -64,6 +64,10 @@ __all__ = ["export_gate", "load_gate_and_bias", "summary", "log", "CHECKS", "REP
 #: Targets of the quality checks (the issue's acceptance figures).
 CHECKS = {"min_agreement": 0.99, "max_frequency_error": 0.02, "max_metric_drop": 0.05}
 
+#: int16 logits keep the float offsets while these route the calibration set's int16
+#: logits within this of b (a frequency); beyond it the offsets are recalibrated (D77).
+INT16_OFFSET_TOLERANCE = 0.005
+
 #: Latency estimate: CMSIS-NN int8 kernels at about one MAC per cycle on a Cortex-M7
 #: (dual 16-bit SMLAD = 2 MAC/cycle peak, halved for loads, requantization and
 #: depthwise layers). An assumption, not a measurement.
@@ -109,6 +113,7 @@ class ExportReport:
     model: str                        # absolute path of the .tflite
     mode: str                         # "ptq" | "qat"
     output: str                       # "index" | "logits"
+    activations: str = "int8"         # "int8" | "int16" (16x8: int16 activations, int8 weights)
     flash_bytes: int                  # size of the .tflite
     arena_bytes: int                  # smallest TFLite Micro arena
     macs: int                         # per input, of the float gate
@@ -354,15 +359,16 @@ def _decisions(outputs, output, output_info, offsets):
     return np.argmax(output_info.dequantize(outputs) + offsets, axis=-1)
 
 
-def _int8_logits(model, data):
-    """``(tflite bytes, dequantized int8 logits of the calibration set)``."""
-    logits_model = convert.convert_int8(model, data.representative, output="logits")
+def _int8_logits(model, data, activations="int8"):
+    """``(tflite bytes, dequantized int8 (int16) logits of the calibration set)``."""
+    logits_model = convert.convert_int8(model, data.representative, output="logits",
+                                        activations=activations)
     (_,), (out_info,) = model_file.model_io(logits_model)
     logits = out_info.dequantize(interpreters.run_litert(logits_model, data.calibration))
     return logits_model, logits
 
 
-def calibrate_int8(model, data, b, offsets, output, rounds):
+def calibrate_int8(model, data, b, offsets, output, rounds, activations="int8"):
     """The int8 model and its offsets, calibrated on the int8 model's own logits.
 
     Int8 logits move the decision boundaries a little, and ARG_MAX breaks the ties
@@ -376,7 +382,8 @@ def calibrate_int8(model, data, b, offsets, output, rounds):
     model is converted once, no correction).
 
     The first int8 model is checked against TFLite Micro before any recalibration,
-    so a gate with an op TFLite Micro lacks fails fast.
+    so a gate with an op TFLite Micro lacks fails fast. ``activations="int16"`` (logits
+    output only): the 16x8 model with the float offsets.
 
     Returns an :class:`Int8Gate`.
     """
@@ -386,7 +393,7 @@ def calibrate_int8(model, data, b, offsets, output, rounds):
         interpreters.check_tflm_support(tflite)
         freq = _frequencies(interpreters.run_litert(tflite, data.calibration).reshape(-1), n)
         return Int8Gate(tflite, offsets, freq, np.zeros(n, np.float32))
-    logits_model, int8_logits = _int8_logits(model, data)
+    logits_model, int8_logits = _int8_logits(model, data, activations)
     interpreters.check_tflm_support(logits_model)
     if output == "logits" and quantization_aware.is_quantization_aware(model):
         # The float logits are already the fake-quant (int8-step) ones: the float
@@ -394,6 +401,15 @@ def calibrate_int8(model, data, b, offsets, output, rounds):
         # int8 logits would sit elsewhere among their many ties (D76).
         freq = _frequencies(np.argmax(int8_logits + offsets, axis=-1), n)
         return Int8Gate(logits_model, np.asarray(offsets, np.float32), freq, None, int8_logits)
+    if output == "logits" and activations == "int16":
+        # int16 logits are the float ones to a few 1e-4: the float offsets route them the
+        # same way unless the model shifted a boundary (their calibration frequencies then
+        # miss b). Offsets calibrated again without need would sit elsewhere in the gaps
+        # between the calibration logits and move held-out choices (D77).
+        freq = _frequencies(np.argmax(int8_logits + offsets, axis=-1), n)
+        if _frequency_error(freq, b) <= INT16_OFFSET_TOLERANCE:
+            return Int8Gate(logits_model, np.asarray(offsets, np.float32), freq, None,
+                            int8_logits)
     if output == "logits":
         offsets = calibrate_offsets(int8_logits, b)
         freq = _frequencies(np.argmax(int8_logits + offsets, axis=-1), n)
@@ -426,25 +442,27 @@ def calibrate_int8(model, data, b, offsets, output, rounds):
 
 def quantize(model, data, b, offsets, *, mode, output, qat_epochs=convert.QAT_EPOCHS,
              qat_learning_rate=convert.QAT_LEARNING_RATE,
-             seed=0, rounds=3):
+             seed=0, rounds=3, activations="int8"):
     """(QAT fine-tuning on the calibration inputs, then) int8 conversion: an :class:`Int8Gate`."""
     if mode == "qat":
         log(f"quantization-aware fine-tuning, {qat_epochs} epochs on "
              f"{len(data.calibration)} calibration inputs")
         model = convert.qat_finetune(model, data.calibration, epochs=qat_epochs,
                                      learning_rate=qat_learning_rate, seed=seed)
-    log(f"int8 conversion ({mode}, output={output})")
-    return calibrate_int8(model, data, b, offsets, output, rounds=rounds)
+    log(f"{'int8' if activations == 'int8' else '16x8 (int16 activations, int8 weights)'} "
+        f"conversion ({mode}, output={output})")
+    return calibrate_int8(model, data, b, offsets, output, rounds=rounds,
+                          activations=activations)
 
 
-def inspect_model(tflite, sample):
+def inspect_model(tflite, sample, activations="int8"):
     """Ops, integer-only and TFLite Micro checks, smallest arena: a :class:`ModelFacts`.
 
     Raises:
       ValueError: a float tensor; interpreters.UnsupportedOpError: an op TFLM lacks.
     """
     ops = model_file.model_ops(tflite)
-    model_file.check_fully_int8(tflite)
+    model_file.check_fully_int8(tflite, activations)
     (input_info,), (output_info,) = model_file.model_io(tflite)
     log(f"{len(tflite)} bytes, ops {ops}; checking TFLite Micro support")
     interpreters.check_tflm_support(tflite)
@@ -484,7 +502,7 @@ def check_heldout(gate, tflite, facts, data, b, *, output, offsets, float_offset
     if data.heldout is None or not len(data.heldout):
         return None
     n = len(b)
-    log(f"int8 frequencies on {len(data.heldout)} held-out inputs (TFLite Micro)")
+    log(f"integer-model frequencies on {len(data.heldout)} held-out inputs (TFLite Micro)")
     held = _decisions(interpreters.run_tflm(tflite, data.heldout, facts.arena_bytes), output,
                       facts.output_info, offsets)
     freq = _frequencies(held, n)
@@ -543,14 +561,17 @@ def scene_shift(gate, tflite, data, b, test, *, output, calibration_logits,
     int8_scale = None
     if output == "logits":
         (_,), (info,) = model_file.model_io(tflite)
-        int8_scale = info.scale
         test_logits = np.asarray(interpreters.run_litert(tflite, data.test)).reshape(-1, n)
         batch_logits = info.dequantize(test_logits)
+        if info.dtype == "INT8":  # the integer controller gate_router.c runs
+            int8_scale = info.scale
+        else:  # int16 logits: the float controller on them (no C router for int16 yet)
+            test_logits = batch_logits
     else:
         test_logits = batch_logits = gate.predict(data.test, batch_size=256, verbose=0)
     log(f"scene shift: {len(data.test)} test inputs in their natural order "
         f"({'one input per frame' if frames is None else f'{len(np.unique(frames))} frames'}"
-        f", {'int8' if output == 'logits' else 'float'} logits)")
+        f", {_logits_kind(tflite) if output == 'logits' else 'float'} logits)")
     routing = route_natural_order(
         test_logits, frames, calibration_logits, b, costs, window=window,
         batch_size=batch_size, seed=seed, crossing=crossing, bucket_bytes=bucket_bytes,
@@ -571,13 +592,19 @@ def scene_shift(gate, tflite, data, b, test, *, output, calibration_logits,
               "gap_scale": soft.gap_scale, "int8_scale": int8_scale,
               "initial_offsets": [float(v) for v in np.where(soft.used, soft.offsets, 0.0)],
               "bias_q": soft.bias_q.tolist(), "bucket_bytes": bucket_bytes,
-              "logits": "int8 (the exported model)" if output == "logits" else "float gate",
+              "logits": f"{_logits_kind(tflite)} (the exported model)" if output == "logits"
+              else "float gate",
               "metric_name": data.metric_name,
               "budget": "bytes (each input's payload)" if per_input is not None else
               "frequencies b"}
     controller = soft if bucket_bytes is None else hard
     controller.reset()
     return SceneShift(rows, router, controller)
+
+
+def _logits_kind(tflite):
+    (_,), (info,) = model_file.model_io(tflite)
+    return "int8" if info.dtype == "INT8" else "int16"
 
 
 def quality_checks(test, heldout, thresholds=None):
@@ -652,11 +679,16 @@ def check_gate_input(gate, data):
                          f"{list(have)} (a gate of another task?)")
 
 
-def _check_arguments(gate, data, bias, mode, output, bucket_bytes=None):
+def _check_arguments(gate, data, bias, mode, output, bucket_bytes=None, activations="int8"):
     if mode not in convert.MODES:
         raise ValueError(f"mode must be one of {convert.MODES}, got {mode!r}")
     if output not in convert.OUTPUTS:
         raise ValueError(f"output must be one of {convert.OUTPUTS}, got {output!r}")
+    convert.check_activations(activations, output=output,
+                              quantization_aware=quantization_aware.is_quantization_aware(gate))
+    if activations == "int16" and mode != "ptq":
+        raise ValueError("--mode=qat fine-tunes with int8 fake-quant ops; int16 activations "
+                         f"export with --mode=ptq (got --mode={mode})")
     check_gate_input(gate, data)
     if quantization_aware.is_quantization_aware(gate):
         if output != "logits":
@@ -684,7 +716,8 @@ def _check_arguments(gate, data, bias, mode, output, bucket_bytes=None):
 def export_gate(gate, data, bias, *, out, mode="ptq", output="index", target=None,
                 emit_c=False, qat_epochs=convert.QAT_EPOCHS,
                 qat_learning_rate=convert.QAT_LEARNING_RATE, seed=0,
-                recalibration_rounds=3, crossing=ROUTER_CROSSING, bucket_bytes=None):
+                recalibration_rounds=3, crossing=ROUTER_CROSSING, bucket_bytes=None,
+                activations="int8"):
     """Converts, checks and writes one gate; returns ``(report, problems)``.
 
     Args:
@@ -698,6 +731,8 @@ def export_gate(gate, data, bias, *, out, mode="ptq", output="index", target=Non
         output, the router ``gate_router.h/.c``).
       crossing, bucket_bytes: the online controller (:func:`scene_shift`); a
         ``bucket_bytes`` makes the emitted router a hard-mode one.
+      activations: ``"int8"`` or ``"int16"`` (16x8, ``output="logits"``, ``mode="ptq"``,
+        a float gate; no ``gate_router.c``: the C router takes int8 logits).
     Returns:
       the :class:`ExportReport` (also written as JSON) and a list of budget problems
       (str; empty when the model fits the target).
@@ -706,7 +741,7 @@ def export_gate(gate, data, bias, *, out, mode="ptq", output="index", target=Non
         model that is not fully integer.
       ValueError: bad arguments, or an ``out`` that cannot be written.
     """
-    b = _check_arguments(gate, data, bias, mode, output, bucket_bytes)
+    b = _check_arguments(gate, data, bias, mode, output, bucket_bytes, activations)
     target = target or resolve_target()
     out_dir = check_output_path(out, emit_c=emit_c)
     t0 = time.time()
@@ -715,10 +750,10 @@ def export_gate(gate, data, bias, *, out, mode="ptq", output="index", target=Non
     model, clip = routing_model(gate, logits, float_offsets, b, output)
     int8 = quantize(model, data, b, float_offsets, mode=mode, output=output,
                     qat_epochs=qat_epochs, qat_learning_rate=qat_learning_rate, seed=seed,
-                    rounds=recalibration_rounds)
+                    rounds=recalibration_rounds, activations=activations)
     tflite, offsets = int8.tflite, int8.offsets
     sample = data.test[:1] if data.test is not None else data.calibration[:1]
-    facts = inspect_model(tflite, sample)
+    facts = inspect_model(tflite, sample, activations)
     kwargs = dict(output=output, offsets=offsets, float_offsets=float_offsets)
     test = check_test_inputs(gate, tflite, facts, data, **kwargs)
     heldout = check_heldout(gate, tflite, facts, data, b, **kwargs)
@@ -731,8 +766,11 @@ def export_gate(gate, data, bias, *, out, mode="ptq", output="index", target=Non
         calibration_logits=int8.calibration_logits if output == "logits" else logits)
     macs = quantization_aware.gate_macs(gate)
     latency_ms, latency_assumption = latency_estimate(macs, target)
+    if latency_assumption and activations == "int16":
+        latency_assumption += " (int8 kernels; the int16 ones are slower: not measured)"
     report = ExportReport(
-        model=os.path.abspath(out), mode=mode, output=output, flash_bytes=len(tflite),
+        model=os.path.abspath(out), mode=mode, output=output, activations=activations,
+        flash_bytes=len(tflite),
         arena_bytes=facts.arena_bytes, macs=macs, parameters=quantization_aware.gate_parameters(gate),
         ops=facts.ops, input=facts.input_info.as_dict(),
         output_tensor=facts.output_info.as_dict(), bias=b.tolist(),
@@ -763,7 +801,10 @@ def export_gate(gate, data, bias, *, out, mode="ptq", output="index", target=Non
                         expert_names=data.expert_names, offsets=offsets,
                         input_description=data.input_description)
     router = None
-    if emit_c and output == "logits":
+    if emit_c and output == "logits" and activations == "int16":
+        log("gate_router.h/.c not written: the C router works on int8 logits; route the "
+            "int16 logits with kGateOffsets (gate_model.h) or export with --activations=int8")
+    elif emit_c and output == "logits":
         costs = np.ones(len(b)) if data.data_costs is None else data.data_costs
         make = BudgetController if _test_costs(data, len(b)) is None else ByteController
         controller = make.from_calibration(
@@ -781,7 +822,9 @@ def summary(report):
     per fact)."""
     if isinstance(report, ExportReport):
         report = report.as_dict()
-    lines = [f"model        {report['model']} ({report['mode']}, output={report['output']})",
+    quantized = report.get("activations", "int8")
+    kind = "" if quantized == "int8" else f", {quantized} activations"
+    lines = [f"model        {report['model']} ({report['mode']}, output={report['output']}{kind})",
              f"flash        {report['flash_bytes']:,} B ({report['flash_bytes'] / 1024:.1f} KiB)",
              f"arena        {report['arena_bytes']:,} B ({report['arena_bytes'] / 1024:.1f} KiB)",
              f"MACs         {report['macs']:,} per input",
@@ -796,7 +839,7 @@ def summary(report):
     if "heldout_tflm" in a:
         lines.append(f"             TFLM {a['heldout_tflm']:.2%} on the held-out inputs")
     if "frequencies" in report:
-        lines.append(f"frequencies  int8 {np.round(report['frequencies'], 3).tolist()} vs b "
+        lines.append(f"frequencies  {quantized} {np.round(report['frequencies'], 3).tolist()} vs b "
                      f"{np.round(report['bias'], 3).tolist()} on {report['heldout_inputs']} "
                      f"held-out inputs (max error {report['frequency_error']:.3f})")
     if "frequencies_test" in report:
@@ -806,7 +849,7 @@ def summary(report):
                                                  for k, v in report["data_cost"].items()))
     if "metric" in report:
         m = report["metric"]
-        lines.append(f"metric       {m['name']}: float {m['float']:.3f}, int8 {m['int8']:.3f} "
+        lines.append(f"metric       {m['name']}: float {m['float']:.3f}, {quantized} {m['int8']:.3f} "
                      f"(drop {m['drop']:+.3f})")
     for i, (name, row) in enumerate(report.get("scene_shift", {}).items()):
         metric = f", metric {row['metric']:.3f}" if "metric" in row else ""

@@ -107,16 +107,22 @@ def tensor_type_names(model_bytes):
     return {_TYPE_NAMES[subgraph.Tensors(i).Type()] for i in range(subgraph.TensorsLength())}
 
 
-def check_fully_int8(model_bytes):
+def check_fully_int8(model_bytes, activations="int8"):
     """Raises ValueError unless the model computes in integers end to end.
 
-    Allowed: int8 activations and weights, int32 biases / indices. A float tensor
-    means a float kernel (or a QUANTIZE/DEQUANTIZE pair) would run on the sensor.
+    Allowed: int8 activations and weights, int32 biases / indices; with
+    ``activations="int16"`` (16x8) int16 inputs, activations and outputs, int64 biases.
+    A float tensor means a float kernel (or a QUANTIZE/DEQUANTIZE pair) would run on
+    the sensor.
     """
+    want = {"int8": "INT8", "int16": "INT16"}.get(activations)
+    if want is None:
+        raise ValueError(f"activations must be 'int8' or 'int16', got {activations!r}")
     inputs, _ = model_io(model_bytes)
-    bad_inputs = [t.name for t in inputs if t.dtype != "INT8"]
+    bad_inputs = [t.name for t in inputs if t.dtype != want]
     if bad_inputs:
-        raise ValueError(f"model inputs {bad_inputs} are not int8; the sensor feeds int8 frames")
+        raise ValueError(f"model inputs {bad_inputs} are not {activations}; the sensor feeds "
+                         f"{activations} frames")
     types = tensor_type_names(model_bytes)
     floats = sorted(t for t in types if t.startswith("FLOAT"))
     if floats:

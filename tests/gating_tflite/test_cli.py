@@ -13,7 +13,7 @@ from gating_tflite.calibration import EXPORT_FILE, ExportData
 
 pytest_plugins = ["tests.gating_tflite.tflite_fixtures"]
 pytest.register_assert_rewrite("tests.gating_tflite.tflite_fixtures")
-from tests.gating_tflite.tflite_fixtures import NEAR_TIE_BIAS, near_tie_data  # noqa: E402
+from tests.gating_tflite.tflite_fixtures import NEAR_TIE_BIAS, near_tie_data, near_tie_gate  # noqa: E402,E501
 from tests.gating_tflite.tflite_fixtures import export_cli as run_cli  # noqa: E402
 
 
@@ -64,6 +64,52 @@ def test_a_logits_gate_that_misses_b_warns_and_exits_0(files, near_tie_task, tmp
     assert "gate_router.c" in warning and "use --output=index" in warning
     assert "checks       missed: ['agreement', 'frequencies']" in stdout and "fits: True" in stdout
     assert os.path.exists(tmp_path / "fw" / "gate_ops.h")
+
+
+def test_int16_activations_hold_b_where_int8_logits_tie(near_tie_task, tmp_path, capsys):
+    """A near-tie gate with gaps <= 0.02 between experts 0 and 1 (int8 steps ~0.014: they
+    tie, as in the test above) exported with int16 logits (steps ~1e-4) holds b and the
+    float gate's choices: 16x8 model, int16 input and logits, no C router."""
+    gate_dir = tmp_path / "wide" / "shared"
+    near_tie_gate(gap=0.02).save(str(gate_dir / "gate"), include_optimizer=False)
+    with open(gate_dir / "gate.json", "w") as f:
+        json.dump({"bias": NEAR_TIE_BIAS.tolist()}, f)
+    out = tmp_path / "fw16" / "gate.tflite"
+    code, stdout, stderr = run_cli(
+        capsys, f"--gate={gate_dir}", f"--calibration={tmp_path}", "--task=near_tie",
+        f"--out={out}", "--output=logits", "--activations=int16", "--target=stm32h743",
+        "--emit_c")
+    assert code == 0, stderr
+    with open(tmp_path / "fw16" / "export_report.json") as f:
+        report = json.load(f)
+    assert report["activations"] == "int16"
+    assert report["input"]["dtype"] == "INT16" and report["output_tensor"]["dtype"] == "INT16"
+    # the calibration set is routed at b exactly; the held-out set as the float gate
+    # routes it (which misses b there by 3.5 points: a sample of other brightness levels)
+    np.testing.assert_allclose(report["frequencies_calibration"], NEAR_TIE_BIAS, atol=1e-9)
+    np.testing.assert_allclose(report["frequencies"], report["frequencies_float"], atol=0.005)
+    assert report["agreement"]["heldout_tflm"] >= 0.99 and report["agreement"]["tflm"] >= 0.99
+    assert "(ptq, output=logits, int16 activations)" in stdout
+    assert not os.path.exists(tmp_path / "fw16" / "gate_router.c")
+    with open(tmp_path / "fw16" / "gate_model.h") as f:
+        header = f.read()
+    assert "// Input: int16 [1, 16, 16, 3]" in header and "-32768, 32767)." in header
+    assert "// Output: int16 [1, kGateNumExperts] logits." in header
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--activations=int16"], "int16 activations export with --output=logits: the TFLite "
+     "converter has no 16x8 ARG_MAX (got --output=index)"),
+    (["--activations=int16", "--output=logits", "--mode=qat"],
+     "--activations=int16 exports with --mode=ptq"),
+    (["--activations=int4"], "--activations"),
+])
+def test_int16_flag_combinations_are_refused_before_any_work(files, tmp_path, capsys, flags,
+                                                            message):
+    code, _, stderr = run_cli(capsys, f"--gate={files['gate']}",
+                              f"--calibration=npz:{tmp_path / 'missing.npz'}",
+                              f"--out={tmp_path / 'g.tflite'}", *flags)
+    assert code == 2 and stderr[-1].startswith("error: ") and message in stderr[-1]
 
 
 def test_strict_exits_3_and_still_warns(files, tmp_path, capsys):

@@ -7,7 +7,8 @@ from bmoe_tf.gating import compact_gate
 from bmoe_tf.routing import calibrate_offsets
 from gating_tflite import convert
 pytest.register_assert_rewrite("tests.gating_tflite.tflite_fixtures")
-from tests.gating_tflite.tflite_fixtures import BIAS, SHAPE, inputs  # noqa: E402
+from tests.gating_tflite.tflite_fixtures import (BIAS, SHAPE, inputs, near_tie_data,  # noqa: E402
+                                                near_tie_gate)
 
 pytest_plugins = ["tests.gating_tflite.tflite_fixtures"]
 
@@ -66,6 +67,42 @@ def test_convert_int8_rejects_bad_arguments(gate):
     bad[0, 0, 0, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         convert.convert_int8(gate, bad)
+
+
+def test_int16_activations_round_the_logits_50_times_finer_than_int8():
+    """16x8 (D77): int16 input, activations and logits, int8 weights. The near-tie gate's
+    weights are exact in int8 (one non-zero per output channel), so what is left is the
+    activations' rounding: int8 moves its logits by about one int8 step (pooling, then the
+    output), int16 by a fiftieth of that or less."""
+    from gating_tflite import interpreters, model_file
+
+    gate, data = near_tie_gate(), near_tie_data()
+    x = data.representative  # inside the calibrated ranges (no saturation)
+    want = gate.predict(x, verbose=0)
+    errors = {}
+    for activations in convert.ACTIVATIONS:
+        tflite = convert.convert_int8(gate, data.representative, activations=activations)
+        (ii,), (oi,) = model_file.model_io(tflite)
+        assert ii.dtype == oi.dtype == activations.upper()
+        model_file.check_fully_int8(tflite, activations)
+        got = oi.dequantize(interpreters.run_tflm(tflite, x, 200_000))
+        errors[activations] = (np.abs(got - want).max(), oi.scale)
+    (e8, s8), (e16, s16) = errors["int8"], errors["int16"]
+    assert s16 < s8 / 100  # symmetric int16 (32767 steps of max|z|) vs asymmetric int8
+    assert e16 < e8 / 50 and e8 > s8 / 4  # measured: 1.7e-4 vs 0.0125 (s8 0.0137)
+    with pytest.raises(ValueError, match="are not int8"):
+        model_file.check_fully_int8(tflite)  # the int16 model is not an int8 one
+
+
+def test_check_activations_refuses_what_cannot_be_exported():
+    convert.check_activations("int16", output="logits")
+    with pytest.raises(ValueError, match="activations must be one of"):
+        convert.check_activations("int4", output="logits")
+    with pytest.raises(ValueError, match="no 16x8 ARG_MAX"):
+        convert.check_activations("int16", output="index")
+    with pytest.raises(ValueError, match="quantization-aware"):
+        convert.check_activations("int16", output="logits", quantization_aware=True)
+    convert.check_activations("int8", output="index", quantization_aware=True)
 
 
 def test_qat_default_schedule_is_the_measured_one():

@@ -20,7 +20,7 @@ from tests.gating_tflite.tflite_fixtures import BIAS, NEAR_TIE_BIAS, SHAPE  # no
 pytest_plugins = ["tests.gating_tflite.tflite_fixtures"]
 
 #: export_report.json's keys with test and held-out inputs, costs, a clock and --emit_c.
-ALL_KEYS = {"model", "mode", "output", "flash_bytes", "arena_bytes", "macs", "parameters", "ops",
+ALL_KEYS = {"model", "mode", "output", "activations", "flash_bytes", "arena_bytes", "macs", "parameters", "ops",
             "input", "output_tensor", "bias", "offsets", "offsets_float", "routing_clip",
             "int8_correction", "frequencies_calibration", "expert_names", "data",
             "latency_ms_estimate", "latency_assumption", "agreement", "frequencies_test",
@@ -73,7 +73,8 @@ def test_report_json_is_the_typed_report(exported):
     with open(os.path.join(os.path.dirname(out), "export_report.json")) as f:
         saved = json.load(f)
     assert set(saved) == ALL_KEYS and saved == json.loads(json.dumps(report.as_dict()))
-    assert list(saved)[:3] == ["model", "mode", "output"]
+    assert list(saved)[:4] == ["model", "mode", "output", "activations"]
+    assert saved["activations"] == "int8"
     assert set(saved["agreement"]) == {"litert", "tflm", "litert_vs_tflm", "inputs",
                                        "heldout_tflm"}
     assert set(saved["target"]) == {"name", "flash_kib", "ram_kib", "fits"}

@@ -78,7 +78,9 @@ def test_export_keeps_the_float_offsets_and_refuses_index_and_qat(gate, aware, d
     np.testing.assert_allclose(report.offsets, report.offsets_float, rtol=0, atol=0)
     assert report.agreement["heldout_tflm"] >= 0.99 and report.agreement["tflm"] >= 0.99
     for kwargs, message in ((dict(output="index"), "--output=logits"),
-                            (dict(output="logits", mode="qat"), "--mode=ptq")):
+                            (dict(output="logits", mode="qat"), "--mode=ptq"),
+                            (dict(output="logits", activations="int16"),
+                             "--activations=int8")):
         with pytest.raises(ValueError, match=message):
             export_gate(aware, data, b, out=str(tmp_path / "h.tflite"), **kwargs)
 

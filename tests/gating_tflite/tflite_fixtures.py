@@ -26,20 +26,21 @@ def inputs(m, seed):
     return np.clip(level + 0.05 * rng.standard_normal((m,) + SHAPE), 0, 1).astype(np.float32)
 
 
-def near_tie_gate():
-    """An untrained gate whose logits for experts 0 and 1 differ by at most 0.001.
+def near_tie_gate(gap=0.001):
+    """An untrained gate whose logits for experts 0 and 1 differ by at most ``gap``.
 
-    ``z0 = 4 r``, ``z1 = z0 + 0.002 (r - 0.5)``, ``z2 = 2.4`` with ``r`` the mean red
+    ``z0 = 4 r``, ``z1 = z0 + 2 gap (r - 0.5)``, ``z2 = 2.4`` with ``r`` the mean red
     level: the float gate splits experts 0 and 1 at any threshold, but int8 logits
-    (steps of ~0.013) tie them, so offsets on the int8 logits cannot hold b.
+    (steps of ~0.013) tie them, so offsets on the int8 logits cannot hold b (int16
+    logits, steps of ~1e-4, still tie them at gap 0.001 but not at 0.02).
     """
     x = keras.Input(SHAPE)
     pooled = keras.layers.GlobalAveragePooling2D()(x)
     head = keras.layers.Dense(3)
     model = keras.Model(x, head(pooled))
     kernel = np.zeros((3, 3), np.float32)
-    kernel[0] = [4.0, 4.002, 0.0]
-    head.set_weights([kernel, np.array([0.0, -0.001, 2.4], np.float32)])
+    kernel[0] = [4.0, 4.0 + 2 * gap, 0.0]
+    head.set_weights([kernel, np.array([0.0, -gap, 2.4], np.float32)])
     return model
 
 
