@@ -1,4 +1,6 @@
-"""From a float Keras gate to a fully int8 ``.tflite`` (batch 1, int8 input).
+"""From a float Keras gate to a fully int8 ``.tflite`` (batch 1, int8 input), or with
+``activations="int16"`` to TFLite's 16x8 scheme (int16 input, activations and logits,
+int8 weights; WORKSPACE D77).
 
 Two outputs (``output=``):
 
