@@ -167,11 +167,13 @@ class ExportReport:
         limit = self.check_thresholds["max_frequency_error"]
         if self.frequency_error is None or self.frequency_error <= limit:
             return []
-        text = (f"the int8 gate's frequencies {np.round(self.frequencies, 3).tolist()} on "
+        text = (f"the {self.activations} gate's frequencies "
+                f"{np.round(self.frequencies, 3).tolist()} on "
                 f"{self.heldout_inputs} held-out inputs miss b {np.round(self.bias, 3).tolist()} "
                 f"by {100 * self.frequency_error:.1f} points (more than {100 * limit:g})")
         if self.output == "logits":
-            return [f"--output=logits: {text}; firmware that routes with argmax(int8 logits + "
+            return [f"--output=logits: {text}; firmware that routes with argmax("
+                    f"{self.activations} logits + "
                     "static offsets) will not hold b. Route with gate_router.c (--emit_c: "
                     "its online controller holds b on any input sequence) or use "
                     "--output=index (offsets folded into the model and recalibrated on the "
