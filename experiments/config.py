@@ -125,6 +125,8 @@ class Config:
     data_cost: str = "paper"
     #: Fine-tune every trained gate with int8 fake-quant ops (experiments.gates; D76).
     quantization_aware: bool = False
+    #: Round every trained gate's kernels to TFLite's int8 grid (experiments.gates; D78).
+    int8_weights: bool = False
 
     @property
     def encoded(self) -> bool:
@@ -183,7 +185,7 @@ SHARED_FLAGS = ("workdir", "preset", "methods", "targets", "bias", "batch_size",
                 "epochs", "soft_epochs", "gate",
                 "training_loss", "combine", "bias_weights", "seed", "verbose",
                 "data", "tfds_data_dir", "eval_data", "eval_batch_seed", "strategy", "data_cost",
-                "quantization_aware")
+                "quantization_aware", "int8_weights")
 
 #: ``--strategy`` values the pipeline runs (:mod:`experiments.distribute`).
 PIPELINE_STRATEGIES = ("default", "mirrored", "multi_worker")
@@ -262,6 +264,11 @@ def define_shared_flags(flag_values=None, *, data_help="bundled | folder:PATH | 
                       "fake-quant ops (tfmot QAT, a quarter of its epochs at a tenth of its "
                       "learning rate): the gate evaluated is the one the int8 export converts "
                       "unchanged (python -m gating_tflite.export --output=logits).", **d)
+    flags.DEFINE_bool("int8_weights", False, "Round every trained gate's kernels to TFLite's "
+                      "per-channel int8 grid before it is saved: the gate evaluated is the one "
+                      "whose int16-activation export (python -m gating_tflite.export "
+                      "--output=logits --activations=int16) keeps its choices for any b "
+                      "(WORKSPACE D78). Not with --quantization_aware.", **d)
 
 
 def define_task_flags(task, flag_values=None) -> None:
@@ -327,6 +334,7 @@ def from_flags(task, flag_values=None) -> Config:
                         eval_batch_seed=values["eval_batch_seed"],
                         strategy=values["strategy"], data_cost=values["data_cost"],
                         quantization_aware=bool(values["quantization_aware"]),
+                        int8_weights=bool(values["int8_weights"]),
                         task_settings=settings_lib.from_flags(task.Settings, fv, preset.task))
 
 
@@ -343,7 +351,8 @@ def build_config(task, *, preset_name, preset, task_settings=None, **overrides) 
                   gate=s.gate, combine="gate", seed=0, verbose=1,
                   data=getattr(task, "default_data", "bundled"),
                   tfds_data_dir=None, eval_data=None, eval_batch_seed=DEFAULT_EVAL_BATCH_SEED,
-                  strategy="default", data_cost="paper", quantization_aware=False)
+                  strategy="default", data_cost="paper", quantization_aware=False,
+                  int8_weights=False)
     fields.update(overrides)
     if fields.get("soft_epochs") is None:
         fields["soft_epochs"] = s.soft_epochs if "epochs" not in overrides else None
@@ -384,6 +393,9 @@ def check(cfg: Config, task) -> None:
     if cfg.quantization_aware and cfg.strategy != "default":
         raise ConfigError(f"--quantization_aware trains in one process: it takes "
                           f"--strategy=default, got {cfg.strategy!r}")
+    if cfg.quantization_aware and cfg.int8_weights:
+        raise ConfigError("--int8_weights and --quantization_aware exclude each other: a QAT "
+                          "gate's kernels are on the int8 grid already")
     if cfg.strategy == "multi_worker":
         from experiments.distribute import check_tf_config
         try:

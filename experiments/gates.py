@@ -8,7 +8,10 @@ interrupted fit resumes after the last finished epoch; removed when training end
 ``quantization_aware`` (``--quantization_aware``) the float gate is kept in
 ``float_gate/`` and then fine-tuned with int8 fake-quant ops (``backup_qat/``,
 ``logs/qat``): ``gate/`` is that rounding-aware gate, what the export converts
-unchanged (:mod:`gating_tflite.quantization_aware`; WORKSPACE D76).
+unchanged (:mod:`gating_tflite.quantization_aware`; WORKSPACE D76). With ``int8_weights``
+(``--int8_weights``) the trained gate's kernels are rounded to TFLite's int8 grid before
+``gate/`` is saved, so that the 16x8 export (``--activations=int16``) keeps its choices
+(:mod:`gating_tflite.int8_weights`; WORKSPACE D78).
 
 Every random order of a gate's training is a function of (seed, gate name, epoch)
 only (:func:`gate_seed`), so a gate trained after a restart sees exactly the data
@@ -23,6 +26,7 @@ from bmoe_tf.backend import keras, tf
 from bmoe_tf.cache import cache_dataset
 from bmoe_tf.training import resumable_fit
 from experiments import distribute
+from gating_tflite import int8_weights as int8
 from gating_tflite import quantization_aware as qa
 from experiments.stages import atomic_dir, fingerprint, load_artefact, read_json, write_json
 
@@ -68,7 +72,8 @@ def load_gate(directory):
 def train_gate(directory, *, build_gate, experts, bias, method, train, batch_size, epochs,
                learning_rate, bias_weight=1.0, combine="gate", training_loss="selected",
                seed=0, name="gate", verbose=1, input_shape=None, gate_preprocess=None,
-               strategy=None, byte_target=None, quantization_aware=False):
+               strategy=None, byte_target=None, quantization_aware=False,
+               int8_weights=False):
     """Trains a gate with the experts frozen and saves it; resumes if interrupted.
 
     Args:
@@ -94,11 +99,17 @@ def train_gate(directory, *, build_gate, experts, bias, method, train, batch_siz
       quantization_aware: then fine-tune the trained gate with int8 fake-quant ops
         (:func:`qat_schedule`; single-process strategies only): the saved gate is
         the rounding-aware one.
+      int8_weights: then round the trained gate's kernels to TFLite's per-channel int8
+        grid (:func:`gating_tflite.int8_weights.snap_gate_weights`) before saving it;
+        not with ``quantization_aware`` (whose fake-quant ops already round them).
     Returns:
       ``(gate, info)`` as :func:`load_gate`.
     """
     if gate_done(directory):
         return load_gate(directory)
+    if quantization_aware and int8_weights:
+        raise ValueError("train_gate: quantization_aware and int8_weights exclude each other "
+                         "(a QAT gate's kernels are on the int8 grid already)")
     strategy = strategy or tf.distribute.get_strategy()
     chief = distribute.is_chief(strategy)
     os.makedirs(directory, exist_ok=True)
@@ -152,6 +163,8 @@ def train_gate(directory, *, build_gate, experts, bias, method, train, batch_siz
                                                         learning_rate=qat_lr,
                                                         history=qat_history))
     history.pop("seconds", None)  # gate.json holds what is reproducible
+    if int8_weights:  # deterministic, after training: a resumed fit snaps the same weights
+        int8.snap_gate_weights(mixture.gate)
     info = dict(method=method, bias=[float(v) for v in np.asarray(bias)],
                 bias_weight=float(bias_weight), combine=combine, training_loss=training_loss,
                 epochs=int(epochs), batch_size=int(batch_size),
@@ -159,6 +172,8 @@ def train_gate(directory, *, build_gate, experts, bias, method, train, batch_siz
                 history=history)
     if byte_target is not None:
         info["byte_target"] = float(byte_target)
+    if int8_weights:
+        info["int8_weights"] = True
     if not chief:  # every worker saves (collective reads), only the chief keeps it
         with distribute.writable_dir(os.path.join(directory, "gate"), strategy) as tmp:
             mixture.gate.save(tmp, include_optimizer=False)

@@ -269,6 +269,7 @@ def curve_keys(wd, cfg, parent, *, gate_settings=None, eval_fingerprint=None):
                                        eval_batch_seed=cfg.eval_batch_seed,
                                        **({"quantization_aware": True}
                                           if cfg.quantization_aware else {}),
+                                       **({"int8_weights": True} if cfg.int8_weights else {}),
                                        **(gate_settings or {})),
                      parent=bias, artefacts=["gates"])
     evaluation = StageKey(wd, "evaluation", dict(methods=list(cfg.methods),
@@ -510,7 +511,8 @@ def stage_gates(run, points, *, strategy=None, chief=True):
     common = dict(build_gate=lambda: task.build_gate(cfg, n), experts=run.experts, train=train,
                   batch_size=cfg.batch_size, learning_rate=cfg.learning_rate, combine=cfg.combine,
                   training_loss=cfg.training_loss, seed=cfg.seed, verbose=cfg.verbose,
-                  strategy=strategy, quantization_aware=cfg.quantization_aware)
+                  strategy=strategy, quantization_aware=cfg.quantization_aware,
+                  int8_weights=cfg.int8_weights)
     view = task.gate_view(cfg)
     if view is not None:
         common.update(input_shape=view[0], gate_preprocess=view[1])

@@ -49,7 +49,8 @@ from bmoe_tf.budget import DEFAULT_CROSSING, BudgetController, sequence_cost
 from bmoe_tf.byte_controller import ByteController
 from bmoe_tf.routing import calibrate_offsets
 from bmoe_tf.scene_shift import default_bucket_bytes, route_natural_order
-from gating_tflite import c_array, convert, interpreters, model_file, quantization_aware, router_c
+from gating_tflite import (c_array, convert, int8_weights, interpreters, model_file,
+                           quantization_aware, router_c)
 from gating_tflite.model_file import TensorInfo
 from gating_tflite.targets import resolve_target
 
@@ -171,6 +172,13 @@ class ExportReport:
                 f"{np.round(self.frequencies, 3).tolist()} on "
                 f"{self.heldout_inputs} held-out inputs miss b {np.round(self.bias, 3).tolist()} "
                 f"by {100 * self.frequency_error:.1f} points (more than {100 * limit:g})")
+        if self.output == "logits" and self.activations == "int16":
+            return [f"--output=logits: {text}; firmware that routes with argmax(int16 logits "
+                    "+ static offsets) will not hold b. Hold it online with a float "
+                    "controller on the logits (bmoe_tf.budget.BudgetController; the C "
+                    "gate_router.c takes int8 logits), or calibrate on more inputs "
+                    "(--calibration) when the float gate misses b too (frequencies_float "
+                    "in the report)."]
         if self.output == "logits":
             return [f"--output=logits: {text}; firmware that routes with argmax("
                     f"{self.activations} logits + "
@@ -681,6 +689,22 @@ def check_gate_input(gate, data):
                          f"{list(have)} (a gate of another task?)")
 
 
+def _log_weight_grid(gate):
+    """One line on whether an int16-activation export keeps the gate's weights exactly
+    (kernels on the int8 grid: ``--int8_weights``) or rounds them (WORKSPACE D78)."""
+    try:
+        steps = int8_weights.int8_grid_error(gate)
+    except ValueError:  # layers the grid does not cover: the converter decides
+        return
+    if steps <= 1e-3:
+        log("the gate's kernels are on TFLite's int8 grid (--int8_weights): only the int16 "
+            "activations round")
+    else:
+        log(f"the gate's kernels are off TFLite's int8 grid (up to {steps:.2f} steps): their "
+            "rounding moves its logits more than the int16 activations do; a gate trained "
+            "with --int8_weights has none (WORKSPACE D78)")
+
+
 def _check_arguments(gate, data, bias, mode, output, bucket_bytes=None, activations="int8"):
     if mode not in convert.MODES:
         raise ValueError(f"mode must be one of {convert.MODES}, got {mode!r}")
@@ -747,6 +771,8 @@ def export_gate(gate, data, bias, *, out, mode="ptq", output="index", target=Non
     target = target or resolve_target()
     out_dir = check_output_path(out, emit_c=emit_c)
     t0 = time.time()
+    if activations == "int16":
+        _log_weight_grid(gate)
 
     logits, float_offsets = routing_offsets(gate, data.calibration, b)
     model, clip = routing_model(gate, logits, float_offsets, b, output)

@@ -261,3 +261,29 @@ def test_quantization_aware_gates_are_the_evaluated_ones_and_resume(toy_run, tmp
     with pytest.raises(config.ConfigError, match="--quantization_aware"):
         config.build_config(task, preset_name="smoke", preset=task.presets()["smoke"],
                             quantization_aware=True, strategy="mirrored")
+
+
+def test_int8_weights_gates_are_on_the_grid_and_evaluated(toy_run, tmp_path):
+    """--int8_weights: the saved gate's kernels lie on TFLite's int8 grid (gate.json says
+    so; the evaluation loads that gate), the data / experts / caches are reused, a second
+    run skips everything; refused with --quantization_aware."""
+    from gating_tflite import int8_weights, quantization_aware as qa
+
+    task, cfg, workdir, float_report = toy_run
+    icfg = dataclasses.replace(cfg, int8_weights=True, methods=("enforce", "random"))
+    wd = str(tmp_path / "wd")
+    shutil.copytree(workdir, wd)
+    report = pipeline.run(task, icfg, wd, command="toy --int8_weights")
+    gate_dir = os.path.join(wd, "gates", "enforce", "shared")
+    gate = qa.load_gate_model(os.path.join(gate_dir, "gate"))
+    assert int8_weights.int8_grid_error(gate) < 1e-3
+    float_gate = qa.load_gate_model(os.path.join(workdir, "gates", "enforce", "shared", "gate"))
+    assert int8_weights.int8_grid_error(float_gate) > 0.1  # the float run's gate is not
+    with open(os.path.join(gate_dir, "gate.json")) as f:
+        assert json.load(f)["int8_weights"] is True
+    assert report["rho"]["random"] == float_report["rho"]["random"]
+    again = pipeline.run(task, icfg, wd, command="toy --int8_weights")
+    assert again["rho"] == report["rho"]
+    with pytest.raises(config.ConfigError, match="--int8_weights and --quantization_aware"):
+        config.build_config(task, preset_name="smoke", preset=task.presets()["smoke"],
+                            quantization_aware=True, int8_weights=True)

@@ -158,6 +158,11 @@ def test_warnings_name_the_frequencies_b_and_the_remedy(exported):
     assert index_warning.endswith("by 38.5 points (more than 2); the sensor will not hold b "
                                   "with static offsets (the int8-logits export's gate_router.c "
                                   "holds it online: --output=logits --emit_c).")
+    (int16_warning,) = dataclasses.replace(missed, activations="int16").warnings
+    assert "the int16 gate's frequencies" in int16_warning and "Route with gate_router.c" not in int16_warning
+    assert int16_warning.endswith("the C gate_router.c takes int8 logits), or calibrate on more "
+                                  "inputs (--calibration) when the float gate misses b too "
+                                  "(frequencies_float in the report).")
     assert dataclasses.replace(missed, frequency_error=0.02).warnings == []  # at the limit: ok
     assert dataclasses.replace(missed, frequency_error=None).warnings == []  # not measured
 
