@@ -127,6 +127,14 @@ class Config:
     quantization_aware: bool = False
     #: Round every trained gate's kernels to TFLite's int8 grid (experiments.gates; D78).
     int8_weights: bool = False
+    #: Seed of the gates' initial weights and data order (None: ``seed``). Changing it
+    #: retrains the gates only: the seed noise of a gate setting on the same experts.
+    gate_seed: int | None = None
+
+    @property
+    def gates_seed(self) -> int:
+        """The seed the gates train with: ``gate_seed``, else ``seed``."""
+        return self.seed if self.gate_seed is None else self.gate_seed
 
     @property
     def encoded(self) -> bool:
@@ -185,7 +193,7 @@ SHARED_FLAGS = ("workdir", "preset", "methods", "targets", "bias", "batch_size",
                 "epochs", "soft_epochs", "gate",
                 "training_loss", "combine", "bias_weights", "seed", "verbose",
                 "data", "tfds_data_dir", "eval_data", "eval_batch_seed", "strategy", "data_cost",
-                "quantization_aware", "int8_weights")
+                "quantization_aware", "int8_weights", "gate_seed")
 
 #: ``--strategy`` values the pipeline runs (:mod:`experiments.distribute`).
 PIPELINE_STRATEGIES = ("default", "mirrored", "multi_worker")
@@ -269,6 +277,10 @@ def define_shared_flags(flag_values=None, *, data_help="bundled | folder:PATH | 
                       "whose int16-activation export (python -m gating_tflite.export "
                       "--output=logits --activations=int16) keeps its choices for any b "
                       "(WORKSPACE D78). Not with --quantization_aware.", **d)
+    flags.DEFINE_integer("gate_seed", None, "Seed of the gates' initial weights and data "
+                         "order (default: --seed). Changing it retrains the gates alone, on "
+                         "the same data, experts and caches: how large a gate setting's seed "
+                         "noise is (WORKSPACE D79).", **d)
 
 
 def define_task_flags(task, flag_values=None) -> None:
@@ -335,6 +347,7 @@ def from_flags(task, flag_values=None) -> Config:
                         strategy=values["strategy"], data_cost=values["data_cost"],
                         quantization_aware=bool(values["quantization_aware"]),
                         int8_weights=bool(values["int8_weights"]),
+                        gate_seed=values["gate_seed"],
                         task_settings=settings_lib.from_flags(task.Settings, fv, preset.task))
 
 
@@ -402,8 +415,8 @@ def check(cfg: Config, task) -> None:
             check_tf_config()
         except ValueError as err:
             raise ConfigError(str(err)) from None
-    for name in ("seed", "eval_batch_seed"):
-        if getattr(cfg, name) < 0:
+    for name in ("seed", "eval_batch_seed", "gate_seed"):
+        if getattr(cfg, name) is not None and getattr(cfg, name) < 0:
             raise ConfigError(f"--{name} must be >= 0, got {getattr(cfg, name)}")
     default_data = getattr(task, "default_data", "bundled")
     if cfg.data != default_data and not cfg.data.startswith(("folder:", "tfds:")):

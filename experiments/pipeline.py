@@ -265,7 +265,7 @@ def curve_keys(wd, cfg, parent, *, gate_settings=None, eval_fingerprint=None):
                                        soft_epochs=cfg.soft_epochs,
                                        learning_rate=cfg.learning_rate, gate=cfg.gate,
                                        training_loss=cfg.training_loss, combine=cfg.combine,
-                                       bias_weights=list(cfg.bias_weights), seed=cfg.seed,
+                                       bias_weights=list(cfg.bias_weights), seed=cfg.gates_seed,
                                        eval_batch_seed=cfg.eval_batch_seed,
                                        **({"quantization_aware": True}
                                           if cfg.quantization_aware else {}),
@@ -510,7 +510,7 @@ def stage_gates(run, points, *, strategy=None, chief=True):
     gates, loaded = {}, {}
     common = dict(build_gate=lambda: task.build_gate(cfg, n), experts=run.experts, train=train,
                   batch_size=cfg.batch_size, learning_rate=cfg.learning_rate, combine=cfg.combine,
-                  training_loss=cfg.training_loss, seed=cfg.seed, verbose=cfg.verbose,
+                  training_loss=cfg.training_loss, seed=cfg.gates_seed, verbose=cfg.verbose,
                   strategy=strategy, quantization_aware=cfg.quantization_aware,
                   int8_weights=cfg.int8_weights)
     view = task.gate_view(cfg)

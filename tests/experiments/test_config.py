@@ -78,6 +78,7 @@ def test_targets_with_the_experts_own_costs():
     (["--eval_image_dir=/a", "--eval_data=/b"], "name different folders"),
     (["--strategy=tpu"], "--strategy takes \\['default', 'mirrored', 'multi_worker'\\], got 'tpu'"),
     (["--strategy=multi_worker"], "multi_worker needs TF_CONFIG"),
+    (["--gate_seed=-2"], "--gate_seed must be >= 0, got -2"),
 ])
 def test_bad_values_name_their_flag(argv, message, monkeypatch):
     monkeypatch.delenv("TF_CONFIG", raising=False)

@@ -287,3 +287,32 @@ def test_int8_weights_gates_are_on_the_grid_and_evaluated(toy_run, tmp_path):
     with pytest.raises(config.ConfigError, match="--int8_weights and --quantization_aware"):
         config.build_config(task, preset_name="smoke", preset=task.presets()["smoke"],
                             quantization_aware=True, int8_weights=True)
+
+
+def test_gate_seed_retrains_only_the_gates(toy_run, tmp_path, capsys):
+    """--gate_seed: data / experts / caches / b are reused (their stage keys unchanged), the
+    gates train from other initial weights and data order; --gate_seed equal to --seed is
+    the run itself (nothing reruns); a negative value is refused."""
+    from gating_tflite import quantization_aware as qa
+
+    task, cfg, workdir, report = toy_run
+    wd = str(tmp_path / "wd")
+    shutil.copytree(workdir, wd)
+    capsys.readouterr()
+    same = pipeline.run(task, dataclasses.replace(cfg, gate_seed=cfg.seed), wd, command="toy")
+    assert "running ..." not in capsys.readouterr().out and same["rho"] == report["rho"]
+    other = dataclasses.replace(cfg, gate_seed=cfg.seed + 7, methods=("enforce", "random"))
+    seeded = pipeline.run(task, other, wd, command="toy --gate_seed")
+    for stage in ("data", "experts", "cache", "bias"):
+        with open(os.path.join(wd, "stages", f"{stage}.json")) as a, \
+                open(os.path.join(workdir, "stages", f"{stage}.json")) as b:
+            assert json.load(a)["fingerprint"] == json.load(b)["fingerprint"], stage
+    with open(os.path.join(wd, "stages", "gates.json")) as f:
+        assert json.load(f)["settings"]["seed"] == cfg.seed + 7
+    kernels = [qa.load_gate_model(os.path.join(d, "gates", "enforce", "shared", "gate"))
+               .trainable_weights[0].numpy() for d in (workdir, wd)]
+    assert not np.allclose(kernels[0], kernels[1])
+    assert seeded["rho"]["random"] == report["rho"]["random"]
+    with pytest.raises(config.ConfigError, match="--gate_seed must be >= 0, got -1"):
+        config.build_config(task, preset_name="smoke", preset=task.presets()["smoke"],
+                            gate_seed=-1)
