@@ -130,6 +130,8 @@ class Config:
     #: Seed of the gates' initial weights and data order (None: ``seed``). Changing it
     #: retrains the gates only: the seed noise of a gate setting on the same experts.
     gate_seed: int | None = None
+    #: Enforce gates trained per gate, the best on validation kept (experiments.pipeline; D79).
+    gate_restarts: int = 1
 
     @property
     def gates_seed(self) -> int:
@@ -193,7 +195,7 @@ SHARED_FLAGS = ("workdir", "preset", "methods", "targets", "bias", "batch_size",
                 "epochs", "soft_epochs", "gate",
                 "training_loss", "combine", "bias_weights", "seed", "verbose",
                 "data", "tfds_data_dir", "eval_data", "eval_batch_seed", "strategy", "data_cost",
-                "quantization_aware", "int8_weights", "gate_seed")
+                "quantization_aware", "int8_weights", "gate_seed", "gate_restarts")
 
 #: ``--strategy`` values the pipeline runs (:mod:`experiments.distribute`).
 PIPELINE_STRATEGIES = ("default", "mirrored", "multi_worker")
@@ -281,6 +283,12 @@ def define_shared_flags(flag_values=None, *, data_help="bundled | folder:PATH | 
                          "order (default: --seed). Changing it retrains the gates alone, on "
                          "the same data, experts and caches: how large a gate setting's seed "
                          "noise is (WORKSPACE D79).", **d)
+    flags.DEFINE_integer("gate_restarts", 1, "Train each enforce gate this many times "
+                         "(restart k from seed + k x 1000003) and keep the one whose routing "
+                         "scores best on the validation split (never the test split); "
+                         "chosen.json in the gate's directory records every restart's score. "
+                         "Costs that many times the enforce gate's training (WORKSPACE D79).",
+                         **d)
 
 
 def define_task_flags(task, flag_values=None) -> None:
@@ -348,6 +356,7 @@ def from_flags(task, flag_values=None) -> Config:
                         quantization_aware=bool(values["quantization_aware"]),
                         int8_weights=bool(values["int8_weights"]),
                         gate_seed=values["gate_seed"],
+                        gate_restarts=values["gate_restarts"],
                         task_settings=settings_lib.from_flags(task.Settings, fv, preset.task))
 
 
@@ -415,6 +424,8 @@ def check(cfg: Config, task) -> None:
             check_tf_config()
         except ValueError as err:
             raise ConfigError(str(err)) from None
+    if cfg.gate_restarts < 1:
+        raise ConfigError(f"--gate_restarts must be >= 1, got {cfg.gate_restarts}")
     for name in ("seed", "eval_batch_seed", "gate_seed"):
         if getattr(cfg, name) is not None and getattr(cfg, name) < 0:
             raise ConfigError(f"--{name} must be >= 0, got {getattr(cfg, name)}")

@@ -62,6 +62,30 @@ def gate_seed(seed, name):
     return int(fingerprint([int(seed), str(name)])[:8], 16)
 
 
+#: Restart k of a gate (``--gate_restarts``) trains from ``seed + k * RESTART_SEED_STRIDE``:
+#: other initial weights and another data order; restart 0 is the gate one training gives.
+RESTART_SEED_STRIDE = 1_000_003
+
+
+def restart_seed(seed, restart):
+    """The training seed of restart ``restart`` (0, 1, ...) of a gate whose seed is ``seed``."""
+    if int(restart) < 0:
+        raise ValueError(f"restart must be >= 0, got {restart}")
+    return int(seed) + int(restart) * RESTART_SEED_STRIDE
+
+
+def adopt_gate(candidate, directory):
+    """Copies the finished gate in ``candidate`` (``gate/``, ``gate.json``) into
+    ``directory``, replacing what a previous, interrupted copy left there: the chosen
+    restart is then the gate every later stage, the export and the system load."""
+    import shutil
+
+    with atomic_dir(os.path.join(directory, "gate")) as tmp:
+        shutil.copytree(os.path.join(candidate, "gate"), tmp)
+    write_json(os.path.join(directory, "gate.json"),
+               read_json(os.path.join(candidate, "gate.json")))
+
+
 def load_gate(directory):
     """(keras gate model, its gate.json dict); a corrupt gate is named in one line."""
     path = os.path.join(directory, "gate")

@@ -270,6 +270,8 @@ def curve_keys(wd, cfg, parent, *, gate_settings=None, eval_fingerprint=None):
                                        **({"quantization_aware": True}
                                           if cfg.quantization_aware else {}),
                                        **({"int8_weights": True} if cfg.int8_weights else {}),
+                                       **({"gate_restarts": cfg.gate_restarts}
+                                          if cfg.gate_restarts > 1 else {}),
                                        **(gate_settings or {})),
                      parent=bias, artefacts=["gates"])
     evaluation = StageKey(wd, "evaluation", dict(methods=list(cfg.methods),
@@ -525,12 +527,12 @@ def stage_gates(run, points, *, strategy=None, chief=True):
                 label = "shared" if cfg.training_loss in B_INDEPENDENT_LOSSES else str(index)
                 directory = wd.gate_dir("enforce", label)
                 if directory not in loaded:
-                    loaded[directory] = wd.run(
-                        f"gate enforce/{label}", gates_lib.gate_files(directory),
-                        lambda d=directory, b=list(point.bias), label=label: gates_lib.train_gate(
-                            d, bias=b, method="enforce", name=f"enforce/{label}",
-                            epochs=cfg.epochs, **common),
-                        load=lambda d=directory: gates_lib.load_gate(d))[0]
+                    served = [i for i, p in enumerate(points)
+                              if not np.isclose(max(p.bias), 1.0)
+                              and (label == "shared" or i == index)]
+                    loaded[directory] = _enforce_gate(run, directory, label, point.bias,
+                                                      [points[i].bias for i in served],
+                                                      common, chief)
                 gates[method][index] = loaded[directory]
                 continue
             if method == "bytes":  # one per target: its bytes are the training budget
@@ -577,6 +579,55 @@ def stage_gates(run, points, *, strategy=None, chief=True):
                 write_json(chosen, dict(bias_weight=best[1], validation_metric=best[0]))
                 gates[method][index] = best[2]
     return gates if chief else {}
+
+
+def _enforce_gate(run, directory, label, bias, served, common, chief):
+    """The enforce gate of ``directory``: one training, or with ``--gate_restarts=K`` the
+    restart (of K, :func:`experiments.gates.restart_seed`) whose routing scores best on
+    the validation split (the mean of the task's metric over the b it serves,
+    ``served``; the first on ties), copied into ``directory`` (``chosen.json`` records
+    every restart's score). The test split never takes part in the choice."""
+    cfg, wd = run.cfg, run.wd
+    name = f"enforce/{label}"
+
+    def train(d, seed):
+        return gates_lib.train_gate(d, bias=list(bias), method="enforce", name=name,
+                                    epochs=cfg.epochs, **dict(common, seed=seed))
+
+    if cfg.gate_restarts == 1:
+        return wd.run(f"gate {name}", gates_lib.gate_files(directory),
+                      lambda: train(directory, cfg.gates_seed),
+                      load=lambda: gates_lib.load_gate(directory))[0]
+    chosen = os.path.join(directory, "chosen.json")
+    if os.path.exists(chosen) and gates_lib.gate_done(directory):
+        pick = read_json(chosen)
+        print(f"[gate {name}] skipped: restart {pick['restart']} of {len(pick['restarts'])} "
+              f"chosen in {wd.rel(chosen)}", flush=True)
+        return gates_lib.load_gate(directory)[0]
+    validation = run.view("validation")
+    restarts, best = [], None
+    for k in range(cfg.gate_restarts):
+        cand = os.path.join(directory, "candidates", f"r{k}")
+        seed = gates_lib.restart_seed(cfg.gates_seed, k)
+        gate, _ = wd.run(f"gate {name} restart {k} (seed {seed})",
+                         gates_lib.gate_files(cand), lambda c=cand, s=seed: train(c, s),
+                         load=lambda c=cand: gates_lib.load_gate(c))
+        if not chief:
+            continue  # the chief chooses
+        logits = gate.predict(validation.gate_inputs, batch_size=256, verbose=0)
+        score = float(np.mean([validation.metric(gate_assignment(
+            logits, b, cfg.batch_size, seed=cfg.eval_batch_seed)) for b in served]))
+        restarts.append(dict(restart=k, seed=seed, validation_metric=score))
+        if best is None or score > best[0]:
+            best = (score, k, cand, gate)
+    if not chief:
+        return gate
+    gates_lib.adopt_gate(best[2], directory)
+    write_json(chosen, dict(restart=best[1], criterion="mean validation metric over the "
+                            f"{len(served)} b this gate routes", restarts=restarts))
+    print(f"[gate {name}] restart {best[1]} of {cfg.gate_restarts} chosen (validation "
+          + ", ".join(f"{r['validation_metric']:.3f}" for r in restarts) + ")", flush=True)
+    return best[3]
 
 
 def stage_evaluation(run, keys, table, points, gates) -> dict:

@@ -316,3 +316,50 @@ def test_gate_seed_retrains_only_the_gates(toy_run, tmp_path, capsys):
     with pytest.raises(config.ConfigError, match="--gate_seed must be >= 0, got -1"):
         config.build_config(task, preset_name="smoke", preset=task.presets()["smoke"],
                             gate_seed=-1)
+
+
+def test_gate_restarts_keep_the_best_on_validation_and_resume(toy_run, tmp_path, capsys):
+    """--gate_restarts=3: three enforce gates (restart 0 is the single training's gate),
+    the one with the best mean validation metric over its b is copied into the gate's
+    directory (the evaluation routes that one), chosen.json records every score, and a
+    second run trains nothing."""
+    from experiments import gates as gates_lib
+    from gating_tflite import quantization_aware as qa
+
+    task, cfg, workdir, report = toy_run
+    rcfg = dataclasses.replace(cfg, gate_restarts=3, methods=("enforce", "random"))
+    wd = str(tmp_path / "wd")
+    shutil.copytree(workdir, wd)
+    result = pipeline.run(task, rcfg, wd, command="toy --gate_restarts=3")
+    directory = os.path.join(wd, "gates", "enforce", "shared")
+    with open(os.path.join(directory, "chosen.json")) as f:
+        chosen = json.load(f)
+    seeds = [r["seed"] for r in chosen["restarts"]]
+    assert seeds == [gates_lib.restart_seed(cfg.seed, k) for k in range(3)]
+    assert seeds[0] == cfg.seed and len(set(seeds)) == 3
+    scores = [r["validation_metric"] for r in chosen["restarts"]]
+    assert chosen["restart"] == int(np.argmax(scores))
+    # each score is the mean validation metric of that restart's routing over the gated b
+    split = task.split(cfg, None, task.data, "validation")
+    points = [p for p in pipeline.read_bias(pipeline.Layout(wd)) if max(p.bias) < 1 - 1e-9]
+    kernels = []
+    for k in range(3):
+        gate = qa.load_gate_model(os.path.join(directory, "candidates", f"r{k}", "gate"))
+        kernels.append(gate.trainable_weights[0].numpy())
+        logits = gate.predict(split.gate_inputs, verbose=0)
+        want = np.mean([split.metric(pipeline.gate_assignment(logits, p.bias, cfg.batch_size,
+                                                              seed=cfg.eval_batch_seed))
+                        for p in points])
+        assert scores[k] == pytest.approx(want)
+    kept = qa.load_gate_model(os.path.join(directory, "gate")).trainable_weights[0].numpy()
+    np.testing.assert_array_equal(kept, kernels[chosen["restart"]])
+    single = qa.load_gate_model(os.path.join(workdir, "gates", "enforce", "shared", "gate"))
+    np.testing.assert_allclose(kernels[0], single.trainable_weights[0].numpy(), atol=1e-6)
+    capsys.readouterr()
+    again = pipeline.run(task, rcfg, wd, command="toy --gate_restarts=3")
+    out = capsys.readouterr().out
+    assert "running ..." not in out and "chosen in" in out
+    assert again["rho"] == result["rho"]
+    with pytest.raises(config.ConfigError, match="--gate_restarts must be >= 1, got 0"):
+        config.build_config(task, preset_name="smoke", preset=task.presets()["smoke"],
+                            gate_restarts=0)
