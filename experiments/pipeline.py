@@ -604,7 +604,7 @@ def _enforce_gate(run, directory, label, bias, served, common, chief):
         print(f"[gate {name}] skipped: restart {pick['restart']} of {len(pick['restarts'])} "
               f"chosen in {wd.rel(chosen)}", flush=True)
         return gates_lib.load_gate(directory)[0]
-    validation = run.view("validation")
+    validation = run.view("validation") if chief else None
     restarts, best = [], None
     for k in range(cfg.gate_restarts):
         cand = os.path.join(directory, "candidates", f"r{k}")
