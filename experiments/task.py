@@ -50,6 +50,25 @@ class TrainingSet:
     targets: np.ndarray | None = None
     costs: np.ndarray | None = None
 
+    def with_copies(self, inputs) -> "TrainingSet":
+        """This set plus ``inputs`` (``float32[M, ...]``, one transformed copy of each
+        training example, in order) that carry their originals' cache rows, targets and
+        costs: an augmentation for transforms the experts' scores are (nearly) invariant
+        to. Returns a ``TrainingSet`` of ``2 M`` examples."""
+        m = len(self.gate_inputs)
+        inputs = np.asarray(inputs, np.asarray(self.gate_inputs).dtype)
+        if inputs.shape != np.shape(self.gate_inputs):
+            raise ValueError(f"TrainingSet.with_copies: inputs of shape {inputs.shape}, the "
+                             f"set's are {np.shape(self.gate_inputs)}")
+
+        def twice(v):
+            return np.concatenate([v, v]) if v is not None else None
+
+        cache = {k: twice(v) if isinstance(v, np.ndarray) and v.ndim and len(v) == m else v
+                 for k, v in self.cache.items()}
+        return TrainingSet(np.concatenate([self.gate_inputs, inputs]), cache,
+                           targets=twice(self.targets), costs=twice(self.costs))
+
 
 @dataclasses.dataclass(frozen=True)
 class Split:

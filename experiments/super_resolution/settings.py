@@ -39,6 +39,11 @@ class SRSettings:
                          "server rebuilds; WORKSPACE.md).", check=image_codec_error)
     max_train_parts: int = setting(0, "Cap on training parts (random subset; 0: all). Default "
                                    "from --preset.", stage="experts", low=0)
+    gate_mirror: bool = setting(False, "Also train the gates on every training part mirrored "
+                                "left-right, with the part's own expert scores (exact for a "
+                                "mirror-equivariant expert, near it for ESPCN): measured to "
+                                "stop the compact gate's collapsed seeds (WORKSPACE D80).",
+                                stage="gates")
 
     def check(self, cfg):
         if self.max_train_parts and self.max_train_parts < cfg.batch_size:

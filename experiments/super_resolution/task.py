@@ -211,8 +211,11 @@ class SuperResolutionTask(Task):
         parts = _training_parts(cfg, data)
         costs = (load_bytes(wd, "train", len(parts), len(cfg.task.scales)) if cfg.encoded
                  else None)
-        return TrainingSet(parts, load_artefact(wd.cache_file("train", "mse"), load_cache),
-                           costs=costs)
+        train = TrainingSet(parts, load_artefact(wd.cache_file("train", "mse"), load_cache),
+                            costs=costs)
+        if cfg.task.gate_mirror:  # parts [P, H, W, 3]: columns reversed
+            train = train.with_copies(np.asarray(parts)[:, :, ::-1])
+        return train
 
     def split(self, cfg, wd, data, name):
         part_set = data[name]
