@@ -568,17 +568,23 @@ def stage_gates(run, points, *, strategy=None, chief=True):
                                  load=lambda c=cand: gates_lib.load_gate(c))
                 if not chief:
                     continue  # the chief chooses
-                validation = run.view("validation")
-                logits = gate.predict(validation.gate_inputs, batch_size=256, verbose=0)
-                picks = gate_assignment(logits, point.bias, cfg.batch_size,
-                                        seed=cfg.eval_batch_seed)
-                score = validation.metric(picks)
+                score = _validation_metric(run, gate, [point.bias])
                 if best is None or score > best[0]:
                     best = (score, weight, gate)
             if chief:
                 write_json(chosen, dict(bias_weight=best[1], validation_metric=best[0]))
                 gates[method][index] = best[2]
     return gates if chief else {}
+
+
+def _validation_metric(run, gate, biases):
+    """The mean of the task's validation metric of ``gate``'s routing (Algorithm 1 over the
+    evaluation's shuffled batches) at each b of ``biases``: what a choice among gates
+    (soft's w_bias, enforce's restarts) maximises."""
+    cfg, validation = run.cfg, run.view("validation")
+    logits = gate.predict(validation.gate_inputs, batch_size=256, verbose=0)
+    return float(np.mean([validation.metric(gate_assignment(
+        logits, b, cfg.batch_size, seed=cfg.eval_batch_seed)) for b in biases]))
 
 
 def _enforce_gate(run, directory, label, bias, served, common, chief):
@@ -604,7 +610,6 @@ def _enforce_gate(run, directory, label, bias, served, common, chief):
         print(f"[gate {name}] skipped: restart {pick['restart']} of {len(pick['restarts'])} "
               f"chosen in {wd.rel(chosen)}", flush=True)
         return gates_lib.load_gate(directory)[0]
-    validation = run.view("validation") if chief else None
     restarts, best = [], None
     for k in range(cfg.gate_restarts):
         cand = os.path.join(directory, "candidates", f"r{k}")
@@ -614,9 +619,7 @@ def _enforce_gate(run, directory, label, bias, served, common, chief):
                          load=lambda c=cand: gates_lib.load_gate(c))
         if not chief:
             continue  # the chief chooses
-        logits = gate.predict(validation.gate_inputs, batch_size=256, verbose=0)
-        score = float(np.mean([validation.metric(gate_assignment(
-            logits, b, cfg.batch_size, seed=cfg.eval_batch_seed)) for b in served]))
+        score = _validation_metric(run, gate, served)
         restarts.append(dict(restart=k, seed=seed, validation_metric=score))
         if best is None or score > best[0]:
             best = (score, k, cand, gate)
