@@ -30,7 +30,9 @@ EVAL_METHODS = ("random", "benchmark", "oracle")
 GATE_METHODS = ("enforce", "soft", "bytes")
 #: ``--data_cost``: the paper's d_n = 3 R^2 K per expert, or each input's encoded payload.
 DATA_COSTS = ("paper", "encoded")
-GATE_KINDS = ("paper", "compact")
+#: ``--gate``: every task takes paper and compact; a task lists the kinds it takes in
+#: ``Task.gate_kinds`` (detection adds ``cascade``, experiments.detection.cascade).
+GATE_KINDS = ("paper", "compact", "cascade")
 #: Test-time batches are a seeded permutation of a split (a shuffled loader).
 DEFAULT_EVAL_BATCH_SEED = 1234
 
@@ -236,8 +238,9 @@ def define_shared_flags(flag_values=None, *, data_help="bundled | folder:PATH | 
     flags.DEFINE_integer("soft_epochs", None, "Training epochs of each soft gate (one per "
                          "target and w_bias). Default from --preset, else --epochs.", **d)
     flags.DEFINE_enum("gate", None, list(GATE_KINDS),
-                      "Gating model: the paper's table or the compact (Cortex-M7) gate. "
-                      "Default from --preset.", **d)
+                      "Gating model: the paper's table, the compact (Cortex-M7) gate, or "
+                      "(detection only) cascade: a linear router on the cheapest expert's "
+                      "detections. Default from --preset.", **d)
     flags.DEFINE_enum("training_loss", None, list(TRAINING_LOSSES),
                       "Gate training loss (bmoe_tf.mixture.TRAINING_LOSSES): 'selected' is the "
                       "paper's Eq. 2 loss; 'relative' regresses the logits onto the experts' "
@@ -397,8 +400,10 @@ def check(cfg: Config, task) -> None:
         raise ConfigError(f"--methods takes {sorted(allowed)}, got {list(cfg.methods)}")
     if len(set(cfg.methods)) != len(cfg.methods):
         raise ConfigError(f"--methods lists a method twice: {list(cfg.methods)}")
-    if cfg.gate not in GATE_KINDS:
-        raise ConfigError(f"--gate takes {list(GATE_KINDS)}, got {cfg.gate!r}")
+    kinds = tuple(getattr(task, "gate_kinds", GATE_KINDS[:2]))
+    if cfg.gate not in kinds:
+        raise ConfigError(f"--gate takes {list(kinds)} for the {task.name} task, got "
+                          f"{cfg.gate!r}")
     if cfg.training_loss not in TRAINING_LOSSES:
         raise ConfigError(f"--training_loss takes {list(TRAINING_LOSSES)}, got "
                           f"{cfg.training_loss!r}")

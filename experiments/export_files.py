@@ -40,7 +40,8 @@ def encoded_test_costs(wd, order=None):
 
 def write_export_files(task, wd):
     """Writes ``wd``'s :data:`EXPORT_FILE` for ``task``; returns its path, or None when the
-    task has no export data.
+    task has no export data (for this run's gate: detection's cascade gate), removing a
+    file an earlier run of other settings left.
 
     Args:
       task: the run's :class:`experiments.pipeline.Task` (its data loaded, its report
@@ -50,6 +51,8 @@ def write_export_files(task, wd):
     try:
         data = task.export_data(wd.root)
     except NotImplementedError:
+        if os.path.exists(wd.path(EXPORT_FILE)):
+            os.remove(wd.path(EXPORT_FILE))
         return None
     data.task = data.task or task.name
     return data.save(wd.path(EXPORT_FILE))

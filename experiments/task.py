@@ -253,6 +253,8 @@ class Task(abc.ABC):
     metric_name = "metric"
     cost_unit = "bytes per example"
     example_name = "example"
+    #: ``--gate`` kinds :meth:`build_gate` builds (``experiments.config.GATE_KINDS``).
+    gate_kinds = ("paper", "compact")
     default_data = "bundled"
     data_help = "bundled | folder:PATH | tfds:NAME"
     oracle_description = ("capacity-constrained assignment maximising the summed "
@@ -300,7 +302,8 @@ class Task(abc.ABC):
 
     @abc.abstractmethod
     def build_gate(self, cfg, num_experts):
-        """A new Keras gate ``[M, ...] -> logits [M, N]`` (``cfg.gate``: paper or compact)."""
+        """A new Keras gate ``[M, ...] -> logits [M, N]`` (``cfg.gate``: one of
+        :attr:`gate_kinds`)."""
 
     # ---- optional, with defaults -------------------------------------------------------
     def presets(self) -> Mapping[str, Any]:

@@ -1067,7 +1067,10 @@ def gate_view(images, resolution):
 
 
 def view_resolution(cfg):
-    """Side of the gate's view (``--gate_resolution``, 0 = by gate kind)."""
+    """Side of the gate's view (``--gate_resolution``, 0 = by gate kind); 0 for
+    ``--gate=cascade``, which sees no image (:mod:`experiments.detection.cascade`)."""
+    if cfg.gate == "cascade":
+        return 0
     if cfg.task.gate_resolution:
         return int(cfg.task.gate_resolution)
     return GATE_CROP if cfg.gate == "paper" else COMPACT_VIEW

@@ -30,7 +30,12 @@ REPRESENTATIVE_IMAGES = 300
 
 
 def export_data(workdir):
-    """:class:`gating_tflite.calibration.ExportData` of a detection experiment workdir."""
+    """:class:`gating_tflite.calibration.ExportData` of a detection experiment workdir.
+
+    Raises:
+      ValueError: not a finished detection workdir.
+      NotImplementedError: its gate is ``--gate=cascade`` (no image input to export).
+    """
     wd = Layout.reading(workdir)
     needed = [wd.split_file(s) for s in ("train", "validation", "test")]
     needed += [wd.cache_file("test", "detections"), wd.expert_table(), wd.report_json()]
@@ -38,7 +43,12 @@ def export_data(workdir):
     if missing:
         raise ValueError(f"{workdir} is not a finished detection workdir: missing {missing}; "
                          "run python -m experiments.detection first")
-    view = int(read_json(wd.report_json())["gate_view"])
+    report = read_json(wd.report_json())
+    if report.get("gate", {}).get("kind") == "cascade":
+        from experiments.detection.cascade import RAW_INPUT_ERROR
+
+        raise NotImplementedError(f"{workdir}: {RAW_INPUT_ERROR}")
+    view = int(report["gate_view"])
     sets = {s: DetectionSet.load(wd.split_file(s)) for s in ("train", "validation",
                                                                         "test")}
     with np.load(wd.cache_file("test", "detections")) as f:

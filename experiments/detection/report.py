@@ -48,9 +48,19 @@ class DetectionReport(Report):
         return {"assigned_map": assigned_map_tables(test.data, test.detections, results)}
 
     def extras(self, cfg, data, report):
-        return {"paper_table_i": PAPER_TABLE_I,
-                "generated_data": cfg.data == GENERATED,
-                "gate_view": view_resolution(cfg)}
+        out = {"paper_table_i": PAPER_TABLE_I,
+               "generated_data": cfg.data == GENERATED,
+               "gate_view": view_resolution(cfg)}
+        if cfg.gate == "cascade":  # what the sensor runs besides the gate's Dense layer
+            from bmoe_tf.macs import count_macs
+            from experiments.detection.ssd import build_ssd
+
+            r = int(cfg.task.resolutions[0])
+            ssd = build_ssd(r, len(data["train"].class_names))
+            out["cascade"] = dict(expert=f"ssd{r}", expert_macs=int(count_macs(ssd)),
+                                  expert_params=int(ssd.count_params()),
+                                  total_macs=int(count_macs(ssd)) + int(report["gate"]["macs"]))
+        return out
 
     def markdown(self, cfg, report):
         return markdown_lines(report)
@@ -123,6 +133,12 @@ def markdown_lines(report):
         out += ["The data is the *generated* set (experiments.detection.data): its mAP values show the "
                 "routing effect, they are not comparable with the paper's COCO numbers.", ""]
     out += method_rows_markdown(report, report.get("paper_table_i"))
+    cascade = report.get("cascade")
+    if cascade:
+        out += ["", f"The gate is the cascade gate: the sensor runs {cascade['expert']} "
+                f"({cascade['expert_params']:,} parameters, {cascade['expert_macs']:,} MACs "
+                "before its box decoding and NMS) and routes linearly on its detections: "
+                f"C_g = {cascade['total_macs']:,} MACs per image in all."]
     tables = report.get("assigned_map") or {}
     if tables:
         out += ["", "## Table V layout: each expert's mAP (%) on its assigned images vs all "

@@ -83,6 +83,15 @@ class DetectionSettings:
             if value < (1 if generated else 0):
                 raise ConfigError(f"--{name} must be >= {1 if generated else 0}"
                                   f"{'' if generated else ' (0: all)'}, got {value}")
+        if cfg.gate == "cascade":
+            if self.gate_resolution:
+                raise ConfigError(f"--gate_resolution={self.gate_resolution} sets the image "
+                                  "gates' view; --gate=cascade sees no image (it reads the "
+                                  "cheapest expert's detections): drop one of them")
+            if self.ablation:
+                raise ConfigError(f"--ablation={','.join(self.ablation)} varies image gates "
+                                  "and experts; it does not take --gate=cascade (use "
+                                  "--gate=compact or paper)")
         if self.train_images and self.train_images < cfg.batch_size:
             raise ConfigError(f"--train_images {self.train_images} is smaller than --batch_size "
                               f"{cfg.batch_size}")

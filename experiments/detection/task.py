@@ -34,7 +34,7 @@ import numpy as np
 from bmoe_tf.cache import load_cache, score_cache
 from bmoe_tf.gating import compact_gate, paper_gate
 from experiments.config import ConfigError
-from experiments.detection.data import gate_view, view_resolution
+from experiments.detection.data import IMAGE_SIZE, gate_view, view_resolution
 from experiments.detection.report import GENERATED, PAPER_TABLE_I, DetectionReport
 from experiments.detection.settings import ABLATIONS, PRESETS, DetectionSettings
 from experiments.detection.ssd import interpolate_epochs  # noqa: F401 (re-exported)
@@ -101,6 +101,7 @@ class DetectionTask(Task):
     oracle_description = ("capacity-constrained assignment maximising the summed per-image "
                           "scores (see experiments.detection.coco_metric.per_image_scores; a proxy "
                           "of the dataset mAP, not a bound on it)")
+    gate_kinds = ("paper", "compact", "cascade")
     Settings = DetectionSettings
     PRESETS = PRESETS
     report = DetectionReport()
@@ -213,8 +214,8 @@ class DetectionTask(Task):
             from experiments.pipeline import load_bytes
 
             costs = load_bytes(wd, "train", len(data["train"]), len(cfg.task.resolutions))
-        return TrainingSet(gate_view(data["train"].images, view_resolution(cfg)),
-                           score_cache(scores), costs=costs)
+        return TrainingSet(self._gate_inputs(cfg, wd, data, "train"), score_cache(scores),
+                           costs=costs)
 
     def split(self, cfg, wd, data, name):
         num_experts = len(cfg.task.resolutions)
@@ -227,12 +228,39 @@ class DetectionTask(Task):
             costs = load_bytes(wd, name, len(data[name]), num_experts)
         return DetectionSplit(
             costs=costs,
-            gate_inputs=gate_view(data[name].images, view_resolution(cfg)),
+            gate_inputs=self._gate_inputs(cfg, wd, data, name, detections),
             scores=load_artefact(_files(wd, name)[1], load_cache)["scores"],
             metric=lambda a: 100.0 * evaluator.map(np.asarray(a, np.int64)),
             data=data[name], detections=detections, evaluator=evaluator)
 
+    def _gate_inputs(self, cfg, wd, data, split, detections=None):
+        """What the gates see of ``split``: the view of the 224 crop (paper, compact) or
+        the cheapest expert's cached detections' features (cascade)."""
+        if cfg.gate == "cascade":
+            from experiments.detection.cascade import gate_inputs
+
+            if detections is None:
+                detections = _detections(wd, split, data, len(cfg.task.resolutions))
+            return gate_inputs(detections)
+        return gate_view(data[split].images, view_resolution(cfg))
+
+    def gate_view(self, cfg):
+        """None (the gate sees the image), except ``--gate=cascade``, whose P_g would run
+        the cheapest expert: refused on raw images (the pipeline feeds cached features)."""
+        if cfg.gate != "cascade":
+            return None
+        from experiments.detection.cascade import RAW_INPUT_ERROR
+
+        def refuse(images):
+            raise ValueError(RAW_INPUT_ERROR)
+
+        return (IMAGE_SIZE, IMAGE_SIZE, 3), refuse
+
     def build_gate(self, cfg, num_experts):
+        if cfg.gate == "cascade":
+            from experiments.detection.cascade import cascade_gate
+
+            return cascade_gate(num_experts)
         r = view_resolution(cfg)
         if cfg.gate == "compact":
             return compact_gate((r, r, 3), num_experts)

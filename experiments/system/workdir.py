@@ -54,13 +54,19 @@ def check_servable(workdir):
     if not os.path.isdir(wd.root):
         raise SystemRunError(f"--workdir={workdir} is not a directory")
     for path, what in ((wd.report_json(), "report.json (a finished run)"),
-                       (wd.export_data(), "export_data.npz (the export data)"),
                        (wd.config(), "config.json")):
         if not os.path.exists(path):
             raise SystemRunError(f"--workdir={workdir} has no {what}: run the task's CLI there "
                                "to the end first")
     with open(wd.config()) as f:
         cfg = json.load(f)
+    if cfg.get("gate") == "cascade":
+        raise SystemRunError(f"--workdir={workdir} was run with --gate=cascade, whose gate reads "
+                             "the cheapest expert's detections, not the sensor's pixels: the "
+                             "sensors run int8 image gates; run the task with --gate=compact")
+    if not os.path.exists(wd.export_data()):
+        raise SystemRunError(f"--workdir={workdir} has no export_data.npz (the export data): "
+                             "run the task's CLI there to the end first")
     if cfg.get("data_cost") != "encoded":
         raise SystemRunError(f"--workdir={workdir} was run with --data_cost={cfg.get('data_cost')}"
                            ": the system sends encoded payloads; run the task with "
